@@ -1,0 +1,50 @@
+"""The `sd-serving` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sd-serving", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the service locally on Ray Serve")
+    serve.add_argument("--model", help="'embedded', a diffusers directory or a Hub id (SD_MODEL)")
+    serve.add_argument("--host", dest="http_host", help="HTTP host (SD_HTTP_HOST)")
+    serve.add_argument("--port", dest="http_port", type=int, help="HTTP port (SD_HTTP_PORT)")
+    serve.add_argument("--grpc-port", dest="grpc_port", type=int, help="gRPC port (SD_GRPC_PORT)")
+
+    export = commands.add_parser(
+        "export-model", help="write the embedded model as a diffusers pipeline directory"
+    )
+    export.add_argument("directory", type=Path)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        from serving.local import run_local
+        from serving.settings import Settings
+
+        overrides: dict[str, Any] = {
+            key: value
+            for key in ("model", "http_host", "http_port", "grpc_port")
+            if (value := getattr(args, key)) is not None
+        }
+        return run_local(Settings(**overrides))
+    if args.command == "export-model":
+        from serving.models.embedded import export
+
+        directory = export(args.directory)
+        print(f"embedded model written to {directory}")
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""Latents → uint8 RGB images, as StableDiffusionPipeline's VAE decode and postprocess. Plain torch."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL
+
+from serving.models.device import Placement
+
+
+class VaeDecoderRunner:
+    def __init__(self, vae: AutoencoderKL, placement: Placement) -> None:
+        self._vae = vae
+        self._placement = placement
+        self._scaling = float(vae.config.scaling_factor)
+
+    @torch.inference_mode()
+    def decode(self, latents: list[np.ndarray]) -> list[np.ndarray]:
+        """Decode [C, h, w] latents, batching those of equal shape; returns [H, W, 3] uint8 each."""
+        images: list[np.ndarray | None] = [None] * len(latents)
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for index, item in enumerate(latents):
+            by_shape.setdefault(item.shape, []).append(index)
+        for indices in by_shape.values():
+            batch = torch.from_numpy(np.stack([latents[i] for i in indices]))
+            batch = batch.to(device=self._placement.device, dtype=self._placement.dtype)
+            decoded = self._vae.decode(batch / self._scaling, return_dict=False)[0]
+            # VaeImageProcessor.postprocess: denormalize, to numpy, round to uint8.
+            pixels = (decoded / 2 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).float().numpy()
+            as_uint8 = (pixels * 255).round().astype(np.uint8)
+            for position, index in enumerate(indices):
+                images[index] = as_uint8[position]
+        return [image for image in images if image is not None]

@@ -1,0 +1,303 @@
+"""Step-level continuous batching for the UNet: plain torch, no Ray inside.
+
+Every request owns its scheduler, generator and latents. One iteration takes the active requests
+that share a latent shape, runs ONE batched UNet forward with a per-sample timestep tensor
+(classifier-free guidance doubles a request's rows), then steps each request's scheduler on its
+own slice. Requests join at any step boundary and leave when done or cancelled, so a short job
+never waits for a long one to finish. The arithmetic per request is StableDiffusionPipeline's.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import UNet2DConditionModel
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils.torch_utils import randn_tensor
+
+from serving.engine.schedulers import SchedulerFactory, step_kwargs
+from serving.errors import QueueFull
+from serving.models.device import Placement
+
+
+@dataclass(frozen=True)
+class DenoiseJob:
+    """One image to denoise. Embeddings are [tokens, dim]; guidance > 1 needs `negative_embeds`."""
+
+    prompt_embeds: np.ndarray
+    negative_embeds: np.ndarray | None
+    height: int
+    width: int
+    steps: int
+    guidance_scale: float
+    seed: int
+    scheduler: str
+
+
+@dataclass
+class Ticket:
+    """The caller's handle on a submitted job: a future for the final latents, and progress."""
+
+    id: int
+    future: Future[np.ndarray] = field(default_factory=Future)
+    steps_done: int = 0
+    total_steps: int = 0
+    submitted_at: float = field(default_factory=time.monotonic)
+    started_at: float | None = None
+
+    def cancel(self) -> bool:
+        """Ask the engine to drop this job; its batch slot is freed at the next step boundary."""
+        return self.future.cancel()
+
+
+@dataclass
+class _Active:
+    ticket: Ticket
+    job: DenoiseJob
+    scheduler: SchedulerMixin
+    timesteps: torch.Tensor
+    latents: torch.Tensor
+    conditioning: torch.Tensor
+    guided: bool
+    extra: dict[str, Any]
+    index: int = 0
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.latents.shape)
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    active: int
+    queued: int
+    last_batch_rows: int
+    iterations: int
+    steps_completed: int
+
+
+class ContinuousBatchingEngine:
+    def __init__(
+        self,
+        unet: UNet2DConditionModel,
+        schedulers: SchedulerFactory,
+        placement: Placement,
+        *,
+        vae_scale_factor: int = 8,
+        max_batch_size: int = 8,
+        max_queue: int = 64,
+    ) -> None:
+        self._unet = unet
+        self._schedulers = schedulers
+        self._placement = placement
+        self._scale = vae_scale_factor
+        self._max_batch = max_batch_size
+        self._max_queue = max_queue
+        self._guidance_disabled = unet.config.time_cond_proj_dim is not None
+        self._ids = itertools.count()
+        self._pending: deque[tuple[DenoiseJob, Ticket]] = deque()
+        self._active: list[_Active] = []
+        self._wake = threading.Condition()
+        self._turn = 0
+        self._iterations = 0
+        self._steps_completed = 0
+        self._last_rows = 0
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    # -- caller side (any thread)
+
+    def submit(self, job: DenoiseJob) -> Ticket:
+        with self._wake:
+            waiting = len(self._pending) + len(self._active)
+            if waiting >= self._max_batch + self._max_queue:
+                raise QueueFull(
+                    f"the UNet is busy: {waiting} requests in flight, limit "
+                    f"{self._max_batch + self._max_queue}; retry later"
+                )
+            ticket = Ticket(id=next(self._ids))
+            self._pending.append((job, ticket))
+            self._wake.notify()
+        return ticket
+
+    def stats(self) -> EngineStats:
+        with self._wake:
+            return EngineStats(
+                active=len(self._active),
+                queued=len(self._pending),
+                last_batch_rows=self._last_rows,
+                iterations=self._iterations,
+                steps_completed=self._steps_completed,
+            )
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="unet-engine", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    # -- engine side (one thread)
+
+    def step(self) -> int:
+        """Run one iteration; returns the number of UNet rows computed (0 when idle)."""
+        self._admit()
+        self._drop_cancelled()
+        if not self._active:
+            return 0
+        group = self._next_group()
+        try:
+            rows = self._denoise_once(group)
+        except Exception as error:  # a failed forward fails its batch, never the engine
+            for request in group:
+                self._active.remove(request)
+                _fail(request.ticket, error)
+            return 0
+        for request in group:
+            if request.index == len(request.timesteps):
+                self._active.remove(request)
+                result = request.latents[0].float().cpu().numpy()
+                _resolve(request.ticket, result)
+        return rows
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not (self._pending or self._active or self._stopping):
+                    self._wake.wait()
+                if self._stopping:
+                    break
+            self.step()
+        with self._wake:
+            abandoned = [ticket for _, ticket in self._pending]
+            abandoned += [request.ticket for request in self._active]
+            self._pending.clear()
+            self._active.clear()
+        for ticket in abandoned:
+            ticket.cancel()
+
+    def _admit(self) -> None:
+        with self._wake:
+            admitted = []
+            while self._pending and len(self._active) + len(admitted) < self._max_batch:
+                admitted.append(self._pending.popleft())
+        for job, ticket in admitted:
+            if ticket.future.cancelled():
+                continue
+            try:
+                request = self._prepare(job, ticket)
+            except Exception as error:
+                _fail(ticket, error)
+                continue
+            with self._wake:
+                self._active.append(request)
+
+    def _prepare(self, job: DenoiseJob, ticket: Ticket) -> _Active:
+        device, dtype = self._placement.device, self._placement.dtype
+        scheduler = self._schedulers.create(job.scheduler, job.steps, device)
+        generator = torch.Generator("cpu").manual_seed(job.seed)
+        shape = (
+            1,
+            int(self._unet.config.in_channels),
+            job.height // self._scale,
+            job.width // self._scale,
+        )
+        # Same draw as StableDiffusionPipeline.prepare_latents for one image and this generator.
+        latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        latents = latents * scheduler.init_noise_sigma
+        guided = job.guidance_scale > 1.0 and not self._guidance_disabled
+        if guided and job.negative_embeds is None:
+            raise ValueError("guidance_scale > 1 needs negative_embeds")
+        embeds = [job.negative_embeds, job.prompt_embeds] if guided else [job.prompt_embeds]
+        conditioning = torch.from_numpy(np.stack(embeds)).to(device=device, dtype=dtype)
+        ticket.total_steps = len(scheduler.timesteps)
+        ticket.started_at = time.monotonic()
+        return _Active(
+            ticket=ticket,
+            job=job,
+            scheduler=scheduler,
+            timesteps=scheduler.timesteps,
+            latents=latents,
+            conditioning=conditioning,
+            guided=guided,
+            extra=step_kwargs(scheduler, generator),
+        )
+
+    def _drop_cancelled(self) -> None:
+        with self._wake:
+            self._active = [r for r in self._active if not r.ticket.future.cancelled()]
+
+    def _next_group(self) -> list[_Active]:
+        """Requests sharing the latent shape; shapes take turns so no size starves."""
+        shapes = list(dict.fromkeys(request.shape for request in self._active))
+        shape = shapes[self._turn % len(shapes)]
+        self._turn += 1
+        return [request for request in self._active if request.shape == shape]
+
+    @torch.inference_mode()
+    def _denoise_once(self, group: list[_Active]) -> int:
+        samples, conditioning, timesteps = [], [], []
+        for request in group:
+            t = request.timesteps[request.index]
+            sample = torch.cat([request.latents] * 2) if request.guided else request.latents
+            sample = request.scheduler.scale_model_input(sample, t)
+            samples.append(sample)
+            conditioning.append(request.conditioning)
+            # Float timesteps (Euler) and integer ones (DDIM) stack as float32: the UNet's
+            # sinusoidal embedding converts to float anyway, so this is exact.
+            timesteps.append(t.to(torch.float32).reshape(1).expand(sample.shape[0]))
+        batch = torch.cat(samples)
+        noise = self._unet(
+            batch,
+            torch.cat(timesteps).to(batch.device),
+            encoder_hidden_states=torch.cat(conditioning),
+            return_dict=False,
+        )[0]
+        offset = 0
+        for request in group:
+            rows = 2 if request.guided else 1
+            prediction = noise[offset : offset + rows]
+            offset += rows
+            if request.guided:
+                unconditional, conditional = prediction.chunk(2)
+                scale = request.job.guidance_scale
+                prediction = unconditional + scale * (conditional - unconditional)
+            t = request.timesteps[request.index]
+            request.latents = request.scheduler.step(
+                prediction, t, request.latents, **request.extra, return_dict=False
+            )[0]
+            request.index += 1
+            request.ticket.steps_done = request.index
+        with self._wake:
+            self._iterations += 1
+            self._steps_completed += len(group)
+            self._last_rows = offset
+        return offset
+
+
+def _resolve(ticket: Ticket, result: np.ndarray) -> None:
+    try:
+        ticket.future.set_result(result)
+    except InvalidStateError:  # cancelled by the caller after its last step
+        pass
+
+
+def _fail(ticket: Ticket, error: BaseException) -> None:
+    try:
+        ticket.future.set_exception(error)
+    except InvalidStateError:
+        pass

@@ -1,0 +1,92 @@
+"""Every error a client can see, defined once. Transports map `reason` to their status codes."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    MALFORMED_REQUEST = "malformed_request"
+    INVALID_ARGUMENT = "invalid_argument"
+    NOT_FOUND = "not_found"
+    QUEUE_FULL = "queue_full"
+    NOT_READY = "not_ready"
+    CANCELLED = "cancelled"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    INTERNAL = "internal"
+
+
+class ServingError(Exception):
+    """Base of every error the service reports to clients."""
+
+    reason: Reason = Reason.INTERNAL
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keep the keyword-only field when Ray pickles the error between replicas.
+        return (_rebuild, (type(self), self.message, self.field))
+
+    def to_dict(self) -> dict[str, str]:
+        body = {"code": self.reason.value, "message": self.message}
+        if self.field is not None:
+            body["field"] = self.field
+        return body
+
+
+def _rebuild(cls: type[ServingError], message: str, field: str | None) -> ServingError:
+    return cls(message, field=field)
+
+
+class MalformedRequest(ServingError):
+    """The body could not be parsed at all (bad JSON, wrong content type)."""
+
+    reason = Reason.MALFORMED_REQUEST
+
+
+class InvalidArgument(ServingError):
+    """A field is present but out of its allowed range or of the wrong type."""
+
+    reason = Reason.INVALID_ARGUMENT
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}", field=field)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        assert self.field is not None  # always set by __init__
+        return (type(self), (self.field, self.message.removeprefix(f"{self.field}: ")))
+
+
+class NotFound(ServingError):
+    reason = Reason.NOT_FOUND
+
+
+class QueueFull(ServingError):
+    """The UNet's waiting room is full; the client should retry later."""
+
+    reason = Reason.QUEUE_FULL
+
+
+class NotReady(ServingError):
+    reason = Reason.NOT_READY
+
+
+class Cancelled(ServingError):
+    reason = Reason.CANCELLED
+
+
+class DeadlineExceeded(ServingError):
+    reason = Reason.DEADLINE_EXCEEDED
+
+
+def as_serving_error(error: BaseException) -> ServingError | None:
+    """The ServingError behind `error`, also when Ray wrapped it on its way between replicas."""
+    if isinstance(error, ServingError):
+        return error
+    cause = getattr(error, "cause", None)
+    if isinstance(cause, ServingError):
+        return cause
+    return None

@@ -1,0 +1,50 @@
+"""ServingError → HTTP: the one table of status codes, and the handler FastAPI uses."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from serving.errors import InvalidArgument, MalformedRequest, Reason, ServingError, as_serving_error
+
+HTTP_STATUS: dict[Reason, int] = {
+    Reason.MALFORMED_REQUEST: 400,
+    Reason.INVALID_ARGUMENT: 422,
+    Reason.NOT_FOUND: 404,
+    Reason.QUEUE_FULL: 503,
+    Reason.NOT_READY: 503,
+    Reason.CANCELLED: 499,
+    Reason.DEADLINE_EXCEEDED: 504,
+    Reason.INTERNAL: 500,
+}
+RETRY_AFTER_S: dict[Reason, int] = {Reason.QUEUE_FULL: 2, Reason.NOT_READY: 5}
+
+
+def error_response(error: ServingError) -> JSONResponse:
+    headers = {}
+    if error.reason in RETRY_AFTER_S:
+        headers["Retry-After"] = str(RETRY_AFTER_S[error.reason])
+    return JSONResponse(
+        {"error": error.to_dict()}, status_code=HTTP_STATUS[error.reason], headers=headers
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def on_serving_error(_: Request, error: Exception) -> JSONResponse:
+        serving_error = as_serving_error(error)
+        if serving_error is None:
+            raise error
+        return error_response(serving_error)
+
+    async def on_validation_error(_: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, RequestValidationError)
+        first = error.errors()[0]
+        location = [str(part) for part in first.get("loc", ()) if part != "body"]
+        if first.get("type") == "json_invalid":
+            return error_response(MalformedRequest(f"malformed JSON: {first.get('msg')}"))
+        field = ".".join(location) or "body"
+        return error_response(InvalidArgument(field, str(first.get("msg"))))
+
+    app.add_exception_handler(ServingError, on_serving_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)

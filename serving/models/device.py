@@ -1,0 +1,37 @@
+"""Where the stages run and in which precision: CUDA with half precision when present, else CPU fp32."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from serving.settings import Settings
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Placement:
+    device: torch.device
+    dtype: torch.dtype
+
+
+def choose_placement(settings: Settings) -> Placement:
+    if settings.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(settings.device)
+    if settings.dtype != "auto":
+        dtype = _DTYPES[settings.dtype]
+    elif device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    else:
+        dtype = torch.float32
+    return Placement(device=device, dtype=dtype)
+
+
+def configure_threads(settings: Settings) -> None:
+    """Ray caps OMP threads at the actor's num_cpus; give torch the threads we were told to."""
+    if settings.torch_threads is not None:
+        torch.set_num_threads(settings.torch_threads)

@@ -1,0 +1,141 @@
+"""The one settings class: every knob of the service, read from `SD_*` environment variables.
+
+Nothing else in the package reads the environment. `build_app(args)` takes the same fields as
+keyword arguments, so a RayService can name only `import_path` and `args`.
+Nested fields use `__`: `SD_UNET__NUM_GPUS=0.5`, `SD_UNET__MAX_REPLICAS=4`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SchedulerName = Literal["ddim", "euler", "euler_a", "dpmpp_2m", "pndm"]
+OutputFormat = Literal["png", "jpeg", "webp"]
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "sd-serving"
+
+
+class StageSettings(BaseModel):
+    """Placement and autoscaling of one Ray Serve deployment."""
+
+    num_cpus: float = Field(0.5, ge=0)
+    num_gpus: float = Field(0.0, ge=0, description="fractional shares allowed, e.g. 0.25")
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, ge=1)
+    initial_replicas: int | None = Field(None, ge=0)
+    target_ongoing_requests: float = Field(2.0, gt=0)
+    max_ongoing_requests: int = Field(16, ge=1)
+    upscale_delay_s: float = Field(10.0, ge=0)
+    downscale_delay_s: float = Field(120.0, ge=0)
+
+    @model_validator(mode="after")
+    def _replica_bounds(self) -> StageSettings:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) exceeds max_replicas ({self.max_replicas})"
+            )
+        return self
+
+    def autoscaling_config(self) -> dict[str, float | int]:
+        config: dict[str, float | int] = {
+            "min_replicas": self.min_replicas,
+            "max_replicas": self.max_replicas,
+            "target_ongoing_requests": self.target_ongoing_requests,
+            "upscale_delay_s": self.upscale_delay_s,
+            "downscale_delay_s": self.downscale_delay_s,
+        }
+        if self.initial_replicas is not None:
+            config["initial_replicas"] = self.initial_replicas
+        return config
+
+    def ray_actor_options(self) -> dict[str, float]:
+        return {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+
+
+class Limits(BaseModel):
+    """Bounds on what one request may ask for; every violation answers 422 naming the field."""
+
+    min_size: int = 64
+    max_width: int = 1024
+    max_height: int = 1024
+    min_steps: int = 1
+    max_steps: int = 150
+    max_num_images: int = 4
+    max_guidance_scale: float = 30.0
+    max_prompt_chars: int = 4000
+    prompt_overflow: Literal["reject", "truncate"] = Field(
+        "reject",
+        description="prompts over the tokenizer's limit are rejected (422) or truncated (with a "
+        "warning in the response)",
+    )
+
+
+class Defaults(BaseModel):
+    """Values used when a request leaves a field out. Size defaults to the model's native size."""
+
+    steps: int = 20
+    guidance_scale: float = 7.5
+    scheduler: SchedulerName = "dpmpp_2m"
+    output_format: OutputFormat = "png"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SD_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    # -- model
+    model: str = Field(
+        "embedded",
+        description="'embedded' (built offline by this project), a local diffusers directory, "
+        "or a Hugging Face Hub id. /mnt/models is used when present and model is 'embedded'.",
+    )
+    model_name: str = Field("sd-embedded", description="name the API reports for the model")
+    kserve_model_dir: Path = Path("/mnt/models")
+    cache_dir: Path = Field(default_factory=_default_cache_dir)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads per replica")
+
+    # -- local service
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8000, ge=1, le=65535)
+    grpc_port: int = Field(9000, ge=1, le=65535)
+    ray_temp_dir: Path = Path("/tmp/sd-serving-ray")
+    app_name: str = "sd-serving"
+
+    # -- request handling
+    limits: Limits = Limits()
+    defaults: Defaults = Defaults()
+
+    # -- UNet engine
+    unet_max_batch_size: int = Field(8, ge=1, description="requests denoised together per step")
+    unet_max_queue: int = Field(64, ge=0, description="requests waiting for a batch slot")
+
+    # -- text encoder
+    embedding_cache_size: int = Field(1024, ge=0)
+    encoder_max_batch_size: int = Field(8, ge=1)
+    encoder_batch_wait_s: float = Field(0.005, ge=0)
+
+    # -- VAE decoder
+    decoder_max_batch_size: int = Field(4, ge=1)
+    decoder_batch_wait_s: float = Field(0.005, ge=0)
+
+    # -- deployments
+    ingress: StageSettings = StageSettings(num_cpus=0.25, max_ongoing_requests=256)
+    text_encoder: StageSettings = StageSettings(num_cpus=0.25, max_ongoing_requests=64)
+    unet: StageSettings = StageSettings(
+        num_cpus=1.0, max_ongoing_requests=72, target_ongoing_requests=6
+    )
+    vae: StageSettings = StageSettings(num_cpus=0.25, max_ongoing_requests=32)
+
+    def http_url(self) -> str:
+        return f"http://{self.http_host}:{self.http_port}"

@@ -1,0 +1,41 @@
+"""The TextEncoder deployment: prompts → embeddings, request-batched, with an embedding cache."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+from ray import serve
+
+from serving.engine.text import CacheStats, TextEncoderRunner
+from serving.models import loader
+from serving.models.device import choose_placement, configure_threads
+from serving.settings import Settings
+
+
+@serve.deployment(name="TextEncoder")
+class TextEncoder:
+    def __init__(self, settings: Settings) -> None:
+        configure_threads(settings)
+        placement = choose_placement(settings)
+        source = loader.resolve_model_source(settings)
+        self._runner = TextEncoderRunner(
+            loader.load_tokenizer(source),
+            loader.load_text_encoder(source, placement),
+            placement,
+            model_id=source,
+            cache_size=settings.embedding_cache_size,
+        )
+        self.encode.set_max_batch_size(settings.encoder_max_batch_size)
+        self.encode.set_batch_wait_timeout_s(settings.encoder_batch_wait_s)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
+    async def encode(self, texts: list[str]) -> list[np.ndarray]:
+        # One batch at a time (serve.batch's default), so the cache needs no lock.
+        return await asyncio.to_thread(self._runner.encode, texts)
+
+    def cache_stats(self) -> CacheStats:
+        return self._runner.cache.stats()
+
+    def ready(self) -> bool:
+        return True
