@@ -155,8 +155,8 @@ class ContinuousBatchingEngine:
 
     def step(self) -> int:
         """Run one iteration; returns the number of UNet rows computed (0 when idle)."""
+        self._drop_cancelled()  # first, so a freed slot is refilled in this same iteration
         self._admit()
-        self._drop_cancelled()
         if not self._active:
             return 0
         group = self._next_group()

@@ -1,0 +1,15 @@
+"""Fixtures shared by every test tier."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def embedded_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded model exported once per test session, as `sd-serving export-model` writes it."""
+    from serving.models.embedded import export
+
+    return export(tmp_path_factory.mktemp("models") / "embedded")
