@@ -1,7 +1,7 @@
 """`build_app(args)`: the typed entry point Ray Serve and KubeRay's RayService import.
 
-    serve run serving.app:build_app unet_max_batch_size=4
-    # RayService: importPath: serving.app:build_app, args: {model: /mnt/models}
+serve run serving.app:build_app unet_max_batch_size=4
+# RayService: importPath: serving.app:build_app, args: {model: /mnt/models}
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from serving.stages.unet import UNetDenoiser
 from serving.stages.vae import VAEDecoder
 
 
-def _configured(deployment: Deployment, stage: StageSettings) -> Deployment:
+def _configured(deployment: Any, stage: StageSettings) -> Deployment:
+    # `Any`: mypy sees a @serve.deployment class as the plain class, not as a Deployment.
     return deployment.options(
         autoscaling_config=stage.autoscaling_config(),
         ray_actor_options=stage.ray_actor_options(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -29,7 +30,7 @@ def run_local(settings: Settings, announce: Callable[[str], None] = print) -> in
         address="local",
         _temp_dir=str(settings.ray_temp_dir),
         include_dashboard=False,
-        logging_level="warning",
+        logging_level=logging.WARNING,
     )
     # After ray.init: Ray installs its own SIGTERM handler there, which would skip our teardown.
     stop = threading.Event()

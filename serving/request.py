@@ -68,9 +68,9 @@ def parse_params(data: Any) -> GenerateParams:
         raise InvalidArgument(field, first["msg"]) from None
 
 
-def resolve(params: GenerateParams, limits: Limits, defaults: Defaults, native_size: int) -> (
-    GenerationRequest
-):
+def resolve(
+    params: GenerateParams, limits: Limits, defaults: Defaults, native_size: int
+) -> GenerationRequest:
     """Apply defaults and check every field against the limits."""
     if not params.prompt.strip():
         raise InvalidArgument("prompt", "must not be empty")
@@ -87,7 +87,9 @@ def resolve(params: GenerateParams, limits: Limits, defaults: Defaults, native_s
     _check_size("height", height, limits.min_size, limits.max_height)
     steps = params.steps if params.steps is not None else defaults.steps
     _check_range("steps", steps, limits.min_steps, limits.max_steps)
-    guidance = params.guidance_scale if params.guidance_scale is not None else defaults.guidance_scale
+    guidance = (
+        params.guidance_scale if params.guidance_scale is not None else defaults.guidance_scale
+    )
     if not 0.0 <= guidance <= limits.max_guidance_scale:
         raise InvalidArgument(
             "guidance_scale", f"must be between 0 and {limits.max_guidance_scale} (got {guidance})"
@@ -95,14 +97,16 @@ def resolve(params: GenerateParams, limits: Limits, defaults: Defaults, native_s
     scheduler = params.scheduler or defaults.scheduler
     if scheduler not in SCHEDULER_NAMES:
         raise InvalidArgument(
-            "scheduler", f"unknown scheduler {scheduler!r}; choose one of {', '.join(SCHEDULER_NAMES)}"
+            "scheduler",
+            f"unknown scheduler {scheduler!r}; choose one of {', '.join(SCHEDULER_NAMES)}",
         )
     output_format = (params.output_format or defaults.output_format).lower()
     if output_format == "jpg":
         output_format = "jpeg"
     if output_format not in OUTPUT_FORMATS:
         raise InvalidArgument(
-            "output_format", f"unknown format {output_format!r}; choose one of {', '.join(OUTPUT_FORMATS)}"
+            "output_format",
+            f"unknown format {output_format!r}; choose one of {', '.join(OUTPUT_FORMATS)}",
         )
     seed = params.seed if params.seed is not None else secrets.randbelow(MAX_SEED + 1)
     _check_range("seed", seed, 0, MAX_SEED)
@@ -115,8 +119,8 @@ def resolve(params: GenerateParams, limits: Limits, defaults: Defaults, native_s
         steps=steps,
         guidance_scale=guidance,
         seed=seed,
-        scheduler=scheduler,  # type: ignore[arg-type]  # checked against SCHEDULER_NAMES above
-        output_format=output_format,  # type: ignore[arg-type]  # checked against OUTPUT_FORMATS
+        scheduler=scheduler,  # checked against SCHEDULER_NAMES above
+        output_format=output_format,  # checked against OUTPUT_FORMATS
     )
 
 

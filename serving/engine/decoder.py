@@ -1,4 +1,4 @@
-"""Latents → uint8 RGB images, as StableDiffusionPipeline's VAE decode and postprocess. Plain torch."""
+"""Latents → uint8 RGB images, as StableDiffusionPipeline's VAE decode and postprocess."""
 
 from __future__ import annotations
 

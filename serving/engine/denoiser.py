@@ -9,6 +9,7 @@ never waits for a long one to finish. The arithmetic per request is StableDiffus
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import time
@@ -192,7 +193,7 @@ class ContinuousBatchingEngine:
 
     def _admit(self) -> None:
         with self._wake:
-            admitted = []
+            admitted: list[tuple[DenoiseJob, Ticket]] = []
             while self._pending and len(self._active) + len(admitted) < self._max_batch:
                 admitted.append(self._pending.popleft())
         for job, ticket in admitted:
@@ -220,9 +221,11 @@ class ContinuousBatchingEngine:
         latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
         latents = latents * scheduler.init_noise_sigma
         guided = job.guidance_scale > 1.0 and not self._guidance_disabled
-        if guided and job.negative_embeds is None:
-            raise ValueError("guidance_scale > 1 needs negative_embeds")
-        embeds = [job.negative_embeds, job.prompt_embeds] if guided else [job.prompt_embeds]
+        embeds = [job.prompt_embeds]
+        if guided:
+            if job.negative_embeds is None:
+                raise ValueError("guidance_scale > 1 needs negative_embeds")
+            embeds.insert(0, job.negative_embeds)
         conditioning = torch.from_numpy(np.stack(embeds)).to(device=device, dtype=dtype)
         ticket.total_steps = len(scheduler.timesteps)
         ticket.started_at = time.monotonic()
@@ -290,14 +293,10 @@ class ContinuousBatchingEngine:
 
 
 def _resolve(ticket: Ticket, result: np.ndarray) -> None:
-    try:
+    with contextlib.suppress(InvalidStateError):  # cancelled by the caller after its last step
         ticket.future.set_result(result)
-    except InvalidStateError:  # cancelled by the caller after its last step
-        pass
 
 
 def _fail(ticket: Ticket, error: BaseException) -> None:
-    try:
+    with contextlib.suppress(InvalidStateError):
         ticket.future.set_exception(error)
-    except InvalidStateError:
-        pass

@@ -77,7 +77,9 @@ class TextEncoderRunner:
             fresh = dict(zip(missing, self._forward(missing), strict=True))
             for text, embeds in fresh.items():
                 self.cache.put((self._model_id, text), embeds)
-            results = [r if r is not None else fresh[t] for t, r in zip(texts, results, strict=True)]
+            results = [
+                r if r is not None else fresh[t] for t, r in zip(texts, results, strict=True)
+            ]
         return [r for r in results if r is not None]
 
     @torch.inference_mode()

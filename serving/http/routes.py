@@ -50,7 +50,9 @@ def create_http_app(service: GenerationService) -> FastAPI:
     async def ready() -> JSONResponse:
         stages = await service.readiness()
         is_ready = all(stages.values())
-        return JSONResponse({"ready": is_ready, "stages": stages}, status_code=200 if is_ready else 503)
+        return JSONResponse(
+            {"ready": is_ready, "stages": stages}, status_code=200 if is_ready else 503
+        )
 
     return app
 

@@ -1,4 +1,4 @@
-"""Where the stages run and in which precision: CUDA with half precision when present, else CPU fp32."""
+"""Where stages run and in which precision: CUDA in half precision when present, else CPU fp32."""
 
 from __future__ import annotations
 

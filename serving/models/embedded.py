@@ -36,7 +36,7 @@ UNET_OUTPUT_DAMPING = 0.1
 
 
 def build_pipeline() -> StableDiffusionPipeline:
-    """The embedded pipeline in memory (≈23M-parameter UNet, 128×128 images)."""
+    """The embedded pipeline in memory (≈23M-parameter UNet, 128x128 images)."""
     with tempfile.TemporaryDirectory() as scratch:
         tokenizer = write_tokenizer(Path(scratch))
     generator_state = torch.random.get_rng_state()

@@ -11,6 +11,7 @@ from serving.engine.text import CacheStats, TextEncoderRunner
 from serving.models import loader
 from serving.models.device import choose_placement, configure_threads
 from serving.settings import Settings
+from serving.stages.batching import tune_batching
 
 
 @serve.deployment(name="TextEncoder")
@@ -26,8 +27,7 @@ class TextEncoder:
             model_id=source,
             cache_size=settings.embedding_cache_size,
         )
-        self.encode.set_max_batch_size(settings.encoder_max_batch_size)
-        self.encode.set_batch_wait_timeout_s(settings.encoder_batch_wait_s)
+        tune_batching(self.encode, settings.encoder_max_batch_size, settings.encoder_batch_wait_s)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
     async def encode(self, texts: list[str]) -> list[np.ndarray]:

@@ -11,6 +11,7 @@ from serving.engine.decoder import VaeDecoderRunner
 from serving.models import loader
 from serving.models.device import choose_placement, configure_threads
 from serving.settings import Settings
+from serving.stages.batching import tune_batching
 
 
 @serve.deployment(name="VAEDecoder")
@@ -20,8 +21,7 @@ class VAEDecoder:
         placement = choose_placement(settings)
         source = loader.resolve_model_source(settings)
         self._runner = VaeDecoderRunner(loader.load_vae(source, placement), placement)
-        self.decode.set_max_batch_size(settings.decoder_max_batch_size)
-        self.decode.set_batch_wait_timeout_s(settings.decoder_batch_wait_s)
+        tune_batching(self.decode, settings.decoder_max_batch_size, settings.decoder_batch_wait_s)
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.005)
     async def decode(self, latents: list[np.ndarray]) -> list[np.ndarray]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -102,10 +103,8 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService
         time.sleep(1.0)
         leftovers = _processes_mentioning(ray_dir)
         for pid in leftovers:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         assert code == 0, f"service exited with {code}:\n" + "".join(output[-40:])
         assert not leftovers, f"processes left behind after shutdown: {leftovers}"
         assert "sd-serving shutting down" in "".join(output)

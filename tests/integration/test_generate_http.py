@@ -104,15 +104,19 @@ def test_response_reports_seeds_parameters_and_stage_timings(service: RunningSer
 
 @pytest.mark.parametrize(
     ("accept", "media_type", "magic"),
-    [("image/png", "image/png", b"\x89PNG"), ("image/jpeg", "image/jpeg", b"\xff\xd8\xff"),
-     ("image/webp", "image/webp", b"RIFF")],
+    [
+        ("image/png", "image/png", b"\x89PNG"),
+        ("image/jpeg", "image/jpeg", b"\xff\xd8\xff"),
+        ("image/webp", "image/webp", b"RIFF"),
+    ],
 )
 def test_raw_image_when_the_client_accepts_an_image(
     service: RunningService, accept: str, media_type: str, magic: bytes
 ) -> None:
     with service.client() as client:
         response = client.post(
-            "/v1/generate", json={"prompt": "a sailboat", "seed": 3, "steps": 4},
+            "/v1/generate",
+            json={"prompt": "a sailboat", "seed": 3, "steps": 4},
             headers={"Accept": accept},
         )
     assert response.status_code == 200, response.text
@@ -185,8 +189,13 @@ def test_concurrent_requests_equal_their_solo_results(service: RunningService) -
     requests = [
         {"prompt": "a castle", "scheduler": "ddim", "steps": 20, "seed": 1},
         {"prompt": "a forest", "scheduler": "dpmpp_2m", "steps": 12, "seed": 2},
-        {"prompt": "a harbour", "scheduler": "euler_a", "steps": 16, "seed": 3,
-         "negative_prompt": "people"},
+        {
+            "prompt": "a harbour",
+            "scheduler": "euler_a",
+            "steps": 16,
+            "seed": 3,
+            "negative_prompt": "people",
+        },
         {"prompt": "a desert", "scheduler": "pndm", "steps": 8, "seed": 4, "guidance_scale": 1.0},
         {"prompt": "a glacier", "scheduler": "euler", "steps": 10, "seed": 5, "width": 64},
     ]

@@ -32,7 +32,9 @@ def solo_image(components: Components, prompt: str, **args: object) -> np.ndarra
 def test_engine_matches_stable_diffusion_pipeline(components: Components, scheduler: str) -> None:
     args = {"scheduler": scheduler, "seed": 11, "steps": 10, "negative": "blurry"}
     served = solo_image(components, "a lighthouse at dusk", **args)
-    assert max_pixel_difference(served, components.reference_image(args, "a lighthouse at dusk")) <= 1
+    assert (
+        max_pixel_difference(served, components.reference_image(args, "a lighthouse at dusk")) <= 1
+    )
 
 
 def test_guidance_off_uses_one_row_and_still_matches(components: Components) -> None:

@@ -51,7 +51,9 @@ def test_seeds_of_several_images_are_consecutive() -> None:
         ({"stpes": 20}, "stpes", "unknown field"),
     ],
 )
-def test_bad_field_is_named_with_its_limit(fields: dict[str, Any], field: str, fragment: str) -> None:
+def test_bad_field_is_named_with_its_limit(
+    fields: dict[str, Any], field: str, fragment: str
+) -> None:
     with pytest.raises(InvalidArgument) as caught:
         resolved(**fields)
     assert caught.value.field == field
