@@ -18,6 +18,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", dest="http_port", type=int, help="HTTP port (SD_HTTP_PORT)")
     serve.add_argument("--grpc-port", dest="grpc_port", type=int, help="gRPC port (SD_GRPC_PORT)")
 
+    gateway = commands.add_parser(
+        "gateway", help="forward HTTP to a Serve app elsewhere (the chart's kuberay mode)"
+    )
+    gateway.add_argument("--upstream", required=True, help="e.g. http://sd-serving-serve-svc:8000")
+    gateway.add_argument("--host", default="0.0.0.0")
+    gateway.add_argument("--port", type=int, default=8080)
+
     export = commands.add_parser(
         "export-model", help="write the embedded model as a diffusers pipeline directory"
     )
@@ -37,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
             if (value := getattr(args, key)) is not None
         }
         return run_local(Settings(**overrides))
+    if args.command == "gateway":
+        from serving.gateway import run_gateway
+
+        return run_gateway(args.upstream, args.host, args.port)
     if args.command == "export-model":
         from serving.models.embedded import export
 

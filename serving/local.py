@@ -30,6 +30,7 @@ def run_local(settings: Settings, announce: Callable[[str], None] = print) -> in
         address="local",
         _temp_dir=str(settings.ray_temp_dir),
         include_dashboard=False,
+        _metrics_export_port=settings.metrics_port,
         logging_level=logging.WARNING,
     )
     # After ray.init: Ray installs its own SIGTERM handler there, which would skip our teardown.

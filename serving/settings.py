@@ -28,6 +28,11 @@ class StageSettings(BaseModel):
 
     num_cpus: float = Field(0.5, ge=0)
     num_gpus: float = Field(0.0, ge=0, description="fractional shares allowed, e.g. 0.25")
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Ray custom resources, e.g. {'pool-unet': 0.001} pins the stage to the "
+        "worker group (node pool) that advertises that resource",
+    )
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(1, ge=1)
     initial_replicas: int | None = Field(None, ge=0)
@@ -56,8 +61,11 @@ class StageSettings(BaseModel):
             config["initial_replicas"] = self.initial_replicas
         return config
 
-    def ray_actor_options(self) -> dict[str, float]:
-        return {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+    def ray_actor_options(self) -> dict[str, object]:
+        options: dict[str, object] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+        if self.resources:
+            options["resources"] = dict(self.resources)
+        return options
 
 
 class Limits(BaseModel):
@@ -110,6 +118,9 @@ class Settings(BaseSettings):
     http_port: int = Field(8000, ge=1, le=65535)
     grpc_port: int = Field(9000, ge=1, le=65535)
     ray_temp_dir: Path = Path("/tmp/sd-serving-ray")
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="port of Ray's Prometheus endpoint (random when unset)"
+    )
     app_name: str = "sd-serving"
 
     # -- request handling
