@@ -8,13 +8,21 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+TOOLS := .tools
+HELM := $(TOOLS)/bin/helm
+CHECKOV := $(TOOLS)/checkov/bin/checkov
+# Upstream CRDs the rendered custom resources are validated against (see crds-info).
+export SD_CRD_DIR ?= $(abspath ../shared/crds)
+export SD_GRAFANA_SCHEMA_DIR ?= $(abspath ../shared/schemas/grafana)
+export SD_HELM := $(abspath $(HELM))
+export SD_CHECKOV := $(abspath $(CHECKOV))
 # Local Ray: no token-auth prompt, no usage reporting.
 export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
 # pip notes every unused local index path; keep the output readable.
 PIP_QUIET := grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: help install serve test test-unit test-integration lint format export-model clean
+.PHONY: help install tools serve test test-unit test-integration test-chart lint format export-model render-k8s crds crds-info clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -28,10 +36,21 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -c "import serving, torch, ray, diffusers"
 	touch $@
 
+tools: $(HELM) $(CHECKOV) ## pinned helm and checkov in .tools/ (chart checks)
+
+$(HELM): scripts/fetch_helm.py
+	$(PYTHON) scripts/fetch_helm.py $@ 2>&1 | $(PIP_QUIET)
+
+# checkov pins many packages of its own: it gets a venv apart from the service's.
+$(CHECKOV):
+	$(PYTHON) -m venv $(TOOLS)/checkov
+	$(TOOLS)/checkov/bin/python -m pip install -q checkov==3.2.495 2>&1 | $(PIP_QUIET)
+	touch $@
+
 serve: install ## start the service on the embedded model at http://127.0.0.1:8000 (Ctrl-C stops it)
 	$(BIN)/sd-serving serve
 
-test: install ## run every test: unit (no Ray) then integration (the real Serve app)
+test: install tools ## run every test: unit (no Ray), chart (offline), integration (the real Serve app)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-unit: install ## only the fast tests that need no Ray
@@ -39,6 +58,18 @@ test-unit: install ## only the fast tests that need no Ray
 
 test-integration: install ## only the tests against the running Serve app
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+
+test-chart: install tools ## only the offline chart checks (helm lint/template, schemas, checkov, drift)
+	$(BIN)/pytest tests/chart $(PYTEST_ARGS)
+
+render-k8s: tools ## re-render k8s/ (plain manifests) from the chart's documented profiles
+	$(BIN)/python -m tests.chart.render --write
+
+crds-info: ## which pinned upstream CRD releases the chart checks validate against (SD_CRD_DIR)
+	@echo "SD_CRD_DIR=$(SD_CRD_DIR)"; grep -E '^ +"|^RAW' scripts/fetch_crds.py
+
+crds: ## download the pinned upstream CRDs into SD_CRD_DIR (needs network to GitHub)
+	$(PYTHON) scripts/fetch_crds.py $(SD_CRD_DIR)
 
 lint: install ## ruff (lint + format check) and mypy
 	$(BIN)/ruff check serving tests
@@ -53,4 +84,4 @@ export-model: install ## write the embedded model as a diffusers directory: make
 	$(BIN)/sd-serving export-model $(or $(DIR),out/embedded-model)
 
 clean: ## remove the virtual environment and caches
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import sys
+from pathlib import Path
 
 import httpx
 from PIL import Image
@@ -48,9 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt", default="a red apple on a wooden table")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument("--api-key-file", type=Path, help="file holding the API key to send")
     args = parser.parse_args(argv)
     try:
-        description = check(args.url, args.prompt, args.steps, args.timeout, os.environ.get("SD_API_KEY"))
+        api_key = args.api_key_file.read_text().strip() if args.api_key_file else None
+        description = check(args.url, args.prompt, args.steps, args.timeout, api_key)
     except (RuntimeError, httpx.HTTPError, OSError) as error:
         print(f"FAIL: {error}", file=sys.stderr)
         return 1

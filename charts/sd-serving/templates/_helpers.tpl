@@ -135,6 +135,17 @@ affinity:
 {{- end }}
 {{- end -}}
 
+{{/* Container resources with nvidia.com/gpu set from a GPU count. Call with (dict "resources" r "gpus" n). */}}
+{{- define "sd-serving.resources" -}}
+{{- $resources := deepCopy .resources -}}
+{{- if gt (int .gpus) 0 -}}
+{{- range $part := list "requests" "limits" -}}
+{{- $_ := set $resources $part (merge (dict "nvidia.com/gpu" (toString $.gpus)) (get $resources $part | default dict)) -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $resources -}}
+{{- end -}}
+
 {{- define "sd-serving.probes" -}}
 startupProbe:
   httpGet: {path: /v2/health/ready, port: http}

@@ -1,0 +1,417 @@
+"""The Helm chart, verified offline: lint, render, schemas of every kind, checkov, and the fields
+that matter to users. No cluster runs here; see charts/sd-serving/README.md for what only a real
+cluster can verify."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from serving.settings import Settings, StageSettings
+from tests.chart.render import (
+    CHART,
+    K8S,
+    NAMESPACE,
+    PROFILES,
+    RELEASE,
+    helm,
+    helm_args,
+    kustomization,
+    plain_manifests,
+    render,
+)
+
+KUBERNETES_VERSION = "1.34.0"
+CUSTOM_KINDS = {
+    "InferenceService",
+    "RayService",
+    "NodePool",
+    "EC2NodeClass",
+    "ScaledObject",
+    "PodMonitor",
+    "ServiceMonitor",
+    "PrometheusRule",
+}
+FULLNAME = f"{RELEASE}"  # the release name contains the chart name
+
+
+@cache
+def rendered(profile: str) -> tuple[dict[str, Any], ...]:
+    return tuple(render(profile))
+
+
+def find(profile: str, kind: str, name: str | None = None) -> dict[str, Any]:
+    matches = [
+        doc
+        for doc in rendered(profile)
+        if doc["kind"] == kind and (name is None or doc["metadata"]["name"] == name)
+    ]
+    assert len(matches) == 1, f"{profile}: expected one {kind} {name or ''}, got {len(matches)}"
+    return matches[0]
+
+
+def kinds(profile: str) -> set[str]:
+    return {doc["kind"] for doc in rendered(profile)}
+
+
+def env_of(container: dict[str, Any]) -> dict[str, str]:
+    return {item["name"]: item.get("value", "") for item in container.get("env", [])}
+
+
+# -- lint and render
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_lint_strict(profile: str) -> None:
+    result = subprocess.run(
+        [helm(), "lint", "--strict", str(CHART), *helm_args(profile)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_object_is_namespaced_and_labelled(profile: str) -> None:
+    cluster_scoped = {"NodePool", "EC2NodeClass"}
+    for doc in rendered(profile):
+        metadata = doc["metadata"]
+        if doc["kind"] not in cluster_scoped:
+            assert metadata.get("namespace") == NAMESPACE, (doc["kind"], metadata["name"])
+        assert metadata["labels"]["app.kubernetes.io/instance"] == RELEASE
+
+
+# -- schemas
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_builtin_kinds_pass_strict_kubernetes_validation(profile: str) -> None:
+    checked = 0
+    for doc in rendered(profile):
+        if doc["kind"] in CUSTOM_KINDS:
+            continue
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        checked += 1
+    assert checked >= 4
+
+
+def _strict(schema: Any) -> Any:
+    """Reject unknown fields, as the API server's structural-schema pruning would drop them."""
+    if isinstance(schema, dict):
+        schema = {key: _strict(value) for key, value in schema.items()}
+        if (
+            "properties" in schema
+            and "additionalProperties" not in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")
+        ):
+            schema["additionalProperties"] = False
+        return schema
+    if isinstance(schema, list):
+        return [_strict(item) for item in schema]
+    return schema
+
+
+@cache
+def crd_schemas(crd_dir: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    schemas = {}
+    for path in crd_dir.glob("*.yaml"):
+        crd = yaml.safe_load(path.read_text())
+        group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+        for version in crd["spec"]["versions"]:
+            api_version = f"{group}/{version['name']}"
+            schemas[(api_version, kind)] = _strict(version["schema"]["openAPIV3Schema"])
+    return schemas
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_custom_resources_validate_against_their_crds(profile: str, crd_dir: Path) -> None:
+    schemas = crd_schemas(crd_dir)
+    custom = [doc for doc in rendered(profile) if doc["kind"] in CUSTOM_KINDS]
+    assert custom
+    for doc in custom:
+        schema = schemas.get((doc["apiVersion"], doc["kind"]))
+        assert schema is not None, f"no CRD for {doc['apiVersion']} {doc['kind']} in {crd_dir}"
+        errors = sorted(
+            jsonschema.Draft7Validator(schema).iter_errors(doc), key=lambda e: list(e.path)
+        )
+        assert not errors, "\n".join(
+            f"{doc['kind']} {doc['metadata']['name']}: {'.'.join(map(str, e.path))}: {e.message}"
+            for e in errors[:10]
+        )
+
+
+def test_strict_crd_validation_catches_an_unknown_field(crd_dir: Path) -> None:
+    service = copy.deepcopy(find("default", "InferenceService"))
+    service["spec"]["predictor"]["minReplica"] = 1  # the typo a user would make
+    schema = crd_schemas(crd_dir)[(service["apiVersion"], "InferenceService")]
+    assert not jsonschema.Draft7Validator(schema).is_valid(service)
+
+
+def test_values_schema_rejects_typos_and_wrong_types() -> None:
+    for bad in (
+        ["--set", "stages.unet.numGPUs=1"],
+        ["--set", "autoscaling.mode=knative"],
+        ["--set-string", "service.httpPort=eighty"],
+        ["--set", "replicaCount=3"],
+    ):
+        result = subprocess.run(
+            [helm(), "template", RELEASE, str(CHART), *bad], capture_output=True, text=True
+        )
+        assert result.returncode != 0, bad
+        assert "values don't meet the specifications of the schema" in result.stderr, bad
+
+
+def test_checkov_finds_no_failed_checks(tmp_path: Path) -> None:
+    checkov = os.environ.get("SD_CHECKOV") or str(CHART.parents[1] / ".tools/checkov/bin/checkov")
+    for profile in PROFILES:
+        (tmp_path / f"{profile}.yaml").write_text(
+            "---\n".join(yaml.safe_dump(doc) for doc in rendered(profile))
+        )
+    result = subprocess.run(
+        [checkov, "-d", str(tmp_path), "--framework", "kubernetes", "--skip-download",
+         "--quiet", "--compact", "-o", "json"],
+        capture_output=True,
+        text=True,
+    )
+    reports = json.loads(result.stdout)
+    reports = reports if isinstance(reports, list) else [reports]
+    failed = [
+        f"{check['check_id']} {check['resource']} ({check['file_path']}): {check['check_name']}"
+        for report in reports
+        for check in report["results"]["failed_checks"]
+    ]
+    assert not failed, "\n".join(failed)
+    assert sum(report["summary"]["passed"] for report in reports) > 100
+
+
+# -- what users rely on
+
+
+def test_embedded_inference_service_exposes_http_and_grpc() -> None:
+    service = find("default", "InferenceService")
+    annotations = service["metadata"]["annotations"]
+    assert annotations["serving.kserve.io/deploymentMode"] == "RawDeployment"
+    assert annotations["serving.kserve.io/autoscalerClass"] == "external"  # the chart's HPA scales
+    (container,) = service["spec"]["predictor"]["containers"]
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports == {"http": 8000, "h2c": 9000, "metrics": 8080}
+    assert container["command"] == ["sd-serving", "serve"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    env = env_of(container)
+    assert env["SD_HTTP_HOST"] == "0.0.0.0" and env["SD_GRPC_PORT"] == "9000"
+
+
+def test_embedded_predictor_runs_on_the_gpu_pool_and_tolerates_its_taint() -> None:
+    predictor = find("default", "InferenceService")["spec"]["predictor"]
+    assert predictor["nodeSelector"]["sd-serving/pool"] == "gpu-unet"
+    assert {"key": "nvidia.com/gpu", "operator": "Equal", "value": "true",
+            "effect": "NoSchedule"} in predictor["tolerations"]
+    terms = predictor["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert terms[0]["matchExpressions"][0]["values"] == ["nvidia-l40s"]
+    resources = predictor["containers"][0]["resources"]
+    assert resources["limits"]["nvidia.com/gpu"] == "1"
+
+
+def test_stage_settings_reach_the_app_and_parse() -> None:
+    (container,) = find("default", "InferenceService")["spec"]["predictor"]["containers"]
+    env = env_of(container)
+    unet = StageSettings.model_validate_json(env["SD_UNET"])
+    assert unet.num_gpus == 0.8 and unet.max_replicas == 8
+    assert StageSettings.model_validate_json(env["SD_VAE"]).num_gpus == 0.1
+
+
+def test_storage_uri_is_handed_to_kserve_and_the_app_reads_mnt_models() -> None:
+    (container,) = find("gpu-embedded", "InferenceService")["spec"]["predictor"]["containers"]
+    env = env_of(container)
+    assert env["STORAGE_URI"] == "s3://models/stable-diffusion-v1-5"
+    assert env["SD_MODEL"] == "/mnt/models"
+    assert env["SD_API_KEYS_FILE"] == "/etc/sd-serving/api-keys/api-keys"
+
+
+def test_hpa_scales_the_predictor_on_in_flight_requests() -> None:
+    hpa = find("gpu-embedded", "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1", "kind": "Deployment", "name": f"{FULLNAME}-predictor"}
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["pods"]["metric"]["name"] == "ray_serve_num_ongoing_http_requests"
+    assert metric["pods"]["target"] == {"type": "AverageValue", "averageValue": "8"}
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 12)
+
+
+def test_keda_scales_the_predictor_on_unet_queue_depth() -> None:
+    scaled = find("keda-autoscaling", "ScaledObject")
+    assert scaled["spec"]["scaleTargetRef"]["name"] == f"{FULLNAME}-predictor"
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "prometheus"
+    query = trigger["metadata"]["query"]
+    assert "ray_serve_deployment_queued_queries" in query
+    assert 'deployment="UNetDenoiser"' in query
+    assert f'namespace="{NAMESPACE}"' in query and f"{FULLNAME}-predictor-.*" in query
+    assert trigger["metadata"]["threshold"] == "4"
+    assert "HorizontalPodAutoscaler" not in kinds("keda-autoscaling")
+
+
+def test_kserve_autoscaling_leaves_scaling_to_kserve() -> None:
+    service = find("cpu-dev", "InferenceService")
+    assert service["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"] == "hpa"
+    assert service["spec"]["predictor"]["scaleMetric"] == "cpu"
+    assert not kinds("cpu-dev") & {"HorizontalPodAutoscaler", "ScaledObject"}
+    assert "nvidia.com/gpu" not in json.dumps(service)
+
+
+def test_scale_to_zero_uses_serverless_mode_with_one_port() -> None:
+    docs = render("default", "--set", "autoscaling.scaleToZero=true")
+    (service,) = [doc for doc in docs if doc["kind"] == "InferenceService"]
+    assert service["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Serverless"
+    assert service["spec"]["predictor"]["minReplicas"] == 0
+    assert len(service["spec"]["predictor"]["containers"][0]["ports"]) == 1
+    assert not {doc["kind"] for doc in docs} & {"HorizontalPodAutoscaler", "ScaledObject"}
+
+
+def _ray_service(name: str) -> dict[str, Any]:
+    return find("gpu-kuberay-karpenter", "RayService", name)
+
+
+def test_kuberay_serve_config_names_build_app_and_valid_settings() -> None:
+    config = yaml.safe_load(_ray_service(FULLNAME)["spec"]["serveConfigV2"])
+    (app,) = config["applications"]
+    assert app["import_path"] == "serving.app:build_app"
+    settings = Settings(**app["args"])  # what build_app will receive
+    assert settings.model == "/mnt/models"
+    assert settings.unet.resources == {"pool-gpu-unet": 0.001}
+    assert settings.text_encoder.resources == {"pool-gpu-small": 0.001}
+    assert settings.ingress.resources == {"pool-cpu-small": 0.001}
+    assert settings.unet.max_replicas == 64
+    assert _ray_service(FULLNAME)["spec"]["rayClusterConfig"]["enableInTreeAutoscaling"] is True
+
+
+def test_kuberay_unet_pool_worker_group_has_gpus_placement_and_the_pool_resource() -> None:
+    groups = {
+        group["groupName"]: group
+        for group in _ray_service(FULLNAME)["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    }
+    assert set(groups) == {"gpu-unet", "gpu-small", "cpu-small"}
+    unet = groups["gpu-unet"]
+    assert json.loads(unet["rayStartParams"]["resources"]) == {"pool-gpu-unet": 1000}
+    assert unet["rayStartParams"]["num-gpus"] == "8"
+    pod = unet["template"]["spec"]
+    assert pod["nodeSelector"]["sd-serving/pool"] == "gpu-unet"
+    assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "8"
+    assert "tolerations" not in groups["cpu-small"]["template"]["spec"]
+
+
+def test_kuberay_gateway_forwards_to_the_canary_during_a_rollout() -> None:
+    service = find("gpu-kuberay-karpenter", "InferenceService")
+    assert service["spec"]["predictor"]["canaryTrafficPercent"] == 10
+    command = service["spec"]["predictor"]["containers"][0]["command"]
+    assert command[:3] == ["sd-serving", "gateway", "--upstream"]
+    assert command[3] == f"http://{FULLNAME}-canary-serve-svc:8000"
+    canary = _ray_service(f"{FULLNAME}-canary")
+    assert canary["metadata"]["labels"]["sd-serving/variant"] == "canary"
+    head = canary["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    assert head["containers"][0]["image"].endswith(":0.2.0")
+    args = yaml.safe_load(canary["spec"]["serveConfigV2"])["applications"][0]["args"]
+    assert args["model_name"] == "sd15-finetune-2026-11"
+
+
+def test_karpenter_node_pool_per_enabled_pool() -> None:
+    pools = {d["metadata"]["name"]: d for d in rendered("gpu-kuberay-karpenter")
+             if d["kind"] == "NodePool"}
+    assert set(pools) == {f"{FULLNAME}-gpu-unet", f"{FULLNAME}-gpu-small", f"{FULLNAME}-cpu-small"}
+    unet = pools[f"{FULLNAME}-gpu-unet"]["spec"]
+    requirements = {r["key"]: r["values"] for r in unet["template"]["spec"]["requirements"]}
+    assert requirements["node.kubernetes.io/instance-type"] == ["p5.48xlarge"]
+    assert unet["template"]["metadata"]["labels"]["sd-serving/accelerator"] == "nvidia-h100"
+    assert unet["template"]["spec"]["nodeClassRef"]["name"] == f"{FULLNAME}-gpu-unet"
+    assert unet["limits"]["nvidia.com/gpu"] == "64"
+    assert "NodePool" not in kinds("default")
+
+
+def test_a_stage_on_a_disabled_pool_is_refused() -> None:
+    result = subprocess.run(
+        [helm(), "template", RELEASE, str(CHART), *helm_args("gpu-kuberay-karpenter"),
+         "--set", "nodePools.gpu-small.enabled=false"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode != 0
+    assert "stages.textEncoder.pool is \"gpu-small\", which is not an enabled nodePools entry" in (
+        result.stderr
+    )
+
+
+def test_pods_are_locked_down() -> None:
+    predictor = find("default", "InferenceService")["spec"]["predictor"]
+    assert predictor["securityContext"]["runAsNonRoot"] is True
+    context = predictor["containers"][0]["securityContext"]
+    assert context == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                       "capabilities": {"drop": ["ALL"]}}
+    mounts = {m["mountPath"] for m in predictor["containers"][0]["volumeMounts"]}
+    assert {"/tmp", "/dev/shm"} <= mounts  # Ray's writable scratch on a read-only root
+
+
+def test_disruption_budget_and_network_policy_select_the_predictor() -> None:
+    budget = find("default", "PodDisruptionBudget")
+    selector = {"serving.kserve.io/inferenceservice": FULLNAME}
+    assert budget["spec"]["selector"]["matchLabels"] == selector
+    policy = find("default", "NetworkPolicy")
+    assert policy["spec"]["podSelector"]["matchLabels"] == selector
+    ports = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+    assert ports == {8000, 9000, 8080}
+
+
+def test_monitoring_scrapes_metrics_and_alerts_link_a_runbook_section() -> None:
+    monitor = find("default", "PodMonitor")
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    runbook = (CHART.parents[1] / "docs" / "runbook.md").read_text()
+    rules = find("default", "PrometheusRule")["spec"]["groups"][0]["rules"]
+    assert len(rules) >= 5
+    for rule in rules:
+        assert rule["labels"]["severity"] in {"warning", "critical"}
+        anchor = rule["annotations"]["runbook_url"].split("#")[1]
+        assert f"## {rule['alert']}" in runbook and anchor == rule["alert"].lower()
+    assert any(rule["expr"].strip().startswith("absent(") for rule in rules)
+
+
+def test_dashboards_become_grafana_config_maps() -> None:
+    maps = [d for d in rendered("default") if d["kind"] == "ConfigMap"]
+    files = sorted(p.name for p in (CHART / "dashboards").glob("*.json"))
+    assert files and sorted(name for m in maps for name in m["data"]) == files
+    for config_map in maps:
+        assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+        for text in config_map["data"].values():
+            assert json.loads(text)["uid"]
+
+
+def test_helm_test_pod_runs_the_png_check_against_the_predictor() -> None:
+    pod = find("default", "Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    command = pod["spec"]["containers"][0]["command"]
+    assert command[:3] == ["python", "-m", "serving.smoke"]
+    assert command[command.index("--url") + 1] == (
+        f"http://{FULLNAME}-predictor.{NAMESPACE}.svc.cluster.local"
+    )
+    assert pod["spec"]["restartPolicy"] == "Never"
+
+
+# -- k8s/ is the chart's rendered output
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_plain_manifests_match_the_chart(profile: str) -> None:
+    folder = K8S / profile
+    assert (folder / "manifests.yaml").read_text() == plain_manifests(profile), (
+        f"k8s/{profile} drifted from the chart: run `make render-k8s`"
+    )
+    assert (folder / "kustomization.yaml").read_text() == kustomization()
