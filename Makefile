@@ -72,8 +72,8 @@ crds: ## download the pinned upstream CRDs into SD_CRD_DIR (needs network to Git
 	$(PYTHON) scripts/fetch_crds.py $(SD_CRD_DIR)
 
 lint: install ## ruff (lint + format check) and mypy
-	$(BIN)/ruff check serving tests
-	$(BIN)/ruff format --check serving tests
+	$(BIN)/ruff check serving tests scripts
+	$(BIN)/ruff format --check serving tests scripts
 	$(BIN)/mypy
 
 format: install ## apply ruff's fixes and formatting

@@ -35,7 +35,7 @@ def main(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for name, location in CRDS.items():
         url = f"{RAW}/{location}/{name}"
-        with urllib.request.urlopen(url, timeout=60) as answer:  # noqa: S310 (fixed https URLs)
+        with urllib.request.urlopen(url, timeout=60) as answer:
             (folder / name).write_bytes(answer.read())
         print(f"{name} <- {url}")
 

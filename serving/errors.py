@@ -8,6 +8,7 @@ from enum import StrEnum
 class Reason(StrEnum):
     MALFORMED_REQUEST = "malformed_request"
     INVALID_ARGUMENT = "invalid_argument"
+    UNAUTHENTICATED = "unauthenticated"
     NOT_FOUND = "not_found"
     QUEUE_FULL = "queue_full"
     NOT_READY = "not_ready"
@@ -58,6 +59,12 @@ class InvalidArgument(ServingError):
     def __reduce__(self) -> tuple[object, ...]:
         assert self.field is not None  # always set by __init__
         return (type(self), (self.field, self.message.removeprefix(f"{self.field}: ")))
+
+
+class Unauthenticated(ServingError):
+    """No valid API key; the message never repeats what the client sent."""
+
+    reason = Reason.UNAUTHENTICATED
 
 
 class NotFound(ServingError):

@@ -123,6 +123,13 @@ class Settings(BaseSettings):
     )
     app_name: str = "sd-serving"
 
+    # -- access
+    api_keys_file: Path | None = Field(
+        None,
+        description="file with one API key per line; when set, every route but health "
+        "needs `Authorization: Bearer <key>`",
+    )
+
     # -- request handling
     limits: Limits = Limits()
     defaults: Defaults = Defaults()

@@ -39,7 +39,8 @@ def check(url: str, prompt: str, steps: int, timeout_s: float, api_key: str | No
         mode = image.mode
     if width < 8 or height < 8 or mode != "RGB":
         raise RuntimeError(f"unexpected image: {width}x{height} {mode}")
-    return f"valid PNG {width}x{height} {mode}, {len(answer.content)} bytes, seed {answer.headers.get('x-seed')}"
+    seed = answer.headers.get("x-seed")
+    return f"valid PNG {width}x{height} {mode}, {len(answer.content)} bytes, seed {seed}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,7 @@ from serving.errors import InvalidArgument, MalformedRequest, Reason, ServingErr
 HTTP_STATUS: dict[Reason, int] = {
     Reason.MALFORMED_REQUEST: 400,
     Reason.INVALID_ARGUMENT: 422,
+    Reason.UNAUTHENTICATED: 401,
     Reason.NOT_FOUND: 404,
     Reason.QUEUE_FULL: 503,
     Reason.NOT_READY: 503,
@@ -25,6 +26,8 @@ def error_response(error: ServingError) -> JSONResponse:
     headers = {}
     if error.reason in RETRY_AFTER_S:
         headers["Retry-After"] = str(RETRY_AFTER_S[error.reason])
+    if error.reason is Reason.UNAUTHENTICATED:
+        headers["WWW-Authenticate"] = 'Bearer realm="sd-serving"'
     return JSONResponse(
         {"error": error.to_dict()}, status_code=HTTP_STATUS[error.reason], headers=headers
     )

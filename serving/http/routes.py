@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, Response
 
 from serving.codecs import MEDIA_TYPES, encode_image
 from serving.errors import InvalidArgument, MalformedRequest
+from serving.http.auth import install_api_key_auth, load_api_keys
 from serving.http.errors import install_error_handlers
 from serving.request import parse_params
 from serving.service import GenerationResult, GenerationService
@@ -22,6 +23,8 @@ _FORMAT_BY_MEDIA_TYPE = {media: fmt for fmt, media in MEDIA_TYPES.items()}
 def create_http_app(service: GenerationService) -> FastAPI:
     app = FastAPI(title="sd-serving", version="0.1.0")
     install_error_handlers(app)
+    if service.settings.api_keys_file is not None:
+        install_api_key_auth(app, load_api_keys(service.settings.api_keys_file))
 
     @app.post("/v1/generate")
     async def generate(request: Request) -> Response:

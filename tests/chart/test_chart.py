@@ -178,8 +178,18 @@ def test_checkov_finds_no_failed_checks(tmp_path: Path) -> None:
             "---\n".join(yaml.safe_dump(doc) for doc in rendered(profile))
         )
     result = subprocess.run(
-        [checkov, "-d", str(tmp_path), "--framework", "kubernetes", "--skip-download",
-         "--quiet", "--compact", "-o", "json"],
+        [
+            checkov,
+            "-d",
+            str(tmp_path),
+            "--framework",
+            "kubernetes",
+            "--skip-download",
+            "--quiet",
+            "--compact",
+            "-o",
+            "json",
+        ],
         capture_output=True,
         text=True,
     )
@@ -214,10 +224,15 @@ def test_embedded_inference_service_exposes_http_and_grpc() -> None:
 def test_embedded_predictor_runs_on_the_gpu_pool_and_tolerates_its_taint() -> None:
     predictor = find("default", "InferenceService")["spec"]["predictor"]
     assert predictor["nodeSelector"]["sd-serving/pool"] == "gpu-unet"
-    assert {"key": "nvidia.com/gpu", "operator": "Equal", "value": "true",
-            "effect": "NoSchedule"} in predictor["tolerations"]
-    terms = predictor["affinity"]["nodeAffinity"][
-        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert {
+        "key": "nvidia.com/gpu",
+        "operator": "Equal",
+        "value": "true",
+        "effect": "NoSchedule",
+    } in predictor["tolerations"]
+    terms = predictor["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ]
     assert terms[0]["matchExpressions"][0]["values"] == ["nvidia-l40s"]
     resources = predictor["containers"][0]["resources"]
     assert resources["limits"]["nvidia.com/gpu"] == "1"
@@ -242,7 +257,10 @@ def test_storage_uri_is_handed_to_kserve_and_the_app_reads_mnt_models() -> None:
 def test_hpa_scales_the_predictor_on_in_flight_requests() -> None:
     hpa = find("gpu-embedded", "HorizontalPodAutoscaler")
     assert hpa["spec"]["scaleTargetRef"] == {
-        "apiVersion": "apps/v1", "kind": "Deployment", "name": f"{FULLNAME}-predictor"}
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": f"{FULLNAME}-predictor",
+    }
     (metric,) = hpa["spec"]["metrics"]
     assert metric["pods"]["metric"]["name"] == "ray_serve_num_ongoing_http_requests"
     assert metric["pods"]["target"] == {"type": "AverageValue", "averageValue": "8"}
@@ -327,8 +345,11 @@ def test_kuberay_gateway_forwards_to_the_canary_during_a_rollout() -> None:
 
 
 def test_karpenter_node_pool_per_enabled_pool() -> None:
-    pools = {d["metadata"]["name"]: d for d in rendered("gpu-kuberay-karpenter")
-             if d["kind"] == "NodePool"}
+    pools = {
+        d["metadata"]["name"]: d
+        for d in rendered("gpu-kuberay-karpenter")
+        if d["kind"] == "NodePool"
+    }
     assert set(pools) == {f"{FULLNAME}-gpu-unet", f"{FULLNAME}-gpu-small", f"{FULLNAME}-cpu-small"}
     unet = pools[f"{FULLNAME}-gpu-unet"]["spec"]
     requirements = {r["key"]: r["values"] for r in unet["template"]["spec"]["requirements"]}
@@ -341,12 +362,20 @@ def test_karpenter_node_pool_per_enabled_pool() -> None:
 
 def test_a_stage_on_a_disabled_pool_is_refused() -> None:
     result = subprocess.run(
-        [helm(), "template", RELEASE, str(CHART), *helm_args("gpu-kuberay-karpenter"),
-         "--set", "nodePools.gpu-small.enabled=false"],
-        capture_output=True, text=True,
+        [
+            helm(),
+            "template",
+            RELEASE,
+            str(CHART),
+            *helm_args("gpu-kuberay-karpenter"),
+            "--set",
+            "nodePools.gpu-small.enabled=false",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode != 0
-    assert "stages.textEncoder.pool is \"gpu-small\", which is not an enabled nodePools entry" in (
+    assert 'stages.textEncoder.pool is "gpu-small", which is not an enabled nodePools entry' in (
         result.stderr
     )
 
@@ -355,8 +384,11 @@ def test_pods_are_locked_down() -> None:
     predictor = find("default", "InferenceService")["spec"]["predictor"]
     assert predictor["securityContext"]["runAsNonRoot"] is True
     context = predictor["containers"][0]["securityContext"]
-    assert context == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                       "capabilities": {"drop": ["ALL"]}}
+    assert context == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
     mounts = {m["mountPath"] for m in predictor["containers"][0]["volumeMounts"]}
     assert {"/tmp", "/dev/shm"} <= mounts  # Ray's writable scratch on a read-only root
 

@@ -22,8 +22,18 @@ def gateway(service: RunningService) -> Iterator[str]:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     process = subprocess.Popen(
-        [sys.executable, "-m", "serving.cli", "gateway", "--upstream", service.url,
-         "--host", "127.0.0.1", "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "serving.cli",
+            "gateway",
+            "--upstream",
+            service.url,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
     )
     url = f"http://127.0.0.1:{port}"
     try:

@@ -36,7 +36,7 @@ def liar() -> Iterator[tuple[str, dict[str, object]]]:
     script: dict[str, object] = {}
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_POST(self) -> None:
             body = script["body"]
             assert isinstance(body, bytes)
             self.send_response(int(str(script["status"])))
