@@ -5,30 +5,26 @@
 # Kubernetes probes /v2/health/{live,ready}.
 
 # ---- build: a virtual environment with the package and its pinned dependencies
-FROM python:3.11.11-slim-bookworm AS build-cpu
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+FROM python:3.11.11-slim-bookworm AS source
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PATH=/opt/venv/bin:$PATH \
+    SD_CACHE_DIR=/opt/sd-serving/cache
 RUN python -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY serving ./serving
-RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
-    && pip install .
-# The embedded model, built once so smoke tests and the default profile start offline.
-RUN SD_CACHE_DIR=/opt/sd-serving/cache python -c \
-    "from pathlib import Path; from serving.models.embedded import ensure_cached; ensure_cached(Path('/opt/sd-serving/cache'))"
 
-FROM python:3.11.11-slim-bookworm AS build-cuda
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN python -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
-WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY serving ./serving
+# The variants differ only in torch's build. Each then bakes the embedded model, so smoke tests and
+# the default profile start offline.
+FROM source AS build-cpu
+RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
+    && pip install . \
+    && python -c "from serving.models.embedded import ensure_cached; from pathlib import Path; ensure_cached(Path('$SD_CACHE_DIR'))"
+
+FROM source AS build-cuda
 RUN pip install --index-url https://download.pytorch.org/whl/cu128 torch==2.13.0 \
-    && pip install .
-RUN SD_CACHE_DIR=/opt/sd-serving/cache python -c \
-    "from pathlib import Path; from serving.models.embedded import ensure_cached; ensure_cached(Path('/opt/sd-serving/cache'))"
+    && pip install . \
+    && python -c "from serving.models.embedded import ensure_cached; from pathlib import Path; ensure_cached(Path('$SD_CACHE_DIR'))"
 
 # ---- runtime images: the venv and the model cache, a non-root user, nothing else
 FROM python:3.11.11-slim-bookworm AS cpu
