@@ -22,7 +22,7 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 # pip notes every unused local index path; keep the output readable.
 PIP_QUIET := grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: help install tools serve test test-unit test-integration test-chart lint format export-model render-k8s crds crds-info clean
+.PHONY: help install tools prometheus serve test test-unit test-integration test-chart lint format export-model render-k8s dashboards crds crds-info clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -36,7 +36,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -c "import serving, torch, ray, diffusers"
 	touch $@
 
-tools: $(HELM) $(CHECKOV) ## pinned helm and checkov in .tools/ (chart checks)
+tools: $(HELM) $(CHECKOV) prometheus ## helm and checkov in .tools/, Prometheus + promtool (Debian)
+
+# Debian's prometheus package brings promtool; the tests run a real Prometheus on loopback.
+prometheus:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+	  echo "installing Debian's prometheus package (needs root)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
 $(HELM): scripts/fetch_helm.py
 	$(PYTHON) scripts/fetch_helm.py $@ 2>&1 | $(PIP_QUIET)
@@ -64,6 +70,9 @@ test-chart: install tools ## only the offline chart checks (helm lint/template, 
 
 render-k8s: tools ## re-render k8s/ (plain manifests) from the chart's documented profiles
 	$(BIN)/python -m tests.chart.render --write
+
+dashboards: install ## regenerate the Grafana dashboards from scripts/dashboards.py
+	$(BIN)/python scripts/dashboards.py --write
 
 crds-info: ## which pinned upstream CRD releases the chart checks validate against (SD_CRD_DIR)
 	@echo "SD_CRD_DIR=$(SD_CRD_DIR)"; grep -E '^ +"|^RAW' scripts/fetch_crds.py

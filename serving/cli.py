@@ -25,6 +25,13 @@ def _parser() -> argparse.ArgumentParser:
     gateway.add_argument("--host", default="0.0.0.0")
     gateway.add_argument("--port", type=int, default=8080)
 
+    plan = commands.add_parser(
+        "plan", help="size replicas, GPUs, memory and bandwidth for a target load and SLO"
+    )
+    plan.add_argument("profile", type=Path, help="YAML: load, mix, SLO and per-GPU stage costs")
+    plan.add_argument("--rps", type=float, help="override requests_per_s")
+    plan.add_argument("--slo", type=float, help="override slo_p95_s (seconds)")
+
     export = commands.add_parser(
         "export-model", help="write the embedded model as a diffusers pipeline directory"
     )
@@ -48,6 +55,17 @@ def main(argv: list[str] | None = None) -> int:
         from serving.gateway import run_gateway
 
         return run_gateway(args.upstream, args.host, args.port)
+    if args.command == "plan":
+        from serving.planner import load_request, plan, report
+
+        changes: dict[str, Any] = {}
+        if args.rps is not None:
+            changes["requests_per_s"] = args.rps
+        if args.slo is not None:
+            changes["slo_p95_s"] = args.slo
+        request = load_request(args.profile, changes)
+        print(report(request, plan(request)))
+        return 0
     if args.command == "export-model":
         from serving.models.embedded import export
 

@@ -118,9 +118,7 @@ class Settings(BaseSettings):
     http_port: int = Field(8000, ge=1, le=65535)
     grpc_port: int = Field(9000, ge=1, le=65535)
     ray_temp_dir: Path = Path("/tmp/sd-serving-ray")
-    metrics_port: int | None = Field(
-        None, ge=1, le=65535, description="port of Ray's Prometheus endpoint (random when unset)"
-    )
+    metrics_port: int = Field(8080, ge=1, le=65535, description="port of Ray's /metrics endpoint")
     app_name: str = "sd-serving"
 
     # -- access

@@ -14,6 +14,7 @@ import itertools
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,6 +78,16 @@ class _Active:
 
 
 @dataclass(frozen=True)
+class IterationReport:
+    """What one engine iteration did, for metrics: requests batched, rows run, what remains."""
+
+    requests: int
+    rows: int
+    active: int
+    queued: int
+
+
+@dataclass(frozen=True)
 class EngineStats:
     active: int
     queued: int
@@ -95,6 +106,7 @@ class ContinuousBatchingEngine:
         vae_scale_factor: int = 8,
         max_batch_size: int = 8,
         max_queue: int = 64,
+        observer: Callable[[IterationReport], None] | None = None,
     ) -> None:
         self._unet = unet
         self._schedulers = schedulers
@@ -102,6 +114,7 @@ class ContinuousBatchingEngine:
         self._scale = vae_scale_factor
         self._max_batch = max_batch_size
         self._max_queue = max_queue
+        self._observer = observer
         self._guidance_disabled = unet.config.time_cond_proj_dim is not None
         self._ids = itertools.count()
         self._pending: deque[tuple[DenoiseJob, Ticket]] = deque()
@@ -173,6 +186,9 @@ class ContinuousBatchingEngine:
                 self._active.remove(request)
                 result = request.latents[0].float().cpu().numpy()
                 _resolve(request.ticket, result)
+        if self._observer is not None:
+            stats = self.stats()
+            self._observer(IterationReport(len(group), rows, stats.active, stats.queued))
         return rows
 
     def _run(self) -> None:

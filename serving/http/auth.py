@@ -9,7 +9,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request, Response
 
 from serving.errors import Unauthenticated
-from serving.http.errors import error_response
+from serving.http.errors import ErrorRecorder, error_response
 
 OPEN_PATH_PREFIXES = ("/v2/health/",)
 
@@ -31,7 +31,9 @@ def is_authorized(header: str | None, keys: tuple[bytes, ...]) -> bool:
     return matched and bool(presented)
 
 
-def install_api_key_auth(app: FastAPI, keys: tuple[bytes, ...]) -> None:
+def install_api_key_auth(
+    app: FastAPI, keys: tuple[bytes, ...], record: ErrorRecorder | None = None
+) -> None:
     @app.middleware("http")
     async def require_api_key(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
@@ -40,6 +42,7 @@ def install_api_key_auth(app: FastAPI, keys: tuple[bytes, ...]) -> None:
             request.headers.get("authorization"), keys
         ):
             return await call_next(request)
-        return error_response(
-            Unauthenticated("a valid API key is required: send `Authorization: Bearer <key>`")
-        )
+        error = Unauthenticated("a valid API key is required: send `Authorization: Bearer <key>`")
+        if record is not None:
+            record(error)
+        return error_response(error)

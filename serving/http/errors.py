@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -33,21 +35,29 @@ def error_response(error: ServingError) -> JSONResponse:
     )
 
 
-def install_error_handlers(app: FastAPI) -> None:
+ErrorRecorder = Callable[[ServingError], None]
+
+
+def install_error_handlers(app: FastAPI, record: ErrorRecorder | None = None) -> None:
+    def respond(error: ServingError) -> JSONResponse:
+        if record is not None:
+            record(error)
+        return error_response(error)
+
     async def on_serving_error(_: Request, error: Exception) -> JSONResponse:
         serving_error = as_serving_error(error)
         if serving_error is None:
             raise error
-        return error_response(serving_error)
+        return respond(serving_error)
 
     async def on_validation_error(_: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, RequestValidationError)
         first = error.errors()[0]
         location = [str(part) for part in first.get("loc", ()) if part != "body"]
         if first.get("type") == "json_invalid":
-            return error_response(MalformedRequest(f"malformed JSON: {first.get('msg')}"))
+            return respond(MalformedRequest(f"malformed JSON: {first.get('msg')}"))
         field = ".".join(location) or "body"
-        return error_response(InvalidArgument(field, str(first.get("msg"))))
+        return respond(InvalidArgument(field, str(first.get("msg"))))
 
     app.add_exception_handler(ServingError, on_serving_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)

@@ -14,17 +14,22 @@ from serving.codecs import MEDIA_TYPES, encode_image
 from serving.errors import InvalidArgument, MalformedRequest
 from serving.http.auth import install_api_key_auth, load_api_keys
 from serving.http.errors import install_error_handlers
+from serving.http.observability import install_request_metrics
+from serving.metrics import IngressMetrics
 from serving.request import parse_params
 from serving.service import GenerationResult, GenerationService
 
 _FORMAT_BY_MEDIA_TYPE = {media: fmt for fmt, media in MEDIA_TYPES.items()}
 
 
-def create_http_app(service: GenerationService) -> FastAPI:
+def create_http_app(service: GenerationService, metrics: IngressMetrics | None = None) -> FastAPI:
     app = FastAPI(title="sd-serving", version="0.1.0")
-    install_error_handlers(app)
+    record = None if metrics is None else metrics.record_rejection
+    install_error_handlers(app, record)
     if service.settings.api_keys_file is not None:
-        install_api_key_auth(app, load_api_keys(service.settings.api_keys_file))
+        install_api_key_auth(app, load_api_keys(service.settings.api_keys_file), record)
+    if metrics is not None:
+        install_request_metrics(app, metrics)
 
     @app.post("/v1/generate")
     async def generate(request: Request) -> Response:
@@ -41,9 +46,12 @@ def create_http_app(service: GenerationService) -> FastAPI:
         resolved = service.resolve(params)
         started = time.perf_counter()
         result = await service.generate(resolved)
+        encoded, timings = _encode_all(result, started)
+        if metrics is not None:
+            metrics.record_result(timings, len(encoded))
         if raw_format is not None:
-            return _raw_image_response(result, started)
-        return JSONResponse(_json_result(result, service.settings.model_name, started))
+            return _raw_image_response(result, encoded, timings)
+        return JSONResponse(_json_result(result, service.settings.model_name, encoded, timings))
 
     @app.get("/v2/health/live")
     async def live() -> dict[str, bool]:
@@ -91,8 +99,9 @@ def _encode_all(result: GenerationResult, started: float) -> tuple[list[bytes], 
     return encoded, timings
 
 
-def _raw_image_response(result: GenerationResult, started: float) -> Response:
-    encoded, timings = _encode_all(result, started)
+def _raw_image_response(
+    result: GenerationResult, encoded: list[bytes], timings: dict[str, float]
+) -> Response:
     server_timing = ", ".join(f"{name};dur={value:.1f}" for name, value in timings.items())
     headers = {"X-Seed": str(result.seeds[0]), "Server-Timing": server_timing}
     if result.warnings:
@@ -102,8 +111,9 @@ def _raw_image_response(result: GenerationResult, started: float) -> Response:
     )
 
 
-def _json_result(result: GenerationResult, model_name: str, started: float) -> dict[str, Any]:
-    encoded, timings = _encode_all(result, started)
+def _json_result(
+    result: GenerationResult, model_name: str, encoded: list[bytes], timings: dict[str, float]
+) -> dict[str, Any]:
     request = result.request
     return {
         "model": model_name,

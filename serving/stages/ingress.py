@@ -7,10 +7,12 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serving.http.routes import create_http_app
+from serving.metrics import IngressMetrics, max_replicas_publisher
 from serving.models import loader
 from serving.prompts import PromptGuard
 from serving.service import GenerationService, Stages
 from serving.settings import Settings
+from serving.stages.refresh import keep_publishing
 
 
 @serve.deployment(name="Ingress")
@@ -31,5 +33,15 @@ class Ingress:
             native_size=loader.read_model_info(source).native_size,
         )
 
+        publish = max_replicas_publisher(
+            {
+                "Ingress": settings.ingress.max_replicas,
+                "TextEncoder": settings.text_encoder.max_replicas,
+                "UNetDenoiser": settings.unet.max_replicas,
+                "VAEDecoder": settings.vae.max_replicas,
+            }
+        )
+        self._stop_publishing = keep_publishing(publish)
+
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_http_app(self._service)
+        return create_http_app(self._service, IngressMetrics.create())

@@ -8,6 +8,7 @@ import numpy as np
 from ray import serve
 
 from serving.engine.text import CacheStats, TextEncoderRunner
+from serving.metrics import cache_lookups
 from serving.models import loader
 from serving.models.device import choose_placement, configure_threads
 from serving.settings import Settings
@@ -27,12 +28,22 @@ class TextEncoder:
             model_id=source,
             cache_size=settings.embedding_cache_size,
         )
+        self._lookups = cache_lookups()
         tune_batching(self.encode, settings.encoder_max_batch_size, settings.encoder_batch_wait_s)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
     async def encode(self, texts: list[str]) -> list[np.ndarray]:
         # One batch at a time (serve.batch's default), so the cache needs no lock.
-        return await asyncio.to_thread(self._runner.encode, texts)
+        before = self._runner.cache.stats()
+        embeddings = await asyncio.to_thread(self._runner.encode, texts)
+        after = self._runner.cache.stats()
+        for result, count in (
+            ("hit", after.hits - before.hits),
+            ("miss", after.misses - before.misses),
+        ):
+            if count:
+                self._lookups.inc(count, tags={"cache": "embedding", "result": result})
+        return embeddings
 
     def cache_stats(self) -> CacheStats:
         return self._runner.cache.stats()

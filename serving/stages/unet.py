@@ -9,11 +9,18 @@ from dataclasses import dataclass
 import numpy as np
 from ray import serve
 
-from serving.engine.denoiser import ContinuousBatchingEngine, DenoiseJob, EngineStats
+from serving.engine.denoiser import (
+    ContinuousBatchingEngine,
+    DenoiseJob,
+    EngineStats,
+    IterationReport,
+)
 from serving.engine.schedulers import SchedulerFactory
+from serving.metrics import UNetMetrics
 from serving.models import loader
 from serving.models.device import choose_placement, configure_threads
 from serving.settings import Settings
+from serving.stages.refresh import keep_publishing
 
 
 @dataclass(frozen=True)
@@ -29,6 +36,7 @@ class UNetDenoiser:
         configure_threads(settings)
         placement = choose_placement(settings)
         source = loader.resolve_model_source(settings)
+        self._metrics = UNetMetrics.create()
         self._engine = ContinuousBatchingEngine(
             loader.load_unet(source, placement),
             SchedulerFactory(loader.load_scheduler_config(source)),
@@ -36,11 +44,25 @@ class UNetDenoiser:
             vae_scale_factor=loader.read_model_info(source).vae_scale_factor,
             max_batch_size=settings.unet_max_batch_size,
             max_queue=settings.unet_max_queue,
+            observer=self._observe,
         )
         self._engine.start()
+        self._stop_publishing = keep_publishing(self._publish_load)
+
+    def _publish_load(self) -> None:
+        stats = self._engine.stats()
+        self._metrics.active.set(stats.active)
+        self._metrics.queue_depth.set(stats.queued)
+
+    def _observe(self, report: IterationReport) -> None:
+        self._metrics.batch_size.observe(report.requests)
+        self._metrics.steps.inc(report.requests)
+        self._metrics.active.set(report.active)
+        self._metrics.queue_depth.set(report.queued)
 
     async def denoise(self, job: DenoiseJob) -> DenoiseResult:
         ticket = self._engine.submit(job)
+        self._metrics.queue_depth.set(self._engine.stats().queued)
         try:
             latents = await asyncio.wrap_future(ticket.future)
         except asyncio.CancelledError:
@@ -48,6 +70,7 @@ class UNetDenoiser:
             ticket.cancel()
             raise
         started = ticket.started_at or ticket.submitted_at
+        self._metrics.queue_seconds.observe(started - ticket.submitted_at)
         return DenoiseResult(
             latents=latents,
             queued_ms=(started - ticket.submitted_at) * 1000,
@@ -61,4 +84,5 @@ class UNetDenoiser:
         return True
 
     def __del__(self) -> None:
+        self._stop_publishing.set()
         self._engine.stop()

@@ -26,6 +26,7 @@ SHUTDOWN_TIMEOUT_S = 90
 class RunningService:
     url: str
     grpc_port: int
+    metrics_port: int
     process: subprocess.Popen[str]
     output: list[str]
 
@@ -55,13 +56,14 @@ def _processes_mentioning(marker: str) -> list[int]:
 
 @pytest.fixture(scope="session")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
-    http_port, grpc_port = _free_port(), _free_port()
+    http_port, grpc_port, metrics_port = _free_port(), _free_port(), _free_port()
     # Ray puts unix sockets under its temp dir: keep the path short.
     ray_dir = tempfile.mkdtemp(prefix="sdt-", dir="/tmp")
     env = {
         **os.environ,
         "SD_HTTP_PORT": str(http_port),
         "SD_GRPC_PORT": str(grpc_port),
+        "SD_METRICS_PORT": str(metrics_port),
         "SD_RAY_TEMP_DIR": ray_dir,
         "SD_CACHE_DIR": str(tmp_path_factory.mktemp("model-cache")),
         "RAY_AUTH_MODE": "disabled",
@@ -88,7 +90,9 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while not ready.is_set() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
-    running = RunningService(f"http://127.0.0.1:{http_port}", grpc_port, process, output)
+    running = RunningService(
+        f"http://127.0.0.1:{http_port}", grpc_port, metrics_port, process, output
+    )
     try:
         if not ready.is_set():
             pytest.fail("service did not start:\n" + "".join(output[-60:]))

@@ -1,0 +1,359 @@
+"""Generate the Grafana dashboards in charts/sd-serving/dashboards/ (`make dashboards`).
+
+The JSON files are committed (the chart ships them as ConfigMaps); a test fails when they differ
+from what this script generates, and validates them against Grafana's JSON schemas.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+OUT = Path(__file__).resolve().parents[1] / "charts" / "sd-serving" / "dashboards"
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+RATE = "[$__rate_interval]"
+APP = 'application="sd-serving"'
+
+
+def panel(
+    title: str,
+    queries: list[tuple[str, str]],
+    *,
+    unit: str = "short",
+    description: str = "",
+    width: int = 12,
+    height: int = 8,
+) -> dict[str, Any]:
+    return {
+        "type": "timeseries",
+        "title": title,
+        "description": description,
+        "datasource": DATASOURCE,
+        "gridPos": {"h": height, "w": width, "x": 0, "y": 0},
+        "fieldConfig": {
+            "defaults": {"unit": unit, "custom": {"lineWidth": 1, "fillOpacity": 10}},
+            "overrides": [],
+        },
+        "options": {
+            "legend": {
+                "displayMode": "list",
+                "placement": "bottom",
+                "showLegend": True,
+                "calcs": [],
+            },
+            "tooltip": {"mode": "multi", "sort": "desc"},
+        },
+        "targets": [
+            {
+                "refId": chr(ord("A") + index),
+                "datasource": DATASOURCE,
+                "expr": expr,
+                "legendFormat": legend,
+                "range": True,
+            }
+            for index, (expr, legend) in enumerate(queries)
+        ],
+    }
+
+
+def quantiles(metric: str, selector: str, by: str = "") -> list[tuple[str, str]]:
+    group = f"le, {by}" if by else "le"
+    legend = f"{{{{{by}}}}} " if by else ""
+    return [
+        (
+            f"histogram_quantile({q}, sum by ({group}) (rate({metric}_bucket{{{selector}}}{RATE})))",
+            f"{legend}p{round(q * 100)}",
+        )
+        for q in (0.5, 0.95, 0.99)
+    ]
+
+
+def layout(panels: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Two panels per row, ids in order."""
+    for index, item in enumerate(panels):
+        item["id"] = index + 1
+        item["gridPos"].update(x=(index % 2) * 12, y=(index // 2) * 8)
+    return panels
+
+
+def dashboard(
+    uid: str, title: str, panels: list[dict[str, Any]], variables: list[dict[str, Any]]
+) -> dict[str, Any]:
+    return {
+        "uid": uid,
+        "title": title,
+        "tags": ["sd-serving"],
+        "timezone": "browser",
+        "editable": True,
+        "graphTooltip": 1,
+        "schemaVersion": 39,
+        "version": 1,
+        "refresh": "30s",
+        "time": {"from": "now-1h", "to": "now"},
+        "annotations": {
+            "list": [
+                {
+                    "name": "Annotations & Alerts",
+                    "builtIn": 1,
+                    "enable": True,
+                    "hide": True,
+                    "iconColor": "rgba(0, 211, 255, 1)",
+                    "type": "dashboard",
+                    "datasource": {"type": "grafana", "uid": "-- Grafana --"},
+                },
+            ]
+        },
+        "templating": {
+            "list": [
+                {
+                    "name": "datasource",
+                    "label": "Data source",
+                    "type": "datasource",
+                    "query": "prometheus",
+                },
+                *variables,
+            ]
+        },
+        "panels": layout(panels),
+    }
+
+
+def scaling() -> dict[str, Any]:
+    return dashboard(
+        "sd-serving-scaling",
+        "sd-serving / scaling",
+        [
+            panel(
+                "Traffic by route and status",
+                [
+                    (
+                        f"sum by (route, status) (rate(ray_sd_requests_total{RATE}))",
+                        "{{route}} {{status}}",
+                    )
+                ],
+                unit="reqps",
+            ),
+            panel(
+                "End-to-end latency (/v1/generate)",
+                quantiles("ray_sd_request_duration_seconds", 'route="/v1/generate"'),
+                unit="s",
+            ),
+            panel(
+                "Latency p95 per stage",
+                [
+                    (
+                        f"histogram_quantile(0.95, sum by (le, stage) "
+                        f"(rate(ray_sd_stage_duration_seconds_bucket{RATE})))",
+                        "{{stage}}",
+                    ),
+                    (
+                        f"histogram_quantile(0.95, sum by (le) (rate(ray_sd_unet_queue_seconds_bucket{RATE})))",
+                        "unet queue",
+                    ),
+                ],
+                unit="s",
+            ),
+            panel(
+                "Replicas per deployment: healthy vs autoscaling target",
+                [
+                    (
+                        f"sum by (deployment) (ray_serve_deployment_replica_healthy{{{APP}}})",
+                        "{{deployment}} healthy",
+                    ),
+                    (
+                        f"max by (deployment) (ray_serve_autoscaling_target_replicas{{{APP}}})",
+                        "{{deployment}} target",
+                    ),
+                    (
+                        'max by (deployment) (label_replace(ray_sd_max_replicas, "deployment", "$1", '
+                        '"stage_deployment", "(.*)"))',
+                        "{{deployment}} max",
+                    ),
+                ],
+            ),
+            panel(
+                "UNet queue depth vs autoscaling target",
+                [
+                    ("sum(ray_sd_unet_queue_depth)", "waiting for a slot"),
+                    ("sum(ray_sd_unet_active_requests)", "in the running batch"),
+                    (
+                        f'sum(ray_serve_deployment_replica_healthy{{{APP},deployment="UNetDenoiser"}}) * '
+                        f'max(ray_serve_autoscaling_target_ongoing_requests{{{APP},deployment="UNetDenoiser"}})',
+                        "autoscaling target (replicas x target ongoing)",
+                    ),
+                ],
+                description="Ray Serve adds UNet replicas when ongoing requests per replica exceed "
+                "the target.",
+            ),
+            panel(
+                "UNet batch occupancy",
+                [
+                    (
+                        f"sum(rate(ray_sd_unet_batch_size_sum{RATE})) / "
+                        f"clamp_min(sum(rate(ray_sd_unet_batch_size_count{RATE})), 1e-9)",
+                        "mean requests per iteration",
+                    ),
+                    (
+                        f"histogram_quantile(0.95, sum by (le) (rate(ray_sd_unet_batch_size_bucket{RATE})))",
+                        "p95 requests per iteration",
+                    ),
+                ],
+            ),
+            panel(
+                "Denoising steps/s and images/s",
+                [
+                    (f"sum(rate(ray_sd_denoising_steps_total{RATE}))", "steps/s"),
+                    (f"sum(rate(ray_sd_images_total{RATE}))", "images/s"),
+                ],
+            ),
+            panel(
+                "Cache hit ratio",
+                [
+                    (
+                        f'sum by (cache) (rate(ray_sd_cache_lookups_total{{result="hit"}}{RATE})) / '
+                        f"clamp_min(sum by (cache) (rate(ray_sd_cache_lookups_total{RATE})), 1e-9)",
+                        "{{cache}}",
+                    )
+                ],
+                unit="percentunit",
+            ),
+            panel(
+                "Rejected requests by reason",
+                [(f"sum by (reason) (rate(ray_sd_rejected_requests_total{RATE}))", "{{reason}}")],
+                unit="reqps",
+            ),
+            panel(
+                "GPU utilisation (DCGM)",
+                [("avg by (Hostname, gpu) (DCGM_FI_DEV_GPU_UTIL)", "{{Hostname}} GPU {{gpu}}")],
+                unit="percent",
+                description="Needs NVIDIA's dcgm-exporter in the cluster.",
+            ),
+            panel(
+                "Pods per node pool",
+                [
+                    (
+                        'count by (label_sd_serving_pool) (kube_pod_info{namespace=~"$namespace"} '
+                        "* on (node) group_left (label_sd_serving_pool) kube_node_labels)",
+                        "{{label_sd_serving_pool}}",
+                    )
+                ],
+                description="Needs kube-state-metrics exporting the sd-serving/pool node label.",
+            ),
+            panel(
+                "HPA desired vs current replicas",
+                [
+                    (
+                        "sum by (horizontalpodautoscaler) (kube_horizontalpodautoscaler_status_desired_replicas"
+                        '{namespace=~"$namespace"})',
+                        "{{horizontalpodautoscaler}} desired",
+                    ),
+                    (
+                        "sum by (horizontalpodautoscaler) (kube_horizontalpodautoscaler_status_current_replicas"
+                        '{namespace=~"$namespace"})',
+                        "{{horizontalpodautoscaler}} current",
+                    ),
+                ],
+                description="Needs kube-state-metrics.",
+            ),
+        ],
+        [
+            {
+                "name": "namespace",
+                "label": "Namespace",
+                "type": "custom",
+                "query": ".*",
+                "current": {"text": "all", "value": ".*"},
+            },
+        ],
+    )
+
+
+def drilldown() -> dict[str, Any]:
+    deployment = 'deployment="$deployment"'
+    return dashboard(
+        "sd-serving-stage",
+        "sd-serving / stage drill-down",
+        [
+            panel(
+                "Stage time seen from the ingress ($stage)",
+                quantiles("ray_sd_stage_duration_seconds", 'stage="$stage"'),
+                unit="s",
+            ),
+            panel(
+                "Replica processing latency ($deployment)",
+                quantiles(
+                    "ray_serve_deployment_processing_latency_ms", f"{APP},{deployment}", "replica"
+                ),
+                unit="ms",
+            ),
+            panel(
+                "Ongoing requests at replicas ($deployment)",
+                [
+                    (
+                        f"sum by (replica) (ray_serve_replica_processing_queries{{{APP},{deployment}}})",
+                        "{{replica}}",
+                    )
+                ],
+            ),
+            panel(
+                "Queued in the router ($deployment)",
+                [(f"sum(ray_serve_deployment_queued_queries{{{APP},{deployment}}})", "queued")],
+            ),
+            panel(
+                "Request batching ($deployment)",
+                [
+                    (
+                        f"sum(rate(ray_serve_actual_batch_size_sum{{{APP},{deployment}}}{RATE})) / "
+                        f"clamp_min(sum(rate(ray_serve_actual_batch_size_count{{{APP},{deployment}}}{RATE})), 1e-9)",
+                        "mean @serve.batch size",
+                    )
+                ],
+            ),
+            panel(
+                "Requests handled ($deployment)",
+                [
+                    (
+                        f"sum by (replica) (rate(ray_serve_deployment_request_counter_total{{{APP},{deployment}}}{RATE}))",
+                        "{{replica}}",
+                    )
+                ],
+                unit="reqps",
+            ),
+        ],
+        [
+            {
+                "name": "stage",
+                "label": "Stage",
+                "type": "custom",
+                "query": "text_encoder,unet,vae,encode",
+                "current": {"text": "unet", "value": "unet"},
+            },
+            {
+                "name": "deployment",
+                "label": "Deployment",
+                "type": "custom",
+                "query": "Ingress,TextEncoder,UNetDenoiser,VAEDecoder",
+                "current": {"text": "UNetDenoiser", "value": "UNetDenoiser"},
+            },
+        ],
+    )
+
+
+DASHBOARDS = {"sd-serving-scaling.json": scaling, "sd-serving-stage.json": drilldown}
+
+
+def render(name: str) -> str:
+    return json.dumps(DASHBOARDS[name](), indent=2) + "\n"
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--write"]:
+        raise SystemExit("usage: python scripts/dashboards.py --write")
+    for stale in OUT.glob("*.json"):
+        if stale.name not in DASHBOARDS:
+            stale.unlink()
+    for name in DASHBOARDS:
+        (OUT / name).write_text(render(name))
+        print(f"wrote {OUT / name}")

@@ -1,0 +1,158 @@
+"""A real Prometheus scrapes the running service: the series the dashboards and alerts use carry
+data after a few requests, and Prometheus accepts every dashboard query and alert expression."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.integration.conftest import RunningService
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+ALERTS = ROOT / "charts" / "sd-serving" / "files" / "alerts.yaml"
+DASHBOARDS = sorted((ROOT / "charts" / "sd-serving" / "dashboards").glob("*.json"))
+# Dashboard variables as Grafana would fill them in.
+GRAFANA_VARIABLES = {
+    "$__rate_interval": "1m",
+    "$stage": "unet",
+    "$deployment": "UNetDenoiser",
+    "$namespace": ".*",
+}
+PROJECT_SERIES = re.compile(r"\b(ray_sd_\w+|ray_serve_\w+)")
+
+
+def dashboard_queries() -> list[str]:
+    queries = []
+    for path in DASHBOARDS:
+        for panel in json.loads(path.read_text())["panels"]:
+            for target in panel["targets"]:
+                expr = target["expr"]
+                for variable, value in GRAFANA_VARIABLES.items():
+                    expr = expr.replace(variable, value)
+                queries.append(expr)
+    return queries
+
+
+def alert_expressions() -> list[str]:
+    groups = yaml.safe_load(ALERTS.read_text())["groups"]
+    return [rule["expr"] for group in groups for rule in group["rules"]]
+
+
+@pytest.fixture(scope="module")
+def prometheus(service: RunningService, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    binary = shutil.which("prometheus")
+    assert binary, "prometheus not found: `make tools` installs Debian's prometheus package"
+    folder = tmp_path_factory.mktemp("prometheus")
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(ALERTS)],
+        "scrape_configs": [
+            {
+                "job_name": "sd-serving",
+                "static_configs": [{"targets": [f"127.0.0.1:{service.metrics_port}"]}],
+            }
+        ],
+    }
+    (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={folder / 'prometheus.yml'}",
+            f"--storage.tsdb.path={folder / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/-/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def query(prometheus: str, expr: str) -> dict[str, Any]:
+    answer = httpx.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=30)
+    body = answer.json()
+    assert body["status"] == "success", f"{expr}: {body.get('error')}"
+    return body["data"]
+
+
+@pytest.fixture(scope="module")
+def traffic(service: RunningService, prometheus: str) -> None:
+    with service.client() as client:
+        for seed in (1, 2):  # the same prompt twice: an embedding-cache hit
+            assert (
+                client.post(
+                    "/v1/generate", json={"prompt": "metrics", "seed": seed, "steps": 3}
+                ).status_code
+                == 200
+            )
+        assert client.post("/v1/generate", json={"prompt": "x", "steps": 0}).status_code == 422
+    # Ray's metrics agent exports every few seconds; wait until the last of them is scraped.
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if (
+            query(prometheus, "ray_sd_rejected_requests_total")["result"]
+            and query(prometheus, 'ray_sd_cache_lookups_total{result="hit"}')["result"]
+        ):
+            return
+        time.sleep(2)
+    pytest.fail("the service's series never reached Prometheus")
+
+
+def test_every_project_series_in_dashboards_and_alerts_has_data(
+    prometheus: str, traffic: None
+) -> None:
+    names = set()
+    for expr in dashboard_queries() + alert_expressions():
+        names.update(PROJECT_SERIES.findall(expr))
+    assert len(names) >= 15
+    missing = [name for name in sorted(names) if not query(prometheus, name)["result"]]
+    assert not missing, f"series without data after load: {missing}"
+
+
+def test_requests_are_counted_by_route_and_status(prometheus: str, traffic: None) -> None:
+    result = query(prometheus, "sum by (route, status) (ray_sd_requests_total)")["result"]
+    counted = {(r["metric"]["route"], r["metric"]["status"]): float(r["value"][1]) for r in result}
+    assert counted[("/v1/generate", "200")] >= 2
+    assert counted[("/v1/generate", "422")] >= 1
+    rejected = query(prometheus, "sum by (reason) (ray_sd_rejected_requests_total)")["result"]
+    assert {r["metric"]["reason"] for r in rejected} >= {"invalid_argument"}
+
+
+@pytest.mark.parametrize("expr", dashboard_queries() + alert_expressions())
+def test_prometheus_accepts_the_query(prometheus: str, expr: str) -> None:
+    query(prometheus, expr)
+
+
+def test_alert_rules_load_and_evaluate(prometheus: str, traffic: None) -> None:
+    groups = httpx.get(f"{prometheus}/api/v1/rules", timeout=30).json()["data"]["groups"]
+    rules = [rule for group in groups for rule in group["rules"]]
+    assert len(rules) == len(alert_expressions())
+    assert all(rule["health"] in {"ok", "unknown"} for rule in rules), rules
