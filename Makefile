@@ -22,7 +22,7 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 # pip notes every unused local index path; keep the output readable.
 PIP_QUIET := grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: help install tools prometheus serve test test-unit test-integration test-chart lint format export-model render-k8s dashboards crds crds-info clean
+.PHONY: help install tools prometheus serve test test-unit test-integration test-chart lint format export-model render-k8s loadtest bench dashboards crds crds-info clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -71,6 +71,12 @@ test-chart: install tools ## only the offline chart checks (helm lint/template, 
 render-k8s: tools ## re-render k8s/ (plain manifests) from the chart's documented profiles
 	$(BIN)/python -m tests.chart.render --write
 
+loadtest: install ## locust profile (PROFILE=smoke|ramp|spike|soak) against :8000, starting the service if needed
+	$(BIN)/python -m loadtest.run --profile $(or $(PROFILE),smoke)
+
+bench: install ## benchmark: bare pipeline vs monolithic Ray Serve vs this system (writes loadtest/results/cpu)
+	$(BIN)/python -m loadtest.bench
+
 dashboards: install ## regenerate the Grafana dashboards from scripts/dashboards.py
 	$(BIN)/python scripts/dashboards.py --write
 
@@ -81,8 +87,8 @@ crds: ## download the pinned upstream CRDs into SD_CRD_DIR (needs network to Git
 	$(PYTHON) scripts/fetch_crds.py $(SD_CRD_DIR)
 
 lint: install ## ruff (lint + format check) and mypy
-	$(BIN)/ruff check serving tests scripts
-	$(BIN)/ruff format --check serving tests scripts
+	$(BIN)/ruff check serving tests scripts loadtest
+	$(BIN)/ruff format --check serving tests scripts loadtest
 	$(BIN)/mypy
 
 format: install ## apply ruff's fixes and formatting

@@ -1,0 +1,320 @@
+"""`make bench`: the same model, machine and request, served four ways, side by side.
+
+(a) the bare diffusers pipeline called in a loop (clients take turns on one pipeline),
+(b) a monolithic one-deployment Ray Serve server shaped like Ray's Stable Diffusion example,
+(c) this system (four deployments, continuous batching) over HTTP,
+(d) the bare batched loop (text encoder, UNet steps, VAE) at its best batch size: the limit.
+
+Throughput and p50/p99 latency at concurrency 1, 4 and 8; ratios c/a (latency, concurrency 1),
+c/b (throughput, 8) and c/d (serving efficiency). Writes JSON, Markdown and a PNG plot.
+This is a benchmark, not a test: nothing here asserts on time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+PROMPTS = [
+    "a red apple on a wooden table",
+    "a lighthouse on a cliff at dusk",
+    "a bowl of ramen, studio lighting",
+    "a fox in a snowy forest",
+]
+CONCURRENCIES = (1, 4, 8)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def drive(call: Callable[[int], None], concurrency: int, total: int) -> dict[str, float]:
+    """`total` calls from `concurrency` client threads; latency per call and overall throughput."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    counter = iter(range(total))
+
+    def client() -> None:
+        while True:
+            with lock:
+                index = next(counter, None)
+            if index is None:
+                return
+            started = time.perf_counter()
+            call(index)
+            with lock:
+                latencies.append(time.perf_counter() - started)
+
+    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    return {
+        "concurrency": concurrency,
+        "requests": total,
+        "images_per_s": total / elapsed,
+        "p50_s": statistics.median(latencies),
+        "p99_s": percentile(latencies, 99),
+    }
+
+
+def sweep(call: Callable[[int], None], per_client: int) -> list[dict[str, float]]:
+    call(0)  # warm-up
+    return [drive(call, c, max(per_client * c, 6)) for c in CONCURRENCIES]
+
+
+def bare_pipeline(model_dir: str, steps: int, per_client: int) -> list[dict[str, float]]:
+    import torch
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(model_dir)
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    lock = threading.Lock()
+
+    def call(index: int) -> None:
+        with lock:  # one pipeline, clients take turns: what a plain loop serves
+            pipe(
+                PROMPTS[index % len(PROMPTS)],
+                num_inference_steps=steps,
+                generator=torch.Generator().manual_seed(index),
+                output_type="np",
+            )
+
+    return sweep(call, per_client)
+
+
+def batched_limit(model_dir: str, steps: int) -> dict[str, Any]:
+    """Images/s of the bare batched loop, by batch size; the best one is the machine's limit."""
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(model_dir)
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    by_batch = {}
+    for batch in (1, 2, 4, 8):
+        prompts = [PROMPTS[i % len(PROMPTS)] for i in range(batch)]
+        pipe(prompts, num_inference_steps=steps, output_type="np")  # warm-up
+        started = time.perf_counter()
+        rounds = 2
+        for _ in range(rounds):
+            pipe(prompts, num_inference_steps=steps, output_type="np")
+        by_batch[batch] = batch * rounds / (time.perf_counter() - started)
+    best = max(by_batch, key=lambda b: by_batch[b])
+    return {"images_per_s_by_batch": by_batch, "best_batch": best, "images_per_s": by_batch[best]}
+
+
+def http_sweep(url: str, steps: int, per_client: int, path: str) -> list[dict[str, float]]:
+    import httpx
+
+    client = httpx.Client(timeout=600, limits=httpx.Limits(max_connections=16))
+
+    def call(index: int) -> None:
+        answer = client.post(
+            url + path,
+            json={
+                "prompt": PROMPTS[index % len(PROMPTS)],
+                "steps": steps,
+                "seed": index,
+                "scheduler": "dpmpp_2m",
+            },
+            headers={"Accept": "image/png"},
+        )
+        answer.raise_for_status()
+
+    return sweep(call, per_client)
+
+
+def served(model_dir: str, steps: int, per_client: int) -> dict[str, list[dict[str, float]]]:
+    """(b) then (c), one after the other on the same local Ray cluster."""
+    from serving.local import prepare_ray_environment
+
+    prepare_ray_environment()
+    import ray
+    from ray import serve
+
+    from loadtest.monolithic import build_monolithic
+    from serving.app import build_app
+    from serving.settings import Settings
+
+    ray.init(
+        address="local",
+        _temp_dir="/tmp/sd-bench-ray",
+        include_dashboard=False,
+        logging_level="error",
+    )
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": 8765})
+        serve.run(build_monolithic(model_dir), name="monolithic", route_prefix="/mono")
+        monolithic = http_sweep("http://127.0.0.1:8765", steps, per_client, "/mono/generate")
+        serve.delete("monolithic")
+        serve.run(
+            build_app(Settings(model=model_dir, metrics_port=8766)),
+            name="sd-serving",
+            route_prefix="/",
+        )
+        system = http_sweep("http://127.0.0.1:8765", steps, per_client, "/v1/generate")
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+    return {"monolithic": monolithic, "system": system}
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def at(rows: list[dict[str, float]], concurrency: int) -> dict[str, float]:
+    return next(row for row in rows if row["concurrency"] == concurrency)
+
+
+def summarise(results: dict[str, Any]) -> dict[str, float]:
+    bare, mono, system = results["bare"], results["monolithic"], results["system"]
+    return {
+        "overhead_c1": at(system, 1)["p50_s"] / at(bare, 1)["p50_s"] - 1,
+        "throughput_vs_monolithic_c8": at(system, 8)["images_per_s"] / at(mono, 8)["images_per_s"],
+        "serving_efficiency_c8": at(system, 8)["images_per_s"] / results["limit"]["images_per_s"],
+    }
+
+
+def markdown(results: dict[str, Any]) -> str:
+    ratios = results["ratios"]
+    lines = [
+        f"# Benchmark: {results['model']} at {results['size']}x{results['size']}, "
+        f"{results['steps']} steps, DPM-Solver++",
+        "",
+        f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, "
+        f"GPU {results['machine']['gpu'] or 'none'}, torch {results['machine']['torch']}. "
+        f"Run {results['date']}.",
+        "",
+        "| server | concurrency | images/s | p50 s | p99 s |",
+        "|---|---|---|---|---|",
+    ]
+    names = {
+        "bare": "(a) bare pipeline",
+        "monolithic": "(b) monolithic Ray Serve",
+        "system": "(c) sd-serving",
+    }
+    for key, name in names.items():
+        for row in results[key]:
+            lines.append(
+                f"| {name} | {row['concurrency']} | {row['images_per_s']:.2f} | "
+                f"{row['p50_s']:.2f} | {row['p99_s']:.2f} |"
+            )
+    limit = results["limit"]
+    lines += [
+        "",
+        f"(d) bare batched loop: best batch {limit['best_batch']}, "
+        f"{limit['images_per_s']:.2f} images/s "
+        f"({', '.join(f'b{b}: {v:.2f}' for b, v in limit['images_per_s_by_batch'].items())})",
+        "",
+        "| ratio | value | target |",
+        "|---|---|---|",
+        f"| overhead at concurrency 1, c/a - 1 | {ratios['overhead_c1']:+.1%} | <= +10 % |",
+        f"| throughput at 8, c/b | {ratios['throughput_vs_monolithic_c8']:.2f}x | >= 1.3x |",
+        f"| serving efficiency at 8, c/d | {ratios['serving_efficiency_c8']:.2f} | >= 0.9 |",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, label in (
+        ("bare", "(a) bare"),
+        ("monolithic", "(b) monolithic"),
+        ("system", "(c) sd-serving"),
+    ):
+        rows = results[key]
+        left.plot(
+            [r["concurrency"] for r in rows], [r["images_per_s"] for r in rows], "o-", label=label
+        )
+        right.plot([r["concurrency"] for r in rows], [r["p50_s"] for r in rows], "o-", label=label)
+    left.axhline(
+        results["limit"]["images_per_s"], color="grey", linestyle="--", label="(d) batched limit"
+    )
+    left.set(xlabel="concurrency", ylabel="images/s", title="Throughput")
+    right.set(xlabel="concurrency", ylabel="p50 latency (s)", title="Latency")
+    left.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtest.bench", description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("loadtest/results/cpu"))
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--per-client", type=int, default=3, help="requests per client thread")
+    parser.add_argument(
+        "--only-served",
+        action="store_true",
+        help="re-measure (b) and (c) only, keeping (a) and (d) from the existing bench.json",
+    )
+    args = parser.parse_args(argv)
+
+    from serving.models.embedded import NATIVE_SIZE, export
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    model_dir = str(export(Path("/tmp/sd-bench-model")))
+    results: dict[str, Any] = {
+        "model": "embedded",
+        "size": NATIVE_SIZE,
+        "steps": args.steps,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": machine(),
+    }
+    if args.only_served:
+        previous = json.loads((args.out / "bench.json").read_text())
+        results["bare"], results["limit"] = previous["bare"], previous["limit"]
+    else:
+        print("(a) bare pipeline ...", flush=True)
+        results["bare"] = bare_pipeline(model_dir, args.steps, args.per_client)
+        print("(d) batched limit ...", flush=True)
+        results["limit"] = batched_limit(model_dir, args.steps)
+    print("(b) monolithic Ray Serve and (c) sd-serving ...", flush=True)
+    results.update(served(model_dir, args.steps, args.per_client))
+    results["ratios"] = summarise(results)
+    (args.out / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / "bench.md").write_text(markdown(results))
+    plot(results, args.out / "bench.png")
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

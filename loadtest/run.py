@@ -1,0 +1,79 @@
+"""`make loadtest`: run a locust profile against a running service, or start one for the run.
+
+    python -m loadtest.run [--profile smoke] [--url http://127.0.0.1:8000] [--out loadtest/out]
+
+Exits with locust's code: non-zero when the profile's SLOs are broken.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+
+
+def is_up(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def run_locust(url: str, profile: str, out: Path) -> int:
+    out.mkdir(parents=True, exist_ok=True)
+    locust = Path(sys.executable).with_name("locust")
+    command = [
+        str(locust),
+        "-f",
+        str(HERE / "locustfile.py"),
+        "--headless",
+        "--host",
+        url,
+        "--csv",
+        str(out / profile),
+        "--html",
+        str(out / f"{profile}.html"),
+        "--only-summary",
+    ]
+    # Locust patches the standard library with gevent: it gets a process of its own.
+    env = {**os.environ, "SD_LOAD_PROFILE": profile}
+    return subprocess.run(command, env=env, check=False).returncode
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtest.run", description=__doc__)
+    parser.add_argument("--profile", default="smoke", choices=["smoke", "ramp", "spike", "soak"])
+    parser.add_argument("--url", default="http://127.0.0.1:8000")
+    parser.add_argument("--out", type=Path, default=HERE / "out")
+    args = parser.parse_args(argv)
+    if is_up(args.url):
+        return run_locust(args.url, args.profile, args.out)
+    print(f"no service at {args.url}: starting `sd-serving serve` for this run", flush=True)
+    port = args.url.rsplit(":", 1)[-1].rstrip("/")
+    service = subprocess.Popen(
+        [sys.executable, "-m", "serving.cli", "serve", "--port", port],
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not is_up(args.url):
+            if service.poll() is not None or time.monotonic() > deadline:
+                print("the service did not start", file=sys.stderr)
+                return 1
+            time.sleep(1)
+        return run_locust(args.url, args.profile, args.out)
+    finally:
+        service.send_signal(signal.SIGTERM)
+        service.wait(timeout=120)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
