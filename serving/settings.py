@@ -28,6 +28,12 @@ class StageSettings(BaseModel):
 
     num_cpus: float = Field(0.5, ge=0)
     num_gpus: float = Field(0.0, ge=0, description="fractional shares allowed, e.g. 0.25")
+    torch_threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch intra-op threads of this stage's replicas "
+        "(default: Settings.torch_threads, else Ray's, which follows num_cpus)",
+    )
     resources: dict[str, float] = Field(
         default_factory=dict,
         description="Ray custom resources, e.g. {'pool-unet': 0.001} pins the stage to the "
@@ -66,6 +72,27 @@ class StageSettings(BaseModel):
         if self.resources:
             options["resources"] = dict(self.resources)
         return options
+
+
+class IngressStage(StageSettings):
+    num_cpus: float = Field(0.25, ge=0)
+    max_ongoing_requests: int = Field(256, ge=1)
+
+
+class TextEncoderStage(StageSettings):
+    num_cpus: float = Field(0.25, ge=0)
+    max_ongoing_requests: int = Field(64, ge=1)
+
+
+class UNetStage(StageSettings):
+    num_cpus: float = Field(1.0, ge=0)
+    max_ongoing_requests: int = Field(72, ge=1)
+    target_ongoing_requests: float = Field(6.0, gt=0)
+
+
+class VAEStage(StageSettings):
+    num_cpus: float = Field(0.25, ge=0)
+    max_ongoing_requests: int = Field(32, ge=1)
 
 
 class Limits(BaseModel):
@@ -145,13 +172,11 @@ class Settings(BaseSettings):
     decoder_max_batch_size: int = Field(4, ge=1)
     decoder_batch_wait_s: float = Field(0.005, ge=0)
 
-    # -- deployments
-    ingress: StageSettings = StageSettings(num_cpus=0.25, max_ongoing_requests=256)
-    text_encoder: StageSettings = StageSettings(num_cpus=0.25, max_ongoing_requests=64)
-    unet: StageSettings = StageSettings(
-        num_cpus=1.0, max_ongoing_requests=72, target_ongoing_requests=6
-    )
-    vae: StageSettings = StageSettings(num_cpus=0.25, max_ongoing_requests=32)
+    # -- deployments (a class per stage, so SD_UNET__NUM_GPUS=1 keeps the UNet's other defaults)
+    ingress: IngressStage = IngressStage()
+    text_encoder: TextEncoderStage = TextEncoderStage()
+    unet: UNetStage = UNetStage()
+    vae: VAEStage = VAEStage()
 
     def http_url(self) -> str:
         return f"http://{self.http_host}:{self.http_port}"

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from serving.settings import Settings
+from serving.settings import Settings, StageSettings
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -31,7 +31,8 @@ def choose_placement(settings: Settings) -> Placement:
     return Placement(device=device, dtype=dtype)
 
 
-def configure_threads(settings: Settings) -> None:
+def configure_threads(settings: Settings, stage: StageSettings) -> None:
     """Ray caps OMP threads at the actor's num_cpus; give torch the threads we were told to."""
-    if settings.torch_threads is not None:
-        torch.set_num_threads(settings.torch_threads)
+    threads = stage.torch_threads or settings.torch_threads
+    if threads is not None:
+        torch.set_num_threads(threads)

@@ -18,7 +18,7 @@ from serving.stages.batching import tune_batching
 @serve.deployment(name="TextEncoder")
 class TextEncoder:
     def __init__(self, settings: Settings) -> None:
-        configure_threads(settings)
+        configure_threads(settings, settings.text_encoder)
         placement = choose_placement(settings)
         source = loader.resolve_model_source(settings)
         self._runner = TextEncoderRunner(

@@ -33,7 +33,7 @@ class DenoiseResult:
 @serve.deployment(name="UNetDenoiser")
 class UNetDenoiser:
     def __init__(self, settings: Settings) -> None:
-        configure_threads(settings)
+        configure_threads(settings, settings.unet)
         placement = choose_placement(settings)
         source = loader.resolve_model_source(settings)
         self._metrics = UNetMetrics.create()

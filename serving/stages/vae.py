@@ -17,7 +17,7 @@ from serving.stages.batching import tune_batching
 @serve.deployment(name="VAEDecoder")
 class VAEDecoder:
     def __init__(self, settings: Settings) -> None:
-        configure_threads(settings)
+        configure_threads(settings, settings.vae)
         placement = choose_placement(settings)
         source = loader.resolve_model_source(settings)
         self._runner = VaeDecoderRunner(loader.load_vae(source, placement), placement)

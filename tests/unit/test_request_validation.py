@@ -78,3 +78,17 @@ def test_errors_survive_pickling_between_replicas() -> None:
     assert isinstance(error, InvalidArgument)
     assert error.field == "steps"
     assert error.message == "steps: must be between 1 and 150"
+
+
+def test_overriding_one_stage_field_keeps_that_stages_other_defaults(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from serving.settings import Settings
+
+    monkeypatch.setenv("SD_UNET__NUM_GPUS", "0.5")
+    monkeypatch.setenv("SD_UNET__TORCH_THREADS", "2")
+    settings = Settings()
+    assert settings.unet.num_gpus == 0.5 and settings.unet.torch_threads == 2
+    assert settings.unet.max_ongoing_requests == 72  # the UNet's own default, not the base one
+    assert settings.unet.target_ongoing_requests == 6
+    assert settings.vae.max_ongoing_requests == 32
