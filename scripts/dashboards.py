@@ -70,6 +70,17 @@ def quantiles(metric: str, selector: str, by: str = "") -> list[tuple[str, str]]
     ]
 
 
+def custom_variable(name: str, label: str, query: str, current: str) -> dict[str, Any]:
+    text = "all" if current == ".*" else current
+    return {
+        "name": name,
+        "label": label,
+        "type": "custom",
+        "query": query,
+        "current": {"text": text, "value": current},
+    }
+
+
 def layout(panels: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Two panels per row, ids in order."""
     for index, item in enumerate(panels):
@@ -259,13 +270,7 @@ def scaling() -> dict[str, Any]:
             ),
         ],
         [
-            {
-                "name": "namespace",
-                "label": "Namespace",
-                "type": "custom",
-                "query": ".*",
-                "current": {"text": "all", "value": ".*"},
-            },
+            custom_variable("namespace", "Namespace", ".*", ".*"),
         ],
     )
 
@@ -323,20 +328,13 @@ def drilldown() -> dict[str, Any]:
             ),
         ],
         [
-            {
-                "name": "stage",
-                "label": "Stage",
-                "type": "custom",
-                "query": "text_encoder,unet,vae,encode",
-                "current": {"text": "unet", "value": "unet"},
-            },
-            {
-                "name": "deployment",
-                "label": "Deployment",
-                "type": "custom",
-                "query": "Ingress,TextEncoder,UNetDenoiser,VAEDecoder",
-                "current": {"text": "UNetDenoiser", "value": "UNetDenoiser"},
-            },
+            custom_variable("stage", "Stage", "text_encoder,unet,vae,encode", "unet"),
+            custom_variable(
+                "deployment",
+                "Deployment",
+                "Ingress,TextEncoder,UNetDenoiser,VAEDecoder",
+                "UNetDenoiser",
+            ),
         ],
     )
 

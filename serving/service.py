@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 from ray.serve.handle import DeploymentHandle
@@ -46,8 +45,7 @@ class GenerationService:
 
     def resolve(self, params: GenerateParams) -> GenerationRequest:
         """Defaults applied and every limit checked; raises InvalidArgument naming the field."""
-        request = resolve(params, self.settings.limits, self.settings.defaults, self._native_size)
-        return request
+        return resolve(params, self.settings.limits, self.settings.defaults, self._native_size)
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         warnings = self._guard.check(request)
@@ -98,6 +96,3 @@ class GenerationService:
         names = list(self._stages.all())
         answers = await asyncio.gather(*(probe(h) for h in self._stages.all().values()))
         return dict(zip(names, answers, strict=True))
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.settings.model_name, "native_size": self._native_size}
