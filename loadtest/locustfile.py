@@ -6,7 +6,8 @@
 Prompts come from loadtest/prompts.txt in a skewed (Zipf-like) mix, so popular prompts repeat and
 the embedding cache is exercised; parameters follow a realistic mix of sizes, steps and
 schedulers. Each profile has a load shape and SLOs; the run exits non-zero when an SLO is broken.
-gRPC, KServe v2 and OpenAI users join when those protocols land (they map onto the same request).
+Users: /v1/generate (raw PNG or JSON), OpenAI images and KServe v1; gRPC and KServe v2 users
+join when those protocols land (they map onto the same request).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ PROFILES = {
     "soak": Profile(((1800, 4, 1.0),), 0.01, 30_000),
 }
 PROFILE_NAME = os.environ.get("SD_LOAD_PROFILE", "smoke")
+MODEL_NAME = os.environ.get("SD_LOAD_MODEL", "sd-embedded")
 PROFILE = PROFILES[PROFILE_NAME]
 
 
@@ -55,6 +57,7 @@ class GenerateUser(HttpUser):
     """A mobile or web client asking /v1/generate for one raw PNG."""
 
     wait_time = between(0.5, 2.0)
+    weight = 4
 
     @task
     def generate(self) -> None:
@@ -73,6 +76,44 @@ class GenerateUser(HttpUser):
                 response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
             elif accept == "image/png" and not response.content.startswith(b"\x89PNG"):
                 response.failure("the answer is not a PNG")
+
+
+class OpenAIUser(HttpUser):
+    """A client using an OpenAI SDK against the compatible endpoint."""
+
+    wait_time = between(0.5, 2.0)
+    weight = 1
+
+    @task
+    def generations(self) -> None:
+        prompt = random.choices(PROMPTS, weights=WEIGHTS)[0]
+        with self.client.post(
+            "/v1/images/generations",
+            json={"prompt": prompt, "n": 1, "steps": 20, "response_format": "b64_json"},
+            name="/v1/images/generations",
+            catch_response=True,
+        ) as response:
+            if response.status_code != 200 or "b64_json" not in response.text:
+                response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
+
+
+class KServeV1User(HttpUser):
+    """A KServe v1 client (batch jobs, pipelines)."""
+
+    wait_time = between(1.0, 3.0)
+    weight = 1
+
+    @task
+    def predict(self) -> None:
+        prompt = random.choices(PROMPTS, weights=WEIGHTS)[0]
+        with self.client.post(
+            f"/v1/models/{MODEL_NAME}:predict",
+            json={"instances": [{"prompt": prompt, "steps": 10}]},
+            name="/v1/models/{model}:predict",
+            catch_response=True,
+        ) as response:
+            if response.status_code != 200 or "predictions" not in response.text:
+                response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
 
 
 class ProfileShape(LoadTestShape):

@@ -13,6 +13,7 @@ from ray.serve.deployment import Deployment
 
 from serving.settings import Settings, StageSettings
 from serving.stages.ingress import Ingress
+from serving.stages.results import ResultStore
 from serving.stages.text_encoder import TextEncoder
 from serving.stages.unet import UNetDenoiser
 from serving.stages.vae import VAEDecoder
@@ -28,9 +29,11 @@ def _configured(deployment: Any, stage: StageSettings) -> Deployment:
 
 
 def build_app(args: dict[str, Any] | Settings | None = None) -> Application:
-    """The four-deployment application; `args` are Settings fields overriding SD_* variables."""
+    """The application (ingress, three model stages, result store); `args` are Settings fields
+    overriding SD_* variables."""
     settings = args if isinstance(args, Settings) else Settings(**(args or {}))
     text_encoder = _configured(TextEncoder, settings.text_encoder).bind(settings)
     unet = _configured(UNetDenoiser, settings.unet).bind(settings)
     vae = _configured(VAEDecoder, settings.vae).bind(settings)
-    return _configured(Ingress, settings.ingress).bind(settings, text_encoder, unet, vae)
+    results = _configured(ResultStore, settings.result_store).bind(settings)
+    return _configured(Ingress, settings.ingress).bind(settings, text_encoder, unet, vae, results)

@@ -62,7 +62,8 @@ class IngressMetrics:
         for stage in ("text_encoder", "unet", "vae", "encode"):
             if stage in timings_ms:
                 self.stage_seconds.observe(timings_ms[stage] / 1000, tags={"stage": stage})
-        self.images.inc(images)
+        if images:  # Ray's counters refuse an increment of 0 (a result-cache hit)
+            self.images.inc(images)
 
     def record_rejection(self, error: ServingError) -> None:
         self.rejected.inc(tags={"reason": error.reason.value})

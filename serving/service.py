@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from ray.serve.handle import DeploymentHandle
 
+from serving.codecs import MEDIA_TYPES, encode_image
 from serving.engine.denoiser import DenoiseJob
 from serving.prompts import PromptGuard
 from serving.request import GenerateParams, GenerationRequest, resolve
+from serving.results import CachedResult, StoredImage, request_key
 from serving.settings import Settings
 
 
@@ -21,7 +23,28 @@ class GenerationResult:
     images: list[np.ndarray]
     seeds: list[int]
     timings_ms: dict[str, float]
-    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    data: bytes
+    digest: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class EncodedResult:
+    """What every protocol answers from: encoded images, their digests, timings, warnings."""
+
+    request: GenerationRequest
+    images: list[EncodedImage]
+    timings_ms: dict[str, float]
+    warnings: list[str]
+    cached: bool
+
+    @property
+    def media_type(self) -> str:
+        return MEDIA_TYPES[self.request.output_format]
 
 
 @dataclass(frozen=True)
@@ -29,16 +52,28 @@ class Stages:
     text_encoder: DeploymentHandle
     unet: DeploymentHandle
     vae: DeploymentHandle
+    results: DeploymentHandle
 
     def all(self) -> dict[str, DeploymentHandle]:
-        return {"text_encoder": self.text_encoder, "unet": self.unet, "vae": self.vae}
+        return {
+            "text_encoder": self.text_encoder,
+            "unet": self.unet,
+            "vae": self.vae,
+            "result_store": self.results,
+        }
 
 
 class GenerationService:
     def __init__(
-        self, settings: Settings, stages: Stages, guard: PromptGuard, native_size: int
+        self,
+        settings: Settings,
+        stages: Stages,
+        guard: PromptGuard,
+        native_size: int,
+        model_id: str,
     ) -> None:
         self.settings = settings
+        self._model_id = model_id
         self._stages = stages
         self._guard = guard
         self._native_size = native_size
@@ -48,7 +83,7 @@ class GenerationService:
         return resolve(params, self.settings.limits, self.settings.defaults, self._native_size)
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
-        warnings = self._guard.check(request)
+        """Pixels from the three stages; callers go through `produce`, which checks the prompt."""
         started = time.perf_counter()
         guided = request.guidance_scale > 1.0
         texts = [request.prompt, request.negative_prompt] if guided else [request.prompt]
@@ -82,7 +117,47 @@ class GenerationService:
             "unet": (denoise_done - encoded) * 1000,
             "vae": (decoded - denoise_done) * 1000,
         }
-        return GenerationResult(request, list(images), seeds, timings, warnings)
+        return GenerationResult(request, list(images), seeds, timings)
+
+    async def produce(self, request: GenerationRequest, *, determined: bool) -> EncodedResult:
+        """Encoded images for a request; fully determined ones (client-given seed) come from the
+        result cache when they were made before, without touching the GPU stages."""
+        started = time.perf_counter()
+        warnings = self._guard.check(request)
+        key = request_key(self._model_id, request) if determined else None
+        if key is not None:
+            hit = await self._stages.results.lookup.remote(key)
+            if hit is not None:
+                cached, stored = hit
+                images = [
+                    EncodedImage(image.data, digest, seed)
+                    for image, digest, seed in zip(
+                        stored, cached.digests, cached.seeds, strict=True
+                    )
+                ]
+                elapsed = (time.perf_counter() - started) * 1000
+                timings = {"result_cache": elapsed, "total": elapsed}
+                return EncodedResult(request, images, timings, warnings, cached=True)
+        result = await self.generate(request)
+        before = time.perf_counter()
+        encoded = [encode_image(pixels, request.output_format) for pixels in result.images]
+        timings = dict(result.timings_ms)
+        timings["encode"] = (time.perf_counter() - before) * 1000
+        digests = await self._stages.results.put_images.remote(
+            [(data, request.output_format) for data in encoded]
+        )
+        if key is not None:
+            await self._stages.results.remember.remote(key, CachedResult(digests, result.seeds))
+        timings["total"] = (time.perf_counter() - started) * 1000
+        images = [
+            EncodedImage(data, digest, seed)
+            for data, digest, seed in zip(encoded, digests, result.seeds, strict=True)
+        ]
+        return EncodedResult(request, images, timings, warnings, cached=False)
+
+    async def image(self, digest: str) -> StoredImage | None:
+        stored: StoredImage | None = await self._stages.results.get_image.remote(digest)
+        return stored
 
     async def readiness(self, timeout_s: float = 2.0) -> dict[str, bool]:
         """Which stages have a replica that finished loading and answers."""

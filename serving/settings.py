@@ -95,6 +95,13 @@ class VAEStage(StageSettings):
     max_ongoing_requests: int = Field(32, ge=1)
 
 
+class ResultStoreStage(StageSettings):
+    # One replica: the store is the single place every ingress replica finds an image.
+    num_cpus: float = Field(0.1, ge=0)
+    max_replicas: int = Field(1, ge=1)
+    max_ongoing_requests: int = Field(256, ge=1)
+
+
 class Limits(BaseModel):
     """Bounds on what one request may ask for; every violation answers 422 naming the field."""
 
@@ -172,11 +179,23 @@ class Settings(BaseSettings):
     decoder_max_batch_size: int = Field(4, ge=1)
     decoder_batch_wait_s: float = Field(0.005, ge=0)
 
+    # -- results
+    image_store_bytes: int = Field(
+        256 * 2**20, ge=0, description="finished images kept for /v1/images/{digest} (bytes)"
+    )
+    result_cache_size: int = Field(
+        1024, ge=0, description="fully determined requests answered without the GPU stages"
+    )
+    public_base_url: str = Field(
+        "", description="base of image URLs in answers (a CDN in front); '' = relative URLs"
+    )
+
     # -- deployments (a class per stage, so SD_UNET__NUM_GPUS=1 keeps the UNet's other defaults)
     ingress: IngressStage = IngressStage()
     text_encoder: TextEncoderStage = TextEncoderStage()
     unet: UNetStage = UNetStage()
     vae: VAEStage = VAEStage()
+    result_store: ResultStoreStage = ResultStoreStage()
 
     def http_url(self) -> str:
         return f"http://{self.http_host}:{self.http_port}"

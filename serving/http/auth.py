@@ -45,4 +45,4 @@ def install_api_key_auth(
         error = Unauthenticated("a valid API key is required: send `Authorization: Bearer <key>`")
         if record is not None:
             record(error)
-        return error_response(error)
+        return error_response(error, request.url.path)

@@ -24,40 +24,62 @@ HTTP_STATUS: dict[Reason, int] = {
 RETRY_AFTER_S: dict[Reason, int] = {Reason.QUEUE_FULL: 2, Reason.NOT_READY: 5}
 
 
-def error_response(error: ServingError) -> JSONResponse:
+# OpenAI's error `type` per reason, so the official SDKs raise their usual exceptions.
+OPENAI_ERROR_TYPE: dict[Reason, str] = {
+    Reason.UNAUTHENTICATED: "authentication_error",
+    Reason.NOT_FOUND: "invalid_request_error",
+    Reason.QUEUE_FULL: "server_error",
+    Reason.NOT_READY: "server_error",
+    Reason.DEADLINE_EXCEEDED: "server_error",
+    Reason.INTERNAL: "server_error",
+}
+OPENAI_PATH_PREFIX = "/v1/images/generations"
+
+
+def error_response(error: ServingError, path: str = "") -> JSONResponse:
+    """The error in the shape of the protocol the path belongs to (OpenAI's, or ours)."""
     headers = {}
     if error.reason in RETRY_AFTER_S:
         headers["Retry-After"] = str(RETRY_AFTER_S[error.reason])
     if error.reason is Reason.UNAUTHENTICATED:
         headers["WWW-Authenticate"] = 'Bearer realm="sd-serving"'
-    return JSONResponse(
-        {"error": error.to_dict()}, status_code=HTTP_STATUS[error.reason], headers=headers
-    )
+    if path.startswith(OPENAI_PATH_PREFIX):
+        body: dict[str, object] = {
+            "error": {
+                "message": error.message,
+                "type": OPENAI_ERROR_TYPE.get(error.reason, "invalid_request_error"),
+                "param": error.field,
+                "code": error.reason.value,
+            }
+        }
+    else:
+        body = {"error": error.to_dict()}
+    return JSONResponse(body, status_code=HTTP_STATUS[error.reason], headers=headers)
 
 
 ErrorRecorder = Callable[[ServingError], None]
 
 
 def install_error_handlers(app: FastAPI, record: ErrorRecorder | None = None) -> None:
-    def respond(error: ServingError) -> JSONResponse:
+    def respond(request: Request, error: ServingError) -> JSONResponse:
         if record is not None:
             record(error)
-        return error_response(error)
+        return error_response(error, request.url.path)
 
-    async def on_serving_error(_: Request, error: Exception) -> JSONResponse:
+    async def on_serving_error(request: Request, error: Exception) -> JSONResponse:
         serving_error = as_serving_error(error)
         if serving_error is None:
             raise error
-        return respond(serving_error)
+        return respond(request, serving_error)
 
-    async def on_validation_error(_: Request, error: Exception) -> JSONResponse:
+    async def on_validation_error(request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, RequestValidationError)
         first = error.errors()[0]
         location = [str(part) for part in first.get("loc", ()) if part != "body"]
         if first.get("type") == "json_invalid":
-            return respond(MalformedRequest(f"malformed JSON: {first.get('msg')}"))
+            return respond(request, MalformedRequest(f"malformed JSON: {first.get('msg')}"))
         field = ".".join(location) or "body"
-        return respond(InvalidArgument(field, str(first.get("msg"))))
+        return respond(request, InvalidArgument(field, str(first.get("msg"))))
 
     app.add_exception_handler(ServingError, on_serving_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)

@@ -1,25 +1,35 @@
-"""The first HTTP API: /v1/generate and the v2 health endpoints. Translation only."""
+"""The HTTP app: /v1/generate, CDN image URLs, health, and the OpenAI and KServe v1 protocols.
+Translation only: every route maps onto GenerationRequest and GenerationService.produce."""
 
 from __future__ import annotations
 
 import base64
-import json
 import time
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from serving.codecs import MEDIA_TYPES, encode_image
-from serving.errors import InvalidArgument, MalformedRequest
+from serving.codecs import MEDIA_TYPES
+from serving.errors import InvalidArgument, NotFound
 from serving.http.auth import install_api_key_auth, load_api_keys
+from serving.http.bodies import json_body
 from serving.http.errors import install_error_handlers
+from serving.http.kserve_v1 import install_kserve_v1_routes
 from serving.http.observability import install_request_metrics
+from serving.http.openai_images import install_openai_routes
 from serving.metrics import IngressMetrics
 from serving.request import parse_params
-from serving.service import GenerationResult, GenerationService
+from serving.service import EncodedResult, GenerationService
 
 _FORMAT_BY_MEDIA_TYPE = {media: fmt for fmt, media in MEDIA_TYPES.items()}
+IMMUTABLE = "public, max-age=31536000, immutable"
+
+
+def image_url(service: GenerationService, result: EncodedResult, index: int) -> str:
+    image = result.images[index]
+    base = service.settings.public_base_url.rstrip("/")
+    return f"{base}/v1/images/{image.digest}.{result.request.output_format}"
 
 
 def create_http_app(service: GenerationService, metrics: IngressMetrics | None = None) -> FastAPI:
@@ -31,9 +41,13 @@ def create_http_app(service: GenerationService, metrics: IngressMetrics | None =
     if metrics is not None:
         install_request_metrics(app, metrics)
 
+    def observe(result: EncodedResult) -> None:
+        if metrics is not None:
+            metrics.record_result(result.timings_ms, 0 if result.cached else len(result.images))
+
     @app.post("/v1/generate")
     async def generate(request: Request) -> Response:
-        params = parse_params(await _json_body(request))
+        params = parse_params(await json_body(request))
         raw_format = _requested_image_format(request.headers.get("accept", ""))
         if raw_format is not None:
             if params.num_images != 1:
@@ -43,15 +57,22 @@ def create_http_app(service: GenerationService, metrics: IngressMetrics | None =
                     f" image (got {params.num_images}); ask for application/json for several",
                 )
             params = params.model_copy(update={"output_format": raw_format})
-        resolved = service.resolve(params)
-        started = time.perf_counter()
-        result = await service.generate(resolved)
-        encoded, timings = _encode_all(result, started)
-        if metrics is not None:
-            metrics.record_result(timings, len(encoded))
+        result = await service.produce(service.resolve(params), determined=params.seed is not None)
+        observe(result)
         if raw_format is not None:
-            return _raw_image_response(result, encoded, timings)
-        return JSONResponse(_json_result(result, service.settings.model_name, encoded, timings))
+            return _raw_image_response(service, result)
+        return JSONResponse(_json_result(service, result))
+
+    @app.get("/v1/images/{name}")
+    async def stored_image(name: str, request: Request) -> Response:
+        digest, _, extension = name.partition(".")
+        image = await service.image(digest)
+        if image is None or extension != image.output_format:
+            raise NotFound(f"no image {name}: unknown, or evicted from the image store")
+        headers = {"ETag": f'"{digest}"', "Cache-Control": IMMUTABLE}
+        if request.headers.get("if-none-match", "").strip() in (f'"{digest}"', f'W/"{digest}"'):
+            return Response(status_code=304, headers=headers)
+        return Response(image.data, media_type=image.media_type, headers=headers)
 
     @app.get("/v2/health/live")
     async def live() -> dict[str, bool]:
@@ -65,17 +86,9 @@ def create_http_app(service: GenerationService, metrics: IngressMetrics | None =
             {"ready": is_ready, "stages": stages}, status_code=200 if is_ready else 503
         )
 
+    install_openai_routes(app, service, observe, image_url)
+    install_kserve_v1_routes(app, service, observe)
     return app
-
-
-async def _json_body(request: Request) -> Any:
-    body = await request.body()
-    if not body:
-        raise MalformedRequest("request body is empty; send a JSON object")
-    try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise MalformedRequest(f"malformed JSON: {error}") from None
 
 
 def _requested_image_format(accept: str) -> str | None:
@@ -89,48 +102,42 @@ def _requested_image_format(accept: str) -> str | None:
     return None
 
 
-def _encode_all(result: GenerationResult, started: float) -> tuple[list[bytes], dict[str, float]]:
-    fmt = result.request.output_format
-    before = time.perf_counter()
-    encoded = [encode_image(image, fmt) for image in result.images]
-    timings = dict(result.timings_ms)
-    timings["encode"] = (time.perf_counter() - before) * 1000
-    timings["total"] = (time.perf_counter() - started) * 1000
-    return encoded, timings
+def _server_timing(timings: dict[str, float]) -> str:
+    return ", ".join(f"{name};dur={value:.1f}" for name, value in timings.items())
 
 
-def _raw_image_response(
-    result: GenerationResult, encoded: list[bytes], timings: dict[str, float]
-) -> Response:
-    server_timing = ", ".join(f"{name};dur={value:.1f}" for name, value in timings.items())
-    headers = {"X-Seed": str(result.seeds[0]), "Server-Timing": server_timing}
+def _raw_image_response(service: GenerationService, result: EncodedResult) -> Response:
+    headers = {
+        "X-Seed": str(result.images[0].seed),
+        "Server-Timing": _server_timing(result.timings_ms),
+        "ETag": f'"{result.images[0].digest}"',
+        "Content-Location": image_url(service, result, 0),
+    }
     if result.warnings:
         headers["Warning"] = '199 sd-serving "' + "; ".join(result.warnings) + '"'
-    return Response(
-        encoded[0], media_type=MEDIA_TYPES[result.request.output_format], headers=headers
-    )
+    return Response(result.images[0].data, media_type=result.media_type, headers=headers)
 
 
-def _json_result(
-    result: GenerationResult, model_name: str, encoded: list[bytes], timings: dict[str, float]
-) -> dict[str, Any]:
+def _json_result(service: GenerationService, result: EncodedResult) -> dict[str, Any]:
     request = result.request
     return {
-        "model": model_name,
+        "model": service.settings.model_name,
         "created": int(time.time()),
         "images": [
             {
-                "b64_data": base64.b64encode(data).decode("ascii"),
-                "seed": seed,
+                "b64_data": base64.b64encode(image.data).decode("ascii"),
+                "url": image_url(service, result, index),
+                "seed": image.seed,
                 "format": request.output_format,
-                "media_type": MEDIA_TYPES[request.output_format],
+                "media_type": result.media_type,
                 "width": request.width,
                 "height": request.height,
             }
-            for data, seed in zip(encoded, result.seeds, strict=True)
+            for index, image in enumerate(result.images)
         ],
-        "seeds": result.seeds,
+        "seeds": [image.seed for image in result.images],
+        "cached": result.cached,
         "parameters": request.model_dump(),
-        "timings_ms": {name: round(value, 2) for name, value in timings.items()},
+        "timings_ms": {name: round(value, 2) for name, value in result.timings_ms.items()},
         "warnings": result.warnings,
     }

@@ -24,13 +24,15 @@ class Ingress:
         text_encoder: DeploymentHandle,
         unet: DeploymentHandle,
         vae: DeploymentHandle,
+        results: DeploymentHandle,
     ) -> None:
         source = loader.resolve_model_source(settings)
         self._service = GenerationService(
             settings,
-            Stages(text_encoder=text_encoder, unet=unet, vae=vae),
+            Stages(text_encoder=text_encoder, unet=unet, vae=vae, results=results),
             PromptGuard(loader.load_tokenizer(source), settings.limits),
             native_size=loader.read_model_info(source).native_size,
+            model_id=f"{settings.model_name}@{source}",
         )
 
         publish = max_replicas_publisher(

@@ -42,7 +42,7 @@ def test_health(service: RunningService) -> None:
     assert ready.status_code == 200
     assert ready.json() == {
         "ready": True,
-        "stages": {"text_encoder": True, "unet": True, "vae": True},
+        "stages": {"text_encoder": True, "unet": True, "vae": True, "result_store": True},
     }
 
 
