@@ -11,6 +11,7 @@ class Reason(StrEnum):
     UNAUTHENTICATED = "unauthenticated"
     NOT_FOUND = "not_found"
     QUEUE_FULL = "queue_full"
+    RATE_LIMITED = "rate_limited"
     NOT_READY = "not_ready"
     CANCELLED = "cancelled"
     DEADLINE_EXCEEDED = "deadline_exceeded"
@@ -75,6 +76,16 @@ class QueueFull(ServingError):
     """The UNet's waiting room is full; the client should retry later."""
 
     reason = Reason.QUEUE_FULL
+
+
+class RateLimited(ServingError):
+    """The client's token bucket is empty; `retry_after_s` says when the next token comes."""
+
+    reason = Reason.RATE_LIMITED
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class NotReady(ServingError):

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-from ray.serve.handle import DeploymentHandle
+from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from serving.codecs import MEDIA_TYPES, encode_image
 from serving.engine.denoiser import DenoiseJob
+from serving.errors import DeadlineExceeded
 from serving.prompts import PromptGuard
 from serving.request import GenerateParams, GenerationRequest, resolve
 from serving.results import CachedResult, StoredImage, request_key
@@ -87,7 +89,7 @@ class GenerationService:
         started = time.perf_counter()
         guided = request.guidance_scale > 1.0
         texts = [request.prompt, request.negative_prompt] if guided else [request.prompt]
-        embeds = await asyncio.gather(*(self._stages.text_encoder.encode.remote(t) for t in texts))
+        embeds = await _all([self._stages.text_encoder.encode.remote(t) for t in texts])
         encoded = time.perf_counter()
 
         seeds = request.seeds()
@@ -104,12 +106,10 @@ class GenerationService:
             )
             for seed in seeds
         ]
-        denoised = await asyncio.gather(*(self._stages.unet.denoise.remote(job) for job in jobs))
+        denoised = await _all([self._stages.unet.denoise.remote(job) for job in jobs])
         denoise_done = time.perf_counter()
 
-        images = await asyncio.gather(
-            *(self._stages.vae.decode.remote(result.latents) for result in denoised)
-        )
+        images = await _all([self._stages.vae.decode.remote(r.latents) for r in denoised])
         decoded = time.perf_counter()
         timings = {
             "text_encoder": (encoded - started) * 1000,
@@ -119,9 +119,23 @@ class GenerationService:
         }
         return GenerationResult(request, list(images), seeds, timings)
 
-    async def produce(self, request: GenerationRequest, *, determined: bool) -> EncodedResult:
+    async def produce(
+        self, request: GenerationRequest, *, determined: bool, timeout_s: float | None = None
+    ) -> EncodedResult:
         """Encoded images for a request; fully determined ones (client-given seed) come from the
-        result cache when they were made before, without touching the GPU stages."""
+        result cache when they were made before, without touching the GPU stages. Past the
+        deadline the work is cancelled (the UNet frees the slot at its next step) and the
+        client gets DeadlineExceeded."""
+        limit = self.settings.request_timeout_s
+        deadline = limit if timeout_s is None else min(limit, timeout_s)
+        try:
+            return await asyncio.wait_for(self._produce(request, determined), deadline)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"the request took longer than its {deadline:g} s deadline and was cancelled"
+            ) from None
+
+    async def _produce(self, request: GenerationRequest, determined: bool) -> EncodedResult:
         started = time.perf_counter()
         warnings = self._guard.check(request)
         key = request_key(self._model_id, request) if determined else None
@@ -171,3 +185,15 @@ class GenerationService:
         names = list(self._stages.all())
         answers = await asyncio.gather(*(probe(h) for h in self._stages.all().values()))
         return dict(zip(names, answers, strict=True))
+
+
+async def _all(responses: list[Any]) -> list[Any]:
+    """Await stage calls together; if the caller is cancelled (deadline, client gone), cancel
+    them in their replicas too, so the UNet frees the batch slot at its next step."""
+    try:
+        return list(await asyncio.gather(*responses))
+    except asyncio.CancelledError:
+        for response in responses:
+            if isinstance(response, DeploymentResponse):
+                response.cancel()
+        raise

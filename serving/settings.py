@@ -162,6 +162,20 @@ class Settings(BaseSettings):
         "needs `Authorization: Bearer <key>`",
     )
 
+    rate_limit_per_minute: float | None = Field(
+        None,
+        gt=0,
+        description="requests per minute per API key (per client address without "
+        "keys); None = no limit",
+    )
+    rate_limit_burst: int = Field(10, ge=1, description="requests a client may send at once")
+    request_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="longest a generation may take before 504; clients may ask for "
+        "less with the X-Timeout-S header",
+    )
+
     # -- request handling
     limits: Limits = Limits()
     defaults: Defaults = Defaults()

@@ -7,7 +7,23 @@ from typing import Any
 
 from fastapi import Request
 
-from serving.errors import MalformedRequest
+from serving.errors import InvalidArgument, MalformedRequest
+
+TIMEOUT_HEADER = "x-timeout-s"
+
+
+def requested_timeout(request: Request) -> float | None:
+    """The client's own deadline in seconds (header X-Timeout-S), capped by the server's."""
+    raw = request.headers.get(TIMEOUT_HEADER)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise InvalidArgument("X-Timeout-S", f"must be a positive number of seconds (got {raw!r})")
+    return value
 
 
 async def json_body(request: Request) -> Any:

@@ -8,7 +8,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from serving.errors import InvalidArgument, MalformedRequest, Reason, ServingError, as_serving_error
+from serving.errors import (
+    InvalidArgument,
+    MalformedRequest,
+    RateLimited,
+    Reason,
+    ServingError,
+    as_serving_error,
+)
 
 HTTP_STATUS: dict[Reason, int] = {
     Reason.MALFORMED_REQUEST: 400,
@@ -16,6 +23,7 @@ HTTP_STATUS: dict[Reason, int] = {
     Reason.UNAUTHENTICATED: 401,
     Reason.NOT_FOUND: 404,
     Reason.QUEUE_FULL: 503,
+    Reason.RATE_LIMITED: 429,
     Reason.NOT_READY: 503,
     Reason.CANCELLED: 499,
     Reason.DEADLINE_EXCEEDED: 504,
@@ -29,6 +37,7 @@ OPENAI_ERROR_TYPE: dict[Reason, str] = {
     Reason.UNAUTHENTICATED: "authentication_error",
     Reason.NOT_FOUND: "invalid_request_error",
     Reason.QUEUE_FULL: "server_error",
+    Reason.RATE_LIMITED: "rate_limit_error",
     Reason.NOT_READY: "server_error",
     Reason.DEADLINE_EXCEEDED: "server_error",
     Reason.INTERNAL: "server_error",
@@ -41,6 +50,8 @@ def error_response(error: ServingError, path: str = "") -> JSONResponse:
     headers = {}
     if error.reason in RETRY_AFTER_S:
         headers["Retry-After"] = str(RETRY_AFTER_S[error.reason])
+    if isinstance(error, RateLimited):
+        headers["Retry-After"] = str(error.retry_after_s)
     if error.reason is Reason.UNAUTHENTICATED:
         headers["WWW-Authenticate"] = 'Bearer realm="sd-serving"'
     if path.startswith(OPENAI_PATH_PREFIX):

@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 
 from serving.errors import InvalidArgument, MalformedRequest, NotFound
-from serving.http.bodies import json_body
+from serving.http.bodies import json_body, requested_timeout
 from serving.request import parse_params
 from serving.service import EncodedResult, GenerationService
 
@@ -49,7 +49,9 @@ def install_kserve_v1_routes(
             except InvalidArgument as error:
                 field = f"instances[{index}].{error.field}"
                 raise InvalidArgument(field, error.message.split(": ", 1)[-1]) from None
-            result = await service.produce(resolved, determined=params.seed is not None)
+            result = await service.produce(
+                resolved, determined=params.seed is not None, timeout_s=requested_timeout(request)
+            )
             observe(result)
             predictions.append(
                 {

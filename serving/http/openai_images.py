@@ -17,7 +17,7 @@ from fastapi import FastAPI, Request
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from serving.errors import InvalidArgument, MalformedRequest, NotFound
-from serving.http.bodies import json_body
+from serving.http.bodies import json_body, requested_timeout
 from serving.request import GenerateParams
 from serving.service import EncodedResult, GenerationService
 
@@ -104,7 +104,9 @@ def install_openai_routes(
             if error.field in ("width", "height"):
                 raise InvalidArgument("size", error.message) from None
             raise
-        result = await service.produce(resolved, determined=params.seed is not None)
+        result = await service.produce(
+            resolved, determined=params.seed is not None, timeout_s=requested_timeout(request)
+        )
         observe(result)
         data = []
         for index, image in enumerate(result.images):

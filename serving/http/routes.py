@@ -13,11 +13,12 @@ from fastapi.responses import JSONResponse, Response
 from serving.codecs import MEDIA_TYPES
 from serving.errors import InvalidArgument, NotFound
 from serving.http.auth import install_api_key_auth, load_api_keys
-from serving.http.bodies import json_body
+from serving.http.bodies import json_body, requested_timeout
 from serving.http.errors import install_error_handlers
 from serving.http.kserve_v1 import install_kserve_v1_routes
 from serving.http.observability import install_request_metrics
 from serving.http.openai_images import install_openai_routes
+from serving.http.ratelimit import TokenBuckets, install_rate_limit
 from serving.metrics import IngressMetrics
 from serving.request import parse_params
 from serving.service import EncodedResult, GenerationService
@@ -36,6 +37,10 @@ def create_http_app(service: GenerationService, metrics: IngressMetrics | None =
     app = FastAPI(title="sd-serving", version="0.1.0")
     record = None if metrics is None else metrics.record_rejection
     install_error_handlers(app, record)
+    settings = service.settings
+    if settings.rate_limit_per_minute is not None:  # runs after auth: added before it
+        buckets = TokenBuckets(settings.rate_limit_per_minute, settings.rate_limit_burst)
+        install_rate_limit(app, buckets, record)
     if service.settings.api_keys_file is not None:
         install_api_key_auth(app, load_api_keys(service.settings.api_keys_file), record)
     if metrics is not None:
@@ -57,7 +62,11 @@ def create_http_app(service: GenerationService, metrics: IngressMetrics | None =
                     f" image (got {params.num_images}); ask for application/json for several",
                 )
             params = params.model_copy(update={"output_format": raw_format})
-        result = await service.produce(service.resolve(params), determined=params.seed is not None)
+        result = await service.produce(
+            service.resolve(params),
+            determined=params.seed is not None,
+            timeout_s=requested_timeout(request),
+        )
         observe(result)
         if raw_format is not None:
             return _raw_image_response(service, result)

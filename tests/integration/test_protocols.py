@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import time
 from typing import Any
 
 import httpx
@@ -122,3 +123,37 @@ def test_determined_requests_come_from_the_result_cache(service: RunningService)
         httpx.post(service.url + "/v1/generate", json=unseeded, timeout=120).json()["cached"]
         is False
     )
+
+
+def test_a_client_deadline_answers_504_and_frees_the_service(service: RunningService) -> None:
+    slow = {"prompt": "a very slow request", "steps": 150, "width": 512, "height": 512}
+    answer = httpx.post(
+        service.url + "/v1/generate", json=slow, headers={"X-Timeout-S": "0.5"}, timeout=120
+    )
+    assert answer.status_code == 504
+    assert answer.json()["error"]["code"] == "deadline_exceeded"
+    assert "0.5 s deadline" in answer.json()["error"]["message"]
+    # The cancelled work leaves its UNet slot (the job alone would take a minute here).
+    deadline = time.monotonic() + 45
+    active = None
+    while time.monotonic() < deadline:
+        time.sleep(2)
+        metrics = httpx.get(f"http://127.0.0.1:{service.metrics_port}/metrics", timeout=10).text
+        values = [
+            float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith("ray_sd_unet_active_requests{")
+        ]
+        active = max(values) if values else None
+        if active == 0:
+            break
+    assert active == 0, f"the UNet still runs the cancelled job (active={active})"
+    assert len(generate_png(service, seed=90)) > 100
+
+
+def test_a_malformed_deadline_header_is_named(service: RunningService) -> None:
+    answer = httpx.post(
+        service.url + "/v1/generate", json=PARAMS, headers={"X-Timeout-S": "soon"}, timeout=30
+    )
+    assert answer.status_code == 422
+    assert answer.json()["error"]["field"] == "X-Timeout-S"
