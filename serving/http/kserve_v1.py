@@ -11,6 +11,12 @@ from fastapi import FastAPI, Request
 
 from serving.errors import InvalidArgument, MalformedRequest, NotFound
 from serving.http.bodies import json_body, requested_timeout
+from serving.http.schemas import (
+    ERRORS,
+    V1PredictResponse,
+    request_body,
+    v1_predict_schema,
+)
 from serving.request import parse_params
 from serving.service import EncodedResult, GenerationService
 
@@ -33,7 +39,11 @@ def install_kserve_v1_routes(
         check_model(model)
         return {"name": name, "ready": all((await service.readiness()).values())}
 
-    @app.post("/v1/models/{model}:predict")
+    @app.post(
+        "/v1/models/{model}:predict",
+        openapi_extra=request_body(v1_predict_schema()),
+        responses={200: {"model": V1PredictResponse}, **ERRORS},
+    )
     async def predict(model: str, request: Request) -> dict[str, Any]:
         check_model(model)
         body = await json_body(request)

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from serving.errors import InvalidArgument, MalformedRequest, NotFound
 from serving.http.bodies import json_body, requested_timeout
+from serving.http.schemas import ERRORS, OpenAIImagesResponse, request_body
 from serving.request import GenerateParams
 from serving.service import EncodedResult, GenerationService
 
@@ -93,7 +94,11 @@ def install_openai_routes(
     observe: Callable[[EncodedResult], None],
     image_url: Callable[[GenerationService, EncodedResult, int], str],
 ) -> None:
-    @app.post(OPENAI_PATH)
+    @app.post(
+        OPENAI_PATH,
+        openapi_extra=request_body(OpenAIImageRequest.model_json_schema()),
+        responses={200: {"model": OpenAIImagesResponse}, **ERRORS},
+    )
     async def generations(request: Request) -> dict[str, Any]:
         params, openai_request = to_params(await json_body(request), service.settings.model_name)
         try:

@@ -19,6 +19,13 @@ from serving.http.kserve_v1 import install_kserve_v1_routes
 from serving.http.observability import install_request_metrics
 from serving.http.openai_images import install_openai_routes
 from serving.http.ratelimit import TokenBuckets, install_rate_limit
+from serving.http.schemas import (
+    ERRORS,
+    IMAGE_CONTENT,
+    GenerateResponse,
+    generate_params_schema,
+    request_body,
+)
 from serving.metrics import IngressMetrics
 from serving.request import parse_params
 from serving.service import EncodedResult, GenerationService
@@ -50,7 +57,18 @@ def create_http_app(service: GenerationService, metrics: IngressMetrics | None =
         if metrics is not None:
             metrics.record_result(result.timings_ms, 0 if result.cached else len(result.images))
 
-    @app.post("/v1/generate")
+    @app.post(
+        "/v1/generate",
+        openapi_extra=request_body(generate_params_schema()),
+        responses={
+            200: {
+                "model": GenerateResponse,
+                "content": IMAGE_CONTENT,
+                "description": "JSON, or the image itself with Accept: image/*",
+            },
+            **ERRORS,
+        },
+    )
     async def generate(request: Request) -> Response:
         params = parse_params(await json_body(request))
         raw_format = _requested_image_format(request.headers.get("accept", ""))
@@ -72,7 +90,14 @@ def create_http_app(service: GenerationService, metrics: IngressMetrics | None =
             return _raw_image_response(service, result)
         return JSONResponse(_json_result(service, result))
 
-    @app.get("/v1/images/{name}")
+    @app.get(
+        "/v1/images/{name}",
+        responses={
+            200: {"content": IMAGE_CONTENT, "description": "the stored image"},
+            304: {"description": "not modified (If-None-Match)"},
+            **ERRORS,
+        },
+    )
     async def stored_image(name: str, request: Request) -> Response:
         digest, _, extension = name.partition(".")
         image = await service.image(digest)

@@ -157,3 +157,28 @@ def test_a_malformed_deadline_header_is_named(service: RunningService) -> None:
     )
     assert answer.status_code == 422
     assert answer.json()["error"]["field"] == "X-Timeout-S"
+
+
+def test_openapi_document_covers_every_rest_route(service: RunningService) -> None:
+    document = httpx.get(service.url + "/openapi.json", timeout=30).json()
+    paths = document["paths"]
+    for path in (
+        "/v1/generate",
+        "/v1/images/generations",
+        "/v1/models/{model}:predict",
+        "/v1/models",
+        "/v1/models/{model}",
+        "/v1/images/{name}",
+        "/v2/health/live",
+        "/v2/health/ready",
+    ):
+        assert path in paths, path
+        for operation in paths[path].values():
+            assert "200" in operation["responses"], path
+    for path in ("/v1/generate", "/v1/images/generations", "/v1/models/{model}:predict"):
+        body = paths[path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert body["properties"], path
+        assert "422" in paths[path]["post"]["responses"]
+    generate = paths["/v1/generate"]["post"]["requestBody"]["content"]["application/json"]
+    assert generate["schema"]["required"] == ["prompt"]
+    assert "image/png" in paths["/v1/generate"]["post"]["responses"]["200"]["content"]
