@@ -18,6 +18,26 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", dest="http_port", type=int, help="HTTP port (SD_HTTP_PORT)")
     serve.add_argument("--grpc-port", dest="grpc_port", type=int, help="gRPC port (SD_GRPC_PORT)")
 
+    generate = commands.add_parser("generate", help="ask a running service for an image")
+    generate.add_argument("prompt")
+    generate.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=Path("image.png"),
+        help="file to write; with several images, -1, -2, ... are appended",
+    )
+    generate.add_argument("--url", default="http://127.0.0.1:8000")
+    generate.add_argument("--api-key-file", type=Path)
+    generate.add_argument("--negative-prompt")
+    generate.add_argument("--num-images", type=int)
+    generate.add_argument("--width", type=int)
+    generate.add_argument("--height", type=int)
+    generate.add_argument("--steps", type=int)
+    generate.add_argument("--guidance-scale", type=float)
+    generate.add_argument("--seed", type=int)
+    generate.add_argument("--scheduler")
+
     gateway = commands.add_parser(
         "gateway", help="forward HTTP to a Serve app elsewhere (the chart's kuberay mode)"
     )
@@ -51,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             if (value := getattr(args, key)) is not None
         }
         return run_local(Settings(**overrides))
+    if args.command == "generate":
+        return _generate(args)
     if args.command == "gateway":
         from serving.gateway import run_gateway
 
@@ -73,6 +95,48 @@ def main(argv: list[str] | None = None) -> int:
         print(f"embedded model written to {directory}")
         return 0
     return 2
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import httpx
+
+    from serving.client import Client, ClientError
+
+    fields = {
+        key: getattr(args, key)
+        for key in (
+            "negative_prompt",
+            "num_images",
+            "width",
+            "height",
+            "steps",
+            "guidance_scale",
+            "seed",
+            "scheduler",
+        )
+    }
+    suffix = args.output.suffix.lstrip(".").lower()
+    fields["output_format"] = {"jpg": "jpeg"}.get(suffix, suffix) or "png"
+    api_key = args.api_key_file.read_text().strip() if args.api_key_file else None
+    try:
+        with Client(args.url, api_key=api_key) as client:
+            result = client.generate(args.prompt, **fields)
+    except ClientError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except httpx.TransportError as error:  # connection refused, DNS, timeouts
+        print(f"error: cannot reach {args.url}: {error}", file=sys.stderr)
+        return 1
+    for index, image in enumerate(result.images):
+        path = args.output
+        if len(result.images) > 1:
+            path = path.with_name(f"{path.stem}-{index + 1}{path.suffix}")
+        image.save(path)
+        total = result.timings_ms.get("total", 0) / 1000
+        print(f"{path}  seed {image.seed}  {total:.2f} s{'  (cached)' if result.cached else ''}")
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":
