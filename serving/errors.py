@@ -13,7 +13,6 @@ class Reason(StrEnum):
     QUEUE_FULL = "queue_full"
     RATE_LIMITED = "rate_limited"
     NOT_READY = "not_ready"
-    CANCELLED = "cancelled"
     DEADLINE_EXCEEDED = "deadline_exceeded"
     INTERNAL = "internal"
 
@@ -90,10 +89,6 @@ class RateLimited(ServingError):
 
 class NotReady(ServingError):
     reason = Reason.NOT_READY
-
-
-class Cancelled(ServingError):
-    reason = Reason.CANCELLED
 
 
 class DeadlineExceeded(ServingError):

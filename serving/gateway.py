@@ -14,8 +14,11 @@ import httpx
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+
+from serving.errors import NotReady
+from serving.http.errors import error_response
 
 # Hop-by-hop headers (RFC 9110 §7.6.1) are the proxy's own, never forwarded.
 _HOP_BY_HOP = {
@@ -52,8 +55,7 @@ def create_gateway_app(upstream: str, timeout_s: float = 600.0) -> Starlette:
         try:
             answer = await client.send(outgoing, stream=True)
         except httpx.HTTPError as error:
-            body = {"error": {"code": "not_ready", "message": f"upstream unreachable: {error}"}}
-            return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
+            return error_response(NotReady(f"upstream unreachable: {error}"))
         kept = {k: v for k, v in answer.headers.items() if k.lower() not in _HOP_BY_HOP}
         return StreamingResponse(
             answer.aiter_raw(),

@@ -25,7 +25,6 @@ HTTP_STATUS: dict[Reason, int] = {
     Reason.QUEUE_FULL: 503,
     Reason.RATE_LIMITED: 429,
     Reason.NOT_READY: 503,
-    Reason.CANCELLED: 499,
     Reason.DEADLINE_EXCEEDED: 504,
     Reason.INTERNAL: 500,
 }
