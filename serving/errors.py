@@ -53,12 +53,18 @@ class InvalidArgument(ServingError):
 
     reason = Reason.INVALID_ARGUMENT
 
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}", field=field)
+    field: str
+
+    def __init__(self, field: str, detail: str) -> None:
+        super().__init__(f"{field}: {detail}", field=field)
+        self.detail = detail
+
+    def renamed(self, field: str) -> InvalidArgument:
+        """The same complaint under the name a protocol's clients know the field by."""
+        return InvalidArgument(field, self.detail)
 
     def __reduce__(self) -> tuple[object, ...]:
-        assert self.field is not None  # always set by __init__
-        return (type(self), (self.field, self.message.removeprefix(f"{self.field}: ")))
+        return (type(self), (self.field, self.detail))
 
 
 class Unauthenticated(ServingError):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -13,6 +13,7 @@ from serving.settings import Defaults, Limits, OutputFormat, SchedulerName
 SCHEDULER_NAMES: tuple[str, ...] = SchedulerName.__args__  # type: ignore[attr-defined]
 OUTPUT_FORMATS: tuple[str, ...] = OutputFormat.__args__  # type: ignore[attr-defined]
 MAX_SEED = 2**32 - 1
+BodyT = TypeVar("BodyT", bound=BaseModel)
 
 
 class GenerateParams(BaseModel):
@@ -52,12 +53,12 @@ class GenerationRequest(BaseModel):
         return [(self.seed + i) % (MAX_SEED + 1) for i in range(self.num_images)]
 
 
-def parse_params(data: Any) -> GenerateParams:
-    """Turn a decoded JSON body into `GenerateParams`, naming the first bad field."""
+def validate_body(model: type[BodyT], data: Any) -> BodyT:
+    """A decoded JSON body as `model`, naming the first bad field (every protocol's bodies)."""
     if not isinstance(data, dict):
         raise MalformedRequest("request body must be a JSON object")
     try:
-        return GenerateParams.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as error:
         first = error.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "body"
@@ -66,6 +67,10 @@ def parse_params(data: Any) -> GenerateParams:
         if first["type"] == "missing":
             raise InvalidArgument(field, "is required") from None
         raise InvalidArgument(field, first["msg"]) from None
+
+
+def parse_params(data: Any) -> GenerateParams:
+    return validate_body(GenerateParams, data)
 
 
 def resolve(

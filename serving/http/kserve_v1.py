@@ -57,8 +57,7 @@ def install_kserve_v1_routes(
                 params = parse_params(instance)
                 resolved = service.resolve(params)
             except InvalidArgument as error:
-                field = f"instances[{index}].{error.field}"
-                raise InvalidArgument(field, error.message.split(": ", 1)[-1]) from None
+                raise error.renamed(f"instances[{index}].{error.field}") from None
             result = await service.produce(
                 resolved, determined=params.seed is not None, timeout_s=requested_timeout(request)
             )

@@ -14,12 +14,12 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from serving.errors import InvalidArgument, MalformedRequest, NotFound
+from serving.errors import InvalidArgument, NotFound
 from serving.http.bodies import json_body, requested_timeout
 from serving.http.schemas import ERRORS, OpenAIImagesResponse, request_body
-from serving.request import GenerateParams
+from serving.request import GenerateParams, validate_body
 from serving.service import EncodedResult, GenerationService
 
 OPENAI_PATH = "/v1/images/generations"
@@ -56,35 +56,24 @@ def parse_size(size: str | None) -> tuple[int | None, int | None]:
 
 
 def to_params(body: Any, model_name: str) -> tuple[GenerateParams, OpenAIImageRequest]:
-    if not isinstance(body, dict):
-        raise MalformedRequest("request body must be a JSON object")
-    try:
-        request = OpenAIImageRequest.model_validate(body)
-    except ValidationError as error:
-        first = error.errors()[0]
-        field = ".".join(str(part) for part in first["loc"]) or "body"
-        message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
-        raise InvalidArgument(field, message) from None
+    request = validate_body(OpenAIImageRequest, body)
     if request.model not in (None, model_name):
         raise NotFound(
             f"model {request.model!r} is not served here; this service serves {model_name!r}"
         )
     width, height = parse_size(request.size)
-    try:
-        params = GenerateParams(
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt,
-            num_images=request.n,
-            width=width,
-            height=height,
-            steps=request.steps,
-            guidance_scale=request.guidance_scale,
-            seed=request.seed,
-            scheduler=request.scheduler,
-            output_format=request.output_format,
-        )
-    except ValidationError as error:  # pragma: no cover - types were checked above
-        raise InvalidArgument("body", str(error)) from None
+    params = GenerateParams(
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt,
+        num_images=request.n,
+        width=width,
+        height=height,
+        steps=request.steps,
+        guidance_scale=request.guidance_scale,
+        seed=request.seed,
+        scheduler=request.scheduler,
+        output_format=request.output_format,
+    )
     return params, request
 
 
@@ -105,7 +94,7 @@ def install_openai_routes(
             resolved = service.resolve(params)
         except InvalidArgument as error:
             if error.field == "num_images":  # speak the client's field names
-                raise InvalidArgument("n", error.message.removeprefix("num_images: ")) from None
+                raise error.renamed("n") from None
             if error.field in ("width", "height"):
                 raise InvalidArgument("size", error.message) from None
             raise
