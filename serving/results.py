@@ -1,4 +1,4 @@
-"""Finished images, content-addressed for CDNs, and the cache of fully determined requests.
+"""Finished images, content-addressed for CDNs, and what the result cache remembers of a request.
 
 Plain Python: the ResultStore deployment wraps it so every ingress replica sees the same images.
 """
@@ -62,25 +62,3 @@ class ImageStore:
         if image is not None:
             self._images.move_to_end(digest)
         return image
-
-
-class ResultCache:
-    """Request key → the digests it produced; capacity 0 disables it."""
-
-    def __init__(self, capacity: int) -> None:
-        self._capacity = capacity
-        self._entries: OrderedDict[str, CachedResult] = OrderedDict()
-
-    def get(self, key: str) -> CachedResult | None:
-        entry = self._entries.get(key)
-        if entry is not None:
-            self._entries.move_to_end(key)
-        return entry
-
-    def put(self, key: str, result: CachedResult) -> None:
-        if self._capacity == 0:
-            return
-        self._entries[key] = result
-        self._entries.move_to_end(key)
-        while len(self._entries) > self._capacity:
-            self._entries.popitem(last=False)

@@ -2,52 +2,15 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from serving.lru import LruCache
 from serving.models.device import Placement
 
-
-@dataclass(frozen=True)
-class CacheStats:
-    hits: int
-    misses: int
-    size: int
-    capacity: int
-
-
-class EmbeddingCache:
-    """Least-recently-used map from (model, text) to embeddings; capacity 0 disables it."""
-
-    def __init__(self, capacity: int) -> None:
-        self._capacity = capacity
-        self._entries: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
-
-    def get(self, key: tuple[str, str]) -> np.ndarray | None:
-        value = self._entries.get(key)
-        if value is None:
-            self.misses += 1
-            return None
-        self.hits += 1
-        self._entries.move_to_end(key)
-        return value
-
-    def put(self, key: tuple[str, str], value: np.ndarray) -> None:
-        if self._capacity == 0:
-            return
-        self._entries[key] = value
-        self._entries.move_to_end(key)
-        while len(self._entries) > self._capacity:
-            self._entries.popitem(last=False)
-
-    def stats(self) -> CacheStats:
-        return CacheStats(self.hits, self.misses, len(self._entries), self._capacity)
+# Least-recently-used map from (model, text) to [tokens, dim] embeddings.
+EmbeddingCache = LruCache[tuple[str, str], np.ndarray]
 
 
 class TextEncoderRunner:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from ray import serve
 
+from serving.lru import LruCache
 from serving.metrics import cache_lookups
-from serving.results import CachedResult, ImageStore, ResultCache, StoredImage
+from serving.results import CachedResult, ImageStore, StoredImage
 from serving.settings import Settings
 
 
@@ -13,7 +14,7 @@ from serving.settings import Settings
 class ResultStore:
     def __init__(self, settings: Settings) -> None:
         self._images = ImageStore(settings.image_store_bytes)
-        self._results = ResultCache(settings.result_cache_size)
+        self._results: LruCache[str, CachedResult] = LruCache(settings.result_cache_size)
         self._lookups = cache_lookups()
 
     def put_images(self, images: list[tuple[bytes, str]]) -> list[str]:

@@ -7,7 +7,8 @@ import asyncio
 import numpy as np
 from ray import serve
 
-from serving.engine.text import CacheStats, TextEncoderRunner
+from serving.engine.text import TextEncoderRunner
+from serving.lru import CacheStats
 from serving.metrics import cache_lookups
 from serving.models import loader
 from serving.models.device import choose_placement, configure_threads
