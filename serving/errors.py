@@ -17,6 +17,11 @@ class Reason(StrEnum):
     INTERNAL = "internal"
 
 
+# How long a client should wait before retrying, where waiting helps (HTTP Retry-After,
+# gRPC `retry-after` trailing metadata); rate limits compute their own.
+RETRY_AFTER_S: dict[Reason, int] = {Reason.QUEUE_FULL: 2, Reason.NOT_READY: 5}
+
+
 class ServingError(Exception):
     """Base of every error the service reports to clients."""
 

@@ -24,6 +24,7 @@ def run_local(settings: Settings, announce: Callable[[str], None] = print) -> in
     from ray import serve
 
     from serving.app import build_app
+    from serving.rpc.servicer import SERVICER_FUNCTION
 
     settings.ray_temp_dir.mkdir(parents=True, exist_ok=True)
     ray.init(
@@ -41,7 +42,10 @@ def run_local(settings: Settings, announce: Callable[[str], None] = print) -> in
     try:
         serve.start(
             http_options={"host": settings.http_host, "port": settings.http_port},
-            grpc_options={"port": settings.grpc_port, "grpc_servicer_functions": []},
+            grpc_options={
+                "port": settings.grpc_port,
+                "grpc_servicer_functions": [SERVICER_FUNCTION],
+            },
         )
         if not stop.is_set():
             serve.run(build_app(settings), name=settings.app_name, route_prefix="/")

@@ -2,33 +2,15 @@
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 from fastapi import FastAPI, Request, Response
 
+from serving.apikeys import is_authorized
 from serving.errors import Unauthenticated
 from serving.http.errors import ErrorRecorder, error_response
 
 OPEN_PATH_PREFIXES = ("/v2/health/",)
-
-
-def load_api_keys(path: Path) -> tuple[bytes, ...]:
-    keys = tuple(line.strip().encode() for line in path.read_text().splitlines() if line.strip())
-    if not keys:
-        raise ValueError(f"{path} holds no API key")
-    return keys
-
-
-def is_authorized(header: str | None, keys: tuple[bytes, ...]) -> bool:
-    """Constant-time comparison against every key, so timing reveals neither key nor match."""
-    scheme, _, token = (header or "").partition(" ")
-    presented = token.strip().encode() if scheme.lower() == "bearer" else b""
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(presented, key)
-    return matched and bool(presented)
 
 
 def install_api_key_auth(

@@ -14,7 +14,11 @@ TIMEOUT_HEADER = "x-timeout-s"
 
 def requested_timeout(request: Request) -> float | None:
     """The client's own deadline in seconds (header X-Timeout-S), capped by the server's."""
-    raw = request.headers.get(TIMEOUT_HEADER)
+    return parse_timeout(request.headers.get(TIMEOUT_HEADER))
+
+
+def parse_timeout(raw: str | None) -> float | None:
+    """An X-Timeout-S value (HTTP header or gRPC metadata) in seconds; None when absent."""
     if raw is None:
         return None
     try:

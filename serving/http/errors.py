@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from serving.errors import (
+    RETRY_AFTER_S,
     InvalidArgument,
     MalformedRequest,
     RateLimited,
@@ -28,7 +29,6 @@ HTTP_STATUS: dict[Reason, int] = {
     Reason.DEADLINE_EXCEEDED: 504,
     Reason.INTERNAL: 500,
 }
-RETRY_AFTER_S: dict[Reason, int] = {Reason.QUEUE_FULL: 2, Reason.NOT_READY: 5}
 
 
 # OpenAI's error `type` per reason, so the official SDKs raise their usual exceptions.
@@ -42,10 +42,11 @@ OPENAI_ERROR_TYPE: dict[Reason, str] = {
     Reason.INTERNAL: "server_error",
 }
 OPENAI_PATH_PREFIX = "/v1/images/generations"
+V2_PATH_PREFIX = "/v2/"
 
 
 def error_response(error: ServingError, path: str = "") -> JSONResponse:
-    """The error in the shape of the protocol the path belongs to (OpenAI's, or ours)."""
+    """The error in the shape of the protocol the path belongs to (v2's, OpenAI's, or ours)."""
     headers = {}
     if error.reason in RETRY_AFTER_S:
         headers["Retry-After"] = str(RETRY_AFTER_S[error.reason])
@@ -53,8 +54,11 @@ def error_response(error: ServingError, path: str = "") -> JSONResponse:
         headers["Retry-After"] = str(error.retry_after_s)
     if error.reason is Reason.UNAUTHENTICATED:
         headers["WWW-Authenticate"] = 'Bearer realm="sd-serving"'
-    if path.startswith(OPENAI_PATH_PREFIX):
-        body: dict[str, object] = {
+    body: dict[str, object]
+    if path.startswith(V2_PATH_PREFIX):  # the v2 protocol's `error` is a string
+        body = {**error.to_dict(), "error": error.message}
+    elif path.startswith(OPENAI_PATH_PREFIX):
+        body = {
             "error": {
                 "message": error.message,
                 "type": OPENAI_ERROR_TYPE.get(error.reason, "invalid_request_error"),
@@ -68,9 +72,16 @@ def error_response(error: ServingError, path: str = "") -> JSONResponse:
 
 
 ErrorRecorder = Callable[[ServingError], None]
+# Another library's exceptions (kserve's, inside its v2 endpoints) as ours, or None.
+ErrorTranslator = Callable[[BaseException], ServingError | None]
 
 
-def install_error_handlers(app: FastAPI, record: ErrorRecorder | None = None) -> None:
+def install_error_handlers(
+    app: FastAPI,
+    record: ErrorRecorder | None = None,
+    foreign: tuple[type[Exception], ...] = (),
+    translate: ErrorTranslator | None = None,
+) -> None:
     def respond(request: Request, error: ServingError) -> JSONResponse:
         if record is not None:
             record(error)
@@ -78,6 +89,8 @@ def install_error_handlers(app: FastAPI, record: ErrorRecorder | None = None) ->
 
     async def on_serving_error(request: Request, error: Exception) -> JSONResponse:
         serving_error = as_serving_error(error)
+        if serving_error is None and translate is not None:
+            serving_error = translate(error)
         if serving_error is None:
             raise error
         return respond(request, serving_error)
@@ -92,4 +105,6 @@ def install_error_handlers(app: FastAPI, record: ErrorRecorder | None = None) ->
         return respond(request, InvalidArgument(field, str(first.get("msg"))))
 
     app.add_exception_handler(ServingError, on_serving_error)
+    for error_type in foreign:
+        app.add_exception_handler(error_type, on_serving_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)

@@ -1,24 +1,28 @@
-"""The HTTP app: /v1/generate, CDN image URLs, health, and the OpenAI and KServe v1 protocols.
+"""The HTTP app: /v1/generate, CDN image URLs, health, and the OpenAI and KServe v1/v2 protocols.
 Translation only: every route maps onto GenerationRequest and GenerationService.produce."""
 
 from __future__ import annotations
 
 import base64
 import time
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from kserve.protocol.dataplane import DataPlane
 
+from serving.apikeys import load_api_keys
 from serving.codecs import MEDIA_TYPES
 from serving.errors import InvalidArgument, NotFound
-from serving.http.auth import install_api_key_auth, load_api_keys
+from serving.http.auth import install_api_key_auth
 from serving.http.bodies import json_body, requested_timeout
 from serving.http.errors import install_error_handlers
 from serving.http.kserve_v1 import install_kserve_v1_routes
+from serving.http.kserve_v2 import install_kserve_v2_routes
 from serving.http.observability import install_request_metrics
 from serving.http.openai_images import install_openai_routes
-from serving.http.ratelimit import TokenBuckets, install_rate_limit
+from serving.http.ratelimit import install_rate_limit
 from serving.http.schemas import (
     ERRORS,
     IMAGE_CONTENT,
@@ -26,7 +30,9 @@ from serving.http.schemas import (
     generate_params_schema,
     request_body,
 )
+from serving.kserve_v2 import KSERVE_ERRORS, StableDiffusionModel, create_data_plane, kserve_error
 from serving.metrics import IngressMetrics
+from serving.ratelimit import TokenBuckets, token_buckets
 from serving.request import parse_params
 from serving.service import EncodedResult, GenerationService
 
@@ -40,22 +46,37 @@ def image_url(service: GenerationService, result: EncodedResult, index: int) -> 
     return f"{base}/v1/images/{image.digest}.{result.request.output_format}"
 
 
-def create_http_app(service: GenerationService, metrics: IngressMetrics | None = None) -> FastAPI:
+def result_observer(metrics: IngressMetrics | None) -> Callable[[EncodedResult], None]:
+    """What every protocol calls with its finished result: images produced, stage latencies."""
+
+    def observe(result: EncodedResult) -> None:
+        if metrics is not None:
+            metrics.record_result(result.timings_ms, 0 if result.cached else len(result.images))
+
+    return observe
+
+
+def create_http_app(
+    service: GenerationService,
+    metrics: IngressMetrics | None = None,
+    data_plane: DataPlane | None = None,
+    buckets: TokenBuckets | None = None,
+) -> FastAPI:
+    """The ingress app. `data_plane` (kserve's) and `buckets` (rate limits) are shared with the
+    gRPC methods when given; otherwise built here from the settings."""
     app = FastAPI(title="sd-serving", version="0.1.0")
     record = None if metrics is None else metrics.record_rejection
-    install_error_handlers(app, record)
+    install_error_handlers(app, record, KSERVE_ERRORS, kserve_error)
     settings = service.settings
-    if settings.rate_limit_per_minute is not None:  # runs after auth: added before it
-        buckets = TokenBuckets(settings.rate_limit_per_minute, settings.rate_limit_burst)
+    buckets = buckets or token_buckets(settings)
+    if buckets is not None:  # runs after auth: added before it
         install_rate_limit(app, buckets, record)
     if service.settings.api_keys_file is not None:
         install_api_key_auth(app, load_api_keys(service.settings.api_keys_file), record)
     if metrics is not None:
         install_request_metrics(app, metrics)
 
-    def observe(result: EncodedResult) -> None:
-        if metrics is not None:
-            metrics.record_result(result.timings_ms, 0 if result.cached else len(result.images))
+    observe = result_observer(metrics)
 
     @app.post(
         "/v1/generate",
@@ -122,6 +143,9 @@ def create_http_app(service: GenerationService, metrics: IngressMetrics | None =
 
     install_openai_routes(app, service, observe, image_url)
     install_kserve_v1_routes(app, service, observe)
+    if data_plane is None:
+        data_plane = create_data_plane(StableDiffusionModel(service, observe))
+    install_kserve_v2_routes(app, data_plane)
     return app
 
 

@@ -6,10 +6,14 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serving.http.routes import create_http_app
+from serving.apikeys import load_api_keys
+from serving.http.routes import create_http_app, result_observer
+from serving.kserve_v2 import StableDiffusionModel, create_data_plane
 from serving.metrics import IngressMetrics, max_replicas_publisher
 from serving.models import loader
 from serving.prompts import PromptGuard
+from serving.ratelimit import token_buckets
+from serving.rpc.methods import InferenceRPC, InferenceServiceMethods
 from serving.service import GenerationService, Stages
 from serving.settings import Settings
 from serving.stages.refresh import keep_publishing
@@ -17,7 +21,10 @@ from serving.stages.refresh import keep_publishing
 
 @serve.deployment(name="Ingress")
 @serve.ingress()
-class Ingress:
+class Ingress(InferenceServiceMethods):
+    """HTTP (FastAPI app) and KServe v2 gRPC (methods called by Ray's gRPC proxy), both over
+    the one GenerationService and one kserve DataPlane."""
+
     def __init__(
         self,
         settings: Settings,
@@ -45,5 +52,15 @@ class Ingress:
         )
         self._stop_publishing = keep_publishing(publish)
 
+        self._metrics = IngressMetrics.create()
+        self._buckets = token_buckets(settings)
+        self._data_plane = create_data_plane(
+            StableDiffusionModel(self._service, result_observer(self._metrics))
+        )
+        keys = None if settings.api_keys_file is None else load_api_keys(settings.api_keys_file)
+        self._rpc = InferenceRPC(
+            self._data_plane, keys, self._buckets, self._metrics.record_rejection
+        )
+
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_http_app(self._service, IngressMetrics.create())
+        return create_http_app(self._service, self._metrics, self._data_plane, self._buckets)

@@ -8,7 +8,8 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from serving.http.auth import install_api_key_auth, is_authorized, load_api_keys
+from serving.apikeys import is_authorized, load_api_keys
+from serving.http.auth import install_api_key_auth
 from serving.http.errors import install_error_handlers
 
 

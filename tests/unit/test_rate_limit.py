@@ -6,7 +6,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from serving.http.errors import install_error_handlers
-from serving.http.ratelimit import TokenBuckets, install_rate_limit
+from serving.http.ratelimit import install_rate_limit
+from serving.ratelimit import TokenBuckets
 
 
 class Clock:

@@ -1,0 +1,1 @@
+"""KServe v2 over gRPC, served by Ray Serve's gRPC proxy."""
