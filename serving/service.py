@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from ray.serve.handle import DeploymentHandle, DeploymentResponse
+from ray.serve.handle import DeploymentHandle, DeploymentResponse, DeploymentResponseGenerator
 
 from serving.codecs import MEDIA_TYPES, encode_image
 from serving.engine.denoiser import DenoiseJob
@@ -17,6 +18,7 @@ from serving.prompts import PromptGuard
 from serving.request import GenerateParams, GenerationRequest, resolve
 from serving.results import CachedResult, StoredImage, request_key
 from serving.settings import Settings
+from serving.stages.unet import DenoiseResult
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,19 @@ class EncodedResult:
 
 
 @dataclass(frozen=True)
+class ProgressEvent:
+    """Image `image_index` finished denoising step `step` of `total`."""
+
+    image_index: int
+    step: int
+    total: int
+    preview: np.ndarray | None  # [h/8, w/8, 3] uint8, when asked for
+
+
+ProgressSink = Callable[[ProgressEvent], Awaitable[None]]
+
+
+@dataclass(frozen=True)
 class Stages:
     text_encoder: DeploymentHandle
     unet: DeploymentHandle
@@ -80,12 +95,26 @@ class GenerationService:
         self._guard = guard
         self._native_size = native_size
 
+    @property
+    def stages(self) -> Stages:
+        return self._stages
+
     def resolve(self, params: GenerateParams) -> GenerationRequest:
         """Defaults applied and every limit checked; raises InvalidArgument naming the field."""
         return resolve(params, self.settings.limits, self.settings.defaults, self._native_size)
 
-    async def generate(self, request: GenerationRequest) -> GenerationResult:
-        """Pixels from the three stages; callers go through `produce`, which checks the prompt."""
+    def check_prompt(self, request: GenerationRequest) -> list[str]:
+        """Warnings for the prompt (e.g. truncated); raises InvalidArgument when it is too long."""
+        return self._guard.check(request)
+
+    async def generate(
+        self,
+        request: GenerationRequest,
+        progress: ProgressSink | None = None,
+        preview: bool = False,
+    ) -> GenerationResult:
+        """Pixels from the three stages; callers go through `produce`, which checks the prompt.
+        With `progress`, every denoising step of every image is reported as it happens."""
         started = time.perf_counter()
         guided = request.guidance_scale > 1.0
         texts = [request.prompt, request.negative_prompt] if guided else [request.prompt]
@@ -106,7 +135,12 @@ class GenerationService:
             )
             for seed in seeds
         ]
-        denoised = await _all([self._stages.unet.denoise.remote(job) for job in jobs])
+        if progress is None:
+            denoised = await _all([self._stages.unet.denoise.remote(job) for job in jobs])
+        else:
+            denoised = await _all(
+                [self._denoise_reporting(job, i, progress, preview) for i, job in enumerate(jobs)]
+            )
         denoise_done = time.perf_counter()
 
         images = await _all([self._stages.vae.decode.remote(r.latents) for r in denoised])
@@ -119,8 +153,29 @@ class GenerationService:
         }
         return GenerationResult(request, list(images), seeds, timings)
 
+    async def _denoise_reporting(
+        self, job: DenoiseJob, index: int, progress: ProgressSink, preview: bool
+    ) -> DenoiseResult:
+        stream = self._stages.unet.options(stream=True).denoise_with_progress.remote(job, preview)
+        assert isinstance(stream, DeploymentResponseGenerator)
+        try:
+            async for item in stream:
+                if isinstance(item, DenoiseResult):
+                    return item
+                await progress(ProgressEvent(index, item.step, item.total, item.preview))
+        except asyncio.CancelledError:
+            stream.cancel()  # the UNet frees the batch slot at its next step
+            raise
+        raise RuntimeError("the UNet's progress stream ended without a result")
+
     async def produce(
-        self, request: GenerationRequest, *, determined: bool, timeout_s: float | None = None
+        self,
+        request: GenerationRequest,
+        *,
+        determined: bool,
+        timeout_s: float | None = None,
+        progress: ProgressSink | None = None,
+        preview: bool = False,
     ) -> EncodedResult:
         """Encoded images for a request; fully determined ones (client-given seed) come from the
         result cache when they were made before, without touching the GPU stages. Past the
@@ -129,15 +184,23 @@ class GenerationService:
         limit = self.settings.request_timeout_s
         deadline = limit if timeout_s is None else min(limit, timeout_s)
         try:
-            return await asyncio.wait_for(self._produce(request, determined), deadline)
+            return await asyncio.wait_for(
+                self._produce(request, determined, progress, preview), deadline
+            )
         except TimeoutError:
             raise DeadlineExceeded(
                 f"the request took longer than its {deadline:g} s deadline and was cancelled"
             ) from None
 
-    async def _produce(self, request: GenerationRequest, determined: bool) -> EncodedResult:
+    async def _produce(
+        self,
+        request: GenerationRequest,
+        determined: bool,
+        progress: ProgressSink | None,
+        preview: bool,
+    ) -> EncodedResult:
         started = time.perf_counter()
-        warnings = self._guard.check(request)
+        warnings = self.check_prompt(request)
         key = request_key(self._model_id, request) if determined else None
         if key is not None:
             hit = await self._stages.results.lookup.remote(key)
@@ -152,7 +215,7 @@ class GenerationService:
                 elapsed = (time.perf_counter() - started) * 1000
                 timings = {"result_cache": elapsed, "total": elapsed}
                 return EncodedResult(request, images, timings, warnings, cached=True)
-        result = await self.generate(request)
+        result = await self.generate(request, progress, preview)
         before = time.perf_counter()
         encoded = [encode_image(pixels, request.output_format) for pixels in result.images]
         timings = dict(result.timings_ms)

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SchedulerName = Literal["ddim", "euler", "euler_a", "dpmpp_2m", "pndm"]
@@ -99,7 +99,7 @@ class ResultStoreStage(StageSettings):
     # One replica: the store is the single place every ingress replica finds an image.
     num_cpus: float = Field(0.1, ge=0)
     max_replicas: int = Field(1, ge=1)
-    max_ongoing_requests: int = Field(256, ge=1)
+    max_ongoing_requests: int = Field(2048, ge=1)  # each open job event stream holds one
 
 
 class Limits(BaseModel):
@@ -175,6 +175,23 @@ class Settings(BaseSettings):
         description="longest a generation may take before 504; clients may ask for "
         "less with the X-Timeout-S header",
     )
+
+    cors_allow_origins: list[str] = Field(
+        default_factory=list,
+        description="origins browsers may call the API from (e.g. https://app.example.com, "
+        "or * for any); empty = same origin only",
+    )
+
+    # -- async jobs
+    max_jobs: int = Field(10_000, ge=1, description="jobs remembered; the oldest finished go first")
+    job_ttl_s: float = Field(3600.0, gt=0, description="how long a finished job stays readable")
+    webhook_secret: SecretStr | None = Field(
+        None,
+        description="key of the HMAC-SHA256 signature on job webhooks; webhooks are refused "
+        "while it is unset",
+    )
+    webhook_timeout_s: float = Field(10.0, gt=0)
+    webhook_attempts: int = Field(3, ge=1, description="deliveries tried before giving up")
 
     # -- request handling
     limits: Limits = Limits()

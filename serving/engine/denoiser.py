@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import threading
 import time
 from collections import deque
@@ -29,6 +30,8 @@ from serving.engine.schedulers import SchedulerFactory, step_kwargs
 from serving.errors import QueueFull
 from serving.models.device import Placement
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class DenoiseJob:
@@ -44,12 +47,17 @@ class DenoiseJob:
     scheduler: str
 
 
+# Called on the engine thread after each of a job's steps: (steps done, total steps, latents).
+StepObserver = Callable[[int, int, torch.Tensor], None]
+
+
 @dataclass
 class Ticket:
     """The caller's handle on a submitted job: a future for the final latents, and progress."""
 
     id: int
     future: Future[np.ndarray] = field(default_factory=Future)
+    on_step: StepObserver | None = None
     steps_done: int = 0
     total_steps: int = 0
     submitted_at: float = field(default_factory=time.monotonic)
@@ -129,7 +137,7 @@ class ContinuousBatchingEngine:
 
     # -- caller side (any thread)
 
-    def submit(self, job: DenoiseJob) -> Ticket:
+    def submit(self, job: DenoiseJob, on_step: StepObserver | None = None) -> Ticket:
         with self._wake:
             waiting = len(self._pending) + len(self._active)
             if waiting >= self._max_batch + self._max_queue:
@@ -137,7 +145,7 @@ class ContinuousBatchingEngine:
                     f"the UNet is busy: {waiting} requests in flight, limit "
                     f"{self._max_batch + self._max_queue}; retry later"
                 )
-            ticket = Ticket(id=next(self._ids))
+            ticket = Ticket(id=next(self._ids), on_step=on_step)
             self._pending.append((job, ticket))
             self._wake.notify()
         return ticket
@@ -301,11 +309,20 @@ class ContinuousBatchingEngine:
             )[0]
             request.index += 1
             request.ticket.steps_done = request.index
+            if request.ticket.on_step is not None:
+                _notify(request.ticket.on_step, request.index, len(request.timesteps), request)
         with self._wake:
             self._iterations += 1
             self._steps_completed += len(group)
             self._last_rows = offset
         return offset
+
+
+def _notify(observer: StepObserver, done: int, total: int, request: _Active) -> None:
+    try:
+        observer(done, total, request.latents)
+    except Exception:  # a progress listener must never stop the batch
+        logger.exception("step observer failed for request %s", request.ticket.id)
 
 
 def _resolve(ticket: Ticket, result: np.ndarray) -> None:

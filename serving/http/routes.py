@@ -6,9 +6,11 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from kserve.protocol.dataplane import DataPlane
 
@@ -18,6 +20,7 @@ from serving.errors import InvalidArgument, NotFound
 from serving.http.auth import install_api_key_auth
 from serving.http.bodies import json_body, requested_timeout
 from serving.http.errors import install_error_handlers
+from serving.http.jobs import install_job_routes
 from serving.http.kserve_v1 import install_kserve_v1_routes
 from serving.http.kserve_v2 import install_kserve_v2_routes
 from serving.http.observability import install_request_metrics
@@ -30,6 +33,7 @@ from serving.http.schemas import (
     generate_params_schema,
     request_body,
 )
+from serving.jobrunner import JobRunner
 from serving.kserve_v2 import KSERVE_ERRORS, StableDiffusionModel, create_data_plane, kserve_error
 from serving.metrics import IngressMetrics
 from serving.ratelimit import TokenBuckets, token_buckets
@@ -75,6 +79,14 @@ def create_http_app(
         install_api_key_auth(app, load_api_keys(service.settings.api_keys_file), record)
     if metrics is not None:
         install_request_metrics(app, metrics)
+    if settings.cors_allow_origins:  # outermost: preflights must not need an API key
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_allow_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-Timeout-S", "Last-Event-ID"],
+            expose_headers=["Retry-After", "X-Seed", "Server-Timing", "ETag", "Location"],
+        )
 
     observe = result_observer(metrics)
 
@@ -143,6 +155,10 @@ def create_http_app(
 
     install_openai_routes(app, service, observe, image_url)
     install_kserve_v1_routes(app, service, observe)
+    runner = JobRunner(
+        service, service.stages.results, settings, partial(image_url, service), observe
+    )
+    install_job_routes(app, service, runner, service.stages.results)
     if data_plane is None:
         data_plane = create_data_plane(StableDiffusionModel(service, observe))
     install_kserve_v2_routes(app, data_plane)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from serving.request import GenerateParams
 
@@ -65,6 +65,39 @@ class V1PredictResponse(BaseModel):
     predictions: list[V1Prediction]
 
 
+class JobProgress(BaseModel):
+    steps_done: int
+    steps_total: int
+    fraction: float
+
+
+class JobImage(BaseModel):
+    url: str
+    digest: str
+    seed: int
+    media_type: str
+
+
+class JobResult(BaseModel):
+    images: list[JobImage]
+    cached: bool
+    timings_ms: dict[str, float]
+    warnings: list[str]
+
+
+class JobView(BaseModel):
+    id: str
+    status: str = Field(description="queued, running, succeeded, failed or cancelled")
+    progress: JobProgress
+    parameters: dict[str, Any]
+    result: JobResult | None
+    error: ErrorDetail | None
+    webhook: dict[str, Any] | None = Field(description="how the webhook delivery went")
+    created_at: float
+    updated_at: float
+    links: dict[str, str]
+
+
 def request_body(schema: dict[str, Any]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
@@ -81,6 +114,25 @@ def v1_predict_schema() -> dict[str, Any]:
             "instances": {"type": "array", "minItems": 1, "items": generate_params_schema()}
         },
     }
+
+
+def job_request_schema() -> dict[str, Any]:
+    schema = generate_params_schema()
+    schema["properties"] = {
+        **schema["properties"],
+        "webhook_url": {
+            "type": "string",
+            "format": "uri",
+            "description": "http(s) URL that receives the finished job, signed with "
+            "X-SD-Signature-256: sha256=HMAC(SD_WEBHOOK_SECRET, body)",
+        },
+        "preview": {
+            "type": "boolean",
+            "default": False,
+            "description": "progress events carry a low-resolution preview (PNG data URL)",
+        },
+    }
+    return schema
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {

@@ -1,9 +1,14 @@
-"""The ResultStore deployment: one shared image store and result cache for all ingress replicas."""
+"""The ResultStore deployment: the image store, the result cache and the async jobs, shared by
+all ingress replicas (so it runs as one replica)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from typing import Any
+
 from ray import serve
 
+from serving.jobs import JobBoard, JobEvent, JobStatus
 from serving.lru import LruCache
 from serving.metrics import cache_lookups
 from serving.results import CachedResult, ImageStore, StoredImage
@@ -16,6 +21,7 @@ class ResultStore:
         self._images = ImageStore(settings.image_store_bytes)
         self._results: LruCache[str, CachedResult] = LruCache(settings.result_cache_size)
         self._lookups = cache_lookups()
+        self._jobs = JobBoard(settings.max_jobs, settings.job_ttl_s)
 
     def put_images(self, images: list[tuple[bytes, str]]) -> list[str]:
         return [self._images.put(data, fmt) for data, fmt in images]
@@ -35,6 +41,39 @@ class ResultStore:
 
     def remember(self, key: str, result: CachedResult) -> None:
         self._results.put(key, result)
+
+    # -- async jobs (every ingress replica reads and streams them from here)
+
+    def create_job(
+        self, job_id: str, parameters: dict[str, Any], steps_total: int, webhook_url: str | None
+    ) -> dict[str, Any]:
+        return self._jobs.create(job_id, parameters, steps_total, webhook_url)
+
+    def get_job(self, job_id: str) -> dict[str, Any] | None:
+        return self._jobs.get(job_id)
+
+    async def report_job(self, job_id: str, kind: str, data: dict[str, Any]) -> bool:
+        return await self._jobs.report(job_id, kind, data)
+
+    async def finish_job(
+        self,
+        job_id: str,
+        status: JobStatus,
+        result: dict[str, Any] | None = None,
+        error: dict[str, str] | None = None,
+    ) -> dict[str, Any] | None:
+        return await self._jobs.finish(job_id, status, result=result, error=error)
+
+    def record_webhook(self, job_id: str, delivery: dict[str, Any]) -> None:
+        self._jobs.record_webhook(job_id, delivery)
+
+    def cancel_job(self, job_id: str) -> dict[str, Any] | None:
+        return self._jobs.request_cancel(job_id)
+
+    async def job_events(self, job_id: str, after: int = -1) -> AsyncIterator[JobEvent | None]:
+        """Streamed (handle.options(stream=True)): the job's events, live until it ends."""
+        async for event in self._jobs.events(job_id, after):
+            yield event
 
     def ready(self) -> bool:
         return True

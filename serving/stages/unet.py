@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import torch
 from ray import serve
 
 from serving.engine.denoiser import (
@@ -14,7 +17,9 @@ from serving.engine.denoiser import (
     DenoiseJob,
     EngineStats,
     IterationReport,
+    Ticket,
 )
+from serving.engine.preview import latent_preview
 from serving.engine.schedulers import SchedulerFactory
 from serving.metrics import UNetMetrics
 from serving.models import loader
@@ -28,6 +33,15 @@ class DenoiseResult:
     latents: np.ndarray
     queued_ms: float
     denoise_ms: float
+
+
+@dataclass(frozen=True)
+class StepProgress:
+    """One finished denoising step of one image; `preview` is [h/8, w/8, 3] uint8 when asked."""
+
+    step: int
+    total: int
+    preview: np.ndarray | None
 
 
 @serve.deployment(name="UNetDenoiser")
@@ -69,6 +83,39 @@ class UNetDenoiser:
             # The client went away: the engine frees the batch slot at the next step.
             ticket.cancel()
             raise
+        return self._finished(ticket, latents)
+
+    async def denoise_with_progress(
+        self, job: DenoiseJob, preview: bool = False
+    ) -> AsyncIterator[StepProgress | DenoiseResult]:
+        """Streamed: a StepProgress after every step, then the DenoiseResult."""
+        loop = asyncio.get_running_loop()
+        steps: asyncio.Queue[StepProgress] = asyncio.Queue()
+
+        def on_step(done: int, total: int, latents: torch.Tensor) -> None:  # engine thread
+            image = latent_preview(latents) if preview else None
+            loop.call_soon_threadsafe(steps.put_nowait, StepProgress(done, total, image))
+
+        ticket = self._engine.submit(job, on_step=on_step)
+        finished = asyncio.wrap_future(ticket.future)
+        try:
+            while not finished.done():
+                next_step = asyncio.ensure_future(steps.get())
+                either: set[asyncio.Future[Any]] = {next_step, finished}
+                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+                if next_step.done():
+                    yield next_step.result()
+                else:
+                    next_step.cancel()
+            while not steps.empty():
+                yield steps.get_nowait()
+            latents = finished.result()
+        except (asyncio.CancelledError, GeneratorExit):
+            ticket.cancel()  # the batch slot is freed at the next step
+            raise
+        yield self._finished(ticket, latents)
+
+    def _finished(self, ticket: Ticket, latents: np.ndarray) -> DenoiseResult:
         started = ticket.started_at or ticket.submitted_at
         self._metrics.queue_seconds.observe(started - ticket.submitted_at)
         return DenoiseResult(

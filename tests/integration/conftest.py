@@ -20,6 +20,7 @@ import pytest
 
 STARTUP_TIMEOUT_S = 240
 SHUTDOWN_TIMEOUT_S = 90
+WEBHOOK_SECRET = "integration-webhook-secret"
 
 
 @dataclass
@@ -32,6 +33,10 @@ class RunningService:
 
     def client(self, timeout: float = 120.0) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=timeout)
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
 
 
 def _free_port() -> int:
@@ -67,6 +72,8 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService
         "SD_RAY_TEMP_DIR": ray_dir,
         "SD_CACHE_DIR": str(tmp_path_factory.mktemp("model-cache")),
         "RAY_AUTH_MODE": "disabled",
+        "SD_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "SD_CORS_ALLOW_ORIGINS": '["https://app.example.com"]',
         "PYTHONUNBUFFERED": "1",
     }
     process = subprocess.Popen(
