@@ -121,6 +121,13 @@ affinity:
 - name: SD_API_KEYS_FILE
   value: /etc/sd-serving/api-keys/{{ .Values.apiKeys.key }}
 {{- end }}
+{{- if .Values.webhooks.existingSecret }}
+- name: SD_WEBHOOK_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.webhooks.existingSecret }}
+      key: {{ .Values.webhooks.key }}
+{{- end }}
 {{- range $name, $value := .Values.settings }}
 - name: {{ $name }}
   value: {{ $value | quote }}
