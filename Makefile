@@ -22,7 +22,7 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 # pip notes every unused local index path; keep the output readable.
 PIP_QUIET := grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: help install tools prometheus serve test test-unit test-integration test-chart lint format export-model render-k8s loadtest bench dashboards crds crds-info clean
+.PHONY: help install tools debian-tools serve test test-unit test-integration test-chart lint format export-model render-k8s loadtest bench dashboards crds crds-info clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -36,13 +36,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -c "import serving, torch, ray, diffusers"
 	touch $@
 
-tools: $(HELM) $(CHECKOV) prometheus ## helm and checkov in .tools/, Prometheus + promtool (Debian)
+tools: $(HELM) $(CHECKOV) debian-tools ## helm, checkov in .tools/; Prometheus, promtool, Chromium (Debian)
 
-# Debian's prometheus package brings promtool; the tests run a real Prometheus on loopback.
-prometheus:
-	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
-	  echo "installing Debian's prometheus package (needs root)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+# Debian's prometheus package brings promtool; the tests run a real Prometheus on loopback and
+# drive the web page in a real headless Chromium through Debian's chromedriver.
+debian-tools:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null \
+	  && command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  echo "installing Debian's prometheus, chromium and chromium-driver packages (needs root)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends prometheus chromium chromium-driver >/dev/null; }
 
 $(HELM): scripts/fetch_helm.py
 	$(PYTHON) scripts/fetch_helm.py $@ 2>&1 | $(PIP_QUIET)

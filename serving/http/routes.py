@@ -33,6 +33,7 @@ from serving.http.schemas import (
     generate_params_schema,
     request_body,
 )
+from serving.http.web import install_web_page
 from serving.jobrunner import JobRunner
 from serving.kserve_v2 import KSERVE_ERRORS, StableDiffusionModel, create_data_plane, kserve_error
 from serving.metrics import IngressMetrics
@@ -159,6 +160,7 @@ def create_http_app(
         service, service.stages.results, settings, partial(image_url, service), observe
     )
     install_job_routes(app, service, runner, service.stages.results)
+    install_web_page(app)
     if data_plane is None:
         data_plane = create_data_plane(StableDiffusionModel(service, observe))
     install_kserve_v2_routes(app, data_plane)

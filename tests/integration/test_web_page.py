@@ -1,0 +1,96 @@
+"""The web page at `/`, driven in a real headless Chromium (Debian's chromium + chromedriver)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import WebDriverWait
+
+from tests.integration.conftest import RunningService
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[webdriver.Chrome]:
+    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if shutil.which(path) is None]
+    if missing:
+        pytest.fail(f"{missing} not installed: `make tools` installs Debian's chromium packages")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ):
+        options.add_argument(flag)
+    with tempfile.TemporaryDirectory(prefix="sd-chromium-") as profile:
+        options.add_argument(f"--user-data-dir={profile}")
+        driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+        try:
+            yield driver
+        finally:
+            driver.quit()
+
+
+def fill(browser: webdriver.Chrome, field: str, value: str) -> None:
+    element = browser.find_element(By.ID, field)
+    element.clear()
+    element.send_keys(value)
+
+
+def test_type_a_prompt_click_and_see_the_image(
+    browser: webdriver.Chrome, service: RunningService
+) -> None:
+    browser.get(service.url + "/")
+    assert browser.title == "sd-serving"
+    fill(browser, "prompt", "a tiny red house")
+    fill(browser, "steps", "6")
+    fill(browser, "seed", "21")
+    browser.find_element(By.ID, "generate").click()
+
+    wait = WebDriverWait(browser, 120)
+    image = wait.until(
+        expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "#gallery img"))
+    )
+    wait.until(lambda _: browser.execute_script("return arguments[0].naturalWidth", image) > 0)
+    assert browser.execute_script("return arguments[0].naturalWidth", image) == 128
+    assert image.get_attribute("src").startswith(service.url + "/v1/images/")
+    assert image.get_attribute("alt") == "a tiny red house"
+    assert "seed 21" in browser.find_element(By.CSS_SELECTOR, "#gallery figcaption").text
+
+    progress = browser.find_element(By.ID, "progress")
+    assert progress.get_attribute("value") == progress.get_attribute("max") == "6"
+    assert browser.find_element(By.ID, "preview").get_attribute("src").startswith("data:image/png")
+    assert not browser.find_element(By.ID, "error").is_displayed()
+    assert browser.find_element(By.ID, "generate").is_enabled()
+
+
+def test_a_bad_request_shows_the_server_message(
+    browser: webdriver.Chrome, service: RunningService
+) -> None:
+    browser.get(service.url + "/")
+    fill(browser, "prompt", "a boat")
+    fill(browser, "steps", "100000")
+    browser.find_element(By.ID, "generate").click()
+    error = WebDriverWait(browser, 60).until(
+        expected_conditions.visibility_of_element_located((By.ID, "error"))
+    )
+    assert "steps" in error.text and "150" in error.text
+    assert browser.find_elements(By.CSS_SELECTOR, "#gallery img") == []
