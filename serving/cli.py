@@ -28,6 +28,13 @@ def _parser() -> argparse.ArgumentParser:
         help="file to write; with several images, -1, -2, ... are appended",
     )
     generate.add_argument("--url", default="http://127.0.0.1:8000")
+    generate.add_argument(
+        "--grpc", action="store_true", help="use the KServe v2 gRPC API (no progress bar)"
+    )
+    generate.add_argument("--grpc-target", default="127.0.0.1:9000", help="host:port for --grpc")
+    generate.add_argument(
+        "--no-progress", action="store_true", help="one synchronous request, no progress bar"
+    )
     generate.add_argument("--api-key-file", type=Path)
     generate.add_argument("--negative-prompt")
     generate.add_argument("--num-images", type=int)
@@ -59,8 +66,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _import_kserve_without_our_arguments() -> None:
+    """kserve parses sys.argv when first imported (its model server's flags), and our `--grpc`
+    is an ambiguous prefix of its `--grpc_port`: let it see the program name only."""
+    argv, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        import kserve  # noqa: F401
+    finally:
+        sys.argv = argv
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in ("serve", "generate"):
+        _import_kserve_without_our_arguments()
     if args.command == "serve":
         from serving.local import run_local
         from serving.settings import Settings
@@ -97,10 +116,32 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
+class ProgressBar:
+    """A tqdm bar on stderr fed by the job's step events."""
+
+    def __init__(self) -> None:
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=None, unit="step", desc="denoising", file=sys.stderr, leave=True)
+
+    def update(self, done: int, total: int) -> None:
+        self._bar.total = total
+        self._bar.n = done
+        self._bar.refresh()
+
+    def __enter__(self) -> ProgressBar:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._bar.close()
+
+
 def _generate(args: argparse.Namespace) -> int:
+    import grpc
     import httpx
 
     from serving.client import Client, ClientError
+    from serving.client_grpc import GrpcClient
 
     fields = {
         key: getattr(args, key)
@@ -119,13 +160,24 @@ def _generate(args: argparse.Namespace) -> int:
     fields["output_format"] = {"jpg": "jpeg"}.get(suffix, suffix) or "png"
     api_key = args.api_key_file.read_text().strip() if args.api_key_file else None
     try:
-        with Client(args.url, api_key=api_key) as client:
-            result = client.generate(args.prompt, **fields)
+        if args.grpc:
+            with GrpcClient(args.grpc_target, api_key=api_key) as grpc_client:
+                result = grpc_client.generate(args.prompt, **fields)
+        else:
+            with Client(args.url, api_key=api_key) as client:
+                if args.no_progress:
+                    result = client.generate(args.prompt, **fields)
+                else:
+                    with ProgressBar() as bar:
+                        result = client.generate_with_progress(
+                            args.prompt, on_progress=bar.update, **fields
+                        )
     except ClientError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    except httpx.TransportError as error:  # connection refused, DNS, timeouts
-        print(f"error: cannot reach {args.url}: {error}", file=sys.stderr)
+    except (httpx.TransportError, grpc.RpcError) as error:  # connection refused, DNS, timeouts
+        where = args.grpc_target if args.grpc else args.url
+        print(f"error: cannot reach {where}: {error}", file=sys.stderr)
         return 1
     for index, image in enumerate(result.images):
         path = args.output

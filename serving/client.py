@@ -1,9 +1,11 @@
-"""Python client of sd-serving's HTTP API, synchronous and asynchronous.
+"""Python client of sd-serving's HTTP API, synchronous and asynchronous (gRPC: client_grpc).
 
     from serving.client import Client
     with Client("http://127.0.0.1:8000") as client:
         result = client.generate("a red apple on a wooden table", steps=20, seed=7)
         result.images[0].save("apple.png")
+        # or as an async job, with a callback per denoising step:
+        result = client.generate_with_progress("a red apple", on_progress=print, steps=20)
 
 Errors come back as `ClientError` with the server's status, code, field and message.
 """
@@ -11,6 +13,8 @@ Errors come back as `ClientError` with the server's status, code, field and mess
 from __future__ import annotations
 
 import base64
+import json
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,8 +23,11 @@ import httpx
 
 
 class ClientError(Exception):
-    def __init__(self, status: int, code: str, message: str, field: str | None) -> None:
-        super().__init__(f"HTTP {status} {code}: {message}")
+    """`status` is the HTTP status, or for gRPC the status code's name (e.g. INVALID_ARGUMENT)."""
+
+    def __init__(self, status: int | str, code: str, message: str, field: str | None) -> None:
+        prefix = f"HTTP {status}" if isinstance(status, int) else f"gRPC {status}"
+        super().__init__(f"{prefix} {code}: {message}")
         self.status = status
         self.code = code
         self.message = message
@@ -60,6 +67,81 @@ def _headers(api_key: str | None, timeout_s: float | None) -> dict[str, str]:
     if timeout_s is not None:
         headers["X-Timeout-S"] = str(timeout_s)
     return headers
+
+
+# Called after every denoising step of a job: (steps done, steps in all images).
+ProgressCallback = Callable[[int, int], None]
+
+
+def _raise_for_error(answer: httpx.Response) -> None:
+    if answer.is_success:
+        return
+    try:
+        error = answer.json()["error"]
+    except (ValueError, KeyError, TypeError):
+        raise ClientError(answer.status_code, "http_error", answer.text[:500], None) from None
+    raise ClientError(
+        answer.status_code, error.get("code", "error"), error.get("message", ""), error.get("field")
+    )
+
+
+class _EventStream:
+    """text/event-stream lines in, (event, data) out once an event is complete."""
+
+    def __init__(self) -> None:
+        self._kind, self._data = "message", ""
+
+    def feed(self, line: str) -> tuple[str, dict[str, Any]] | None:
+        if line.startswith("event: "):
+            self._kind = line[7:]
+        elif line.startswith("data: "):
+            self._data += line[6:]
+        elif not line and self._data:
+            event = (self._kind, json.loads(self._data))
+            self._kind, self._data = "message", ""
+            return event
+        return None
+
+
+def _sse_events(lines: Iterable[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    parser = _EventStream()
+    for line in lines:
+        event = parser.feed(line)
+        if event is not None:
+            yield event
+
+
+async def _async_sse_events(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    parser = _EventStream()
+    async for line in lines:
+        event = parser.feed(line)
+        if event is not None:
+            yield event
+
+
+def _finished_job(kind: str, data: dict[str, Any]) -> dict[str, Any] | None:
+    if kind == "result":
+        return data
+    if kind == "error":
+        error = data["error"]
+        raise ClientError(200, error["code"], error["message"], error.get("field"))
+    if kind == "cancelled":
+        raise ClientError(200, "cancelled", f"job {data['id']} was cancelled", None)
+    return None
+
+
+def _job_generation(job: dict[str, Any], images: list[bytes]) -> Generation:
+    result = job["result"]
+    return Generation(
+        images=[
+            Image(data, item["seed"], item["media_type"], item["url"])
+            for data, item in zip(images, result["images"], strict=True)
+        ],
+        cached=result["cached"],
+        timings_ms=result["timings_ms"],
+        warnings=result["warnings"],
+        parameters=job["parameters"],
+    )
 
 
 def _parse(answer: httpx.Response) -> Generation:
@@ -110,6 +192,31 @@ class Client:
         )
         return _parse(answer)
 
+    def generate_with_progress(
+        self, prompt: str, *, on_progress: ProgressCallback | None = None, **fields: Any
+    ) -> Generation:
+        """The same generation as an async job (`POST /v1/jobs`), following its events."""
+        headers = _headers(self._api_key, None)
+        answer = self._http.post("/v1/jobs", json=_body(prompt, fields), headers=headers)
+        _raise_for_error(answer)
+        events_url = answer.json()["links"]["events"]
+        with self._http.stream("GET", events_url, headers=headers) as stream:
+            if not stream.is_success:
+                stream.read()
+                _raise_for_error(stream)
+            for kind, data in _sse_events(stream.iter_lines()):
+                if kind == "progress" and on_progress is not None:
+                    on_progress(data["steps_done"], data["steps_total"])
+                job = _finished_job(kind, data)
+                if job is not None:
+                    images = []
+                    for item in job["result"]["images"]:
+                        image = self._http.get(item["url"], headers=headers)
+                        _raise_for_error(image)
+                        images.append(image.content)
+                    return _job_generation(job, images)
+        raise ClientError(200, "stream_ended", "the job's event stream ended early", None)
+
     def ready(self) -> bool:
         return self._http.get("/v2/health/ready").status_code == 200
 
@@ -143,6 +250,33 @@ class AsyncClient:
             "/v1/generate", json=_body(prompt, fields), headers=_headers(self._api_key, deadline_s)
         )
         return _parse(answer)
+
+    async def generate_with_progress(
+        self, prompt: str, *, on_progress: ProgressCallback | None = None, **fields: Any
+    ) -> Generation:
+        headers = _headers(self._api_key, None)
+        answer = await self._http.post("/v1/jobs", json=_body(prompt, fields), headers=headers)
+        _raise_for_error(answer)
+        events_url = answer.json()["links"]["events"]
+        job: dict[str, Any] | None = None
+        async with self._http.stream("GET", events_url, headers=headers) as stream:
+            if not stream.is_success:
+                await stream.aread()
+                _raise_for_error(stream)
+            async for kind, data in _async_sse_events(stream.aiter_lines()):
+                if kind == "progress" and on_progress is not None:
+                    on_progress(data["steps_done"], data["steps_total"])
+                job = _finished_job(kind, data)
+                if job is not None:
+                    break
+        if job is None:
+            raise ClientError(200, "stream_ended", "the job's event stream ended early", None)
+        images = []
+        for item in job["result"]["images"]:
+            image = await self._http.get(item["url"], headers=headers)
+            _raise_for_error(image)
+            images.append(image.content)
+        return _job_generation(job, images)
 
     async def ready(self) -> bool:
         return (await self._http.get("/v2/health/ready")).status_code == 200

@@ -6,6 +6,8 @@ import grpc
 
 from serving.errors import RETRY_AFTER_S, RateLimited, Reason, ServingError
 
+FIELD_METADATA = "sd-field"  # trailing metadata naming the bad field, when there is one
+
 GRPC_STATUS: dict[Reason, grpc.StatusCode] = {
     Reason.MALFORMED_REQUEST: grpc.StatusCode.INVALID_ARGUMENT,
     Reason.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,

@@ -17,7 +17,7 @@ from serving.apikeys import is_authorized
 from serving.errors import ServingError, Unauthenticated, as_serving_error
 from serving.kserve_v2 import kserve_error
 from serving.ratelimit import TokenBuckets, identity, rate_limited
-from serving.rpc.errors import GRPC_STATUS, retry_after_s
+from serving.rpc.errors import FIELD_METADATA, GRPC_STATUS, retry_after_s
 from serving.rpc.protos import pb
 
 logger = logging.getLogger(__name__)
@@ -93,9 +93,14 @@ class InferenceRPC:
             self._record(error)
         context.set_code(GRPC_STATUS[error.reason])
         context.set_details(error.message)
+        trailing = []
         retry = retry_after_s(error)
         if retry is not None:
-            context.set_trailing_metadata([("retry-after", str(retry))])
+            trailing.append(("retry-after", str(retry)))
+        if error.field is not None:
+            trailing.append((FIELD_METADATA, error.field))
+        if trailing:
+            context.set_trailing_metadata(trailing)
 
 
 def _peer_host(peer: str) -> str:
