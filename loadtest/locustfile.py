@@ -6,18 +6,32 @@
 Prompts come from loadtest/prompts.txt in a skewed (Zipf-like) mix, so popular prompts repeat and
 the embedding cache is exercised; parameters follow a realistic mix of sizes, steps and
 schedulers. Each profile has a load shape and SLOs; the run exits non-zero when an SLO is broken.
-Users: /v1/generate (raw PNG or JSON), OpenAI images and KServe v1; gRPC and KServe v2 users
-join when those protocols land (they map onto the same request).
+Users: /v1/generate (raw PNG or JSON), OpenAI images, KServe v1, KServe v2 REST and KServe v2
+gRPC (SD_LOAD_GRPC_TARGET, default 127.0.0.1:9000); all map onto the same request. The smoke
+profile runs one user of each kind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from locust import HttpUser, LoadTestShape, between, events, task
+import grpc
+import grpc.experimental.gevent
+from locust import HttpUser, LoadTestShape, User, between, events, task
+
+# Before any channel exists: gRPC's own threads would block gevent's loop.
+grpc.experimental.gevent.init_gevent()
+from serving.kserve_import import import_kserve  # noqa: E402
+
+import_kserve()  # kserve would read locust's flags (`--host`) as its own
+from serving.client_grpc import infer_request  # noqa: E402
+from serving.rpc.protos import pb_grpc  # noqa: E402
 
 PROMPTS = [
     line.strip()
@@ -43,7 +57,7 @@ class Profile:
 
 
 PROFILES = {
-    "smoke": Profile(((15, 2, 2.0),), max_error_ratio=0.0, p95_ms=60_000),
+    "smoke": Profile(((20, 5, 5.0),), max_error_ratio=0.0, p95_ms=60_000),
     "ramp": Profile(((60, 2, 1.0), (120, 4, 1.0), (180, 8, 1.0)), 0.01, 30_000),
     "spike": Profile(((30, 2, 2.0), (60, 16, 16.0), (120, 2, 4.0)), 0.05, 60_000),
     "soak": Profile(((1800, 4, 1.0),), 0.01, 30_000),
@@ -51,6 +65,15 @@ PROFILES = {
 PROFILE_NAME = os.environ.get("SD_LOAD_PROFILE", "smoke")
 MODEL_NAME = os.environ.get("SD_LOAD_MODEL", "sd-embedded")
 PROFILE = PROFILES[PROFILE_NAME]
+GRPC_TARGET = os.environ.get("SD_LOAD_GRPC_TARGET", "127.0.0.1:9000")
+# The smoke run checks every protocol once: one user of each kind.
+ONE_OF_EACH = 1 if PROFILE_NAME == "smoke" else 0
+
+
+def pick() -> tuple[str, dict[str, Any]]:
+    prompt = random.choices(PROMPTS, weights=WEIGHTS)[0]
+    params = random.choices([p for p, _ in PARAMETER_MIX], [w for _, w in PARAMETER_MIX])[0]
+    return prompt, dict(params)
 
 
 class GenerateUser(HttpUser):
@@ -58,11 +81,11 @@ class GenerateUser(HttpUser):
 
     wait_time = between(0.5, 2.0)
     weight = 4
+    fixed_count = ONE_OF_EACH
 
     @task
     def generate(self) -> None:
-        prompt = random.choices(PROMPTS, weights=WEIGHTS)[0]
-        params = random.choices([p for p, _ in PARAMETER_MIX], [w for _, w in PARAMETER_MIX])[0]
+        prompt, params = pick()
         body = {"prompt": prompt, **params}
         accept = "application/json" if body.get("num_images", 1) > 1 else "image/png"
         with self.client.post(
@@ -83,6 +106,7 @@ class OpenAIUser(HttpUser):
 
     wait_time = between(0.5, 2.0)
     weight = 1
+    fixed_count = ONE_OF_EACH
 
     @task
     def generations(self) -> None:
@@ -102,6 +126,7 @@ class KServeV1User(HttpUser):
 
     wait_time = between(1.0, 3.0)
     weight = 1
+    fixed_count = ONE_OF_EACH
 
     @task
     def predict(self) -> None:
@@ -114,6 +139,76 @@ class KServeV1User(HttpUser):
         ) as response:
             if response.status_code != 200 or "predictions" not in response.text:
                 response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
+
+
+class KServeV2User(HttpUser):
+    """A KServe v2 REST client (Triton-style tooling, InferenceGraph pipelines)."""
+
+    wait_time = between(0.5, 2.0)
+    weight = 1
+    fixed_count = ONE_OF_EACH
+
+    @task
+    def infer(self) -> None:
+        prompt, params = pick()
+        inputs = [{"name": "prompt", "datatype": "BYTES", "shape": [1], "data": [prompt]}]
+        for name, value in params.items():
+            datatype = "BYTES" if isinstance(value, str) else "INT32"
+            inputs.append({"name": name, "datatype": datatype, "shape": [1], "data": [value]})
+        with self.client.post(
+            f"/v2/models/{MODEL_NAME}/infer",
+            json={"inputs": inputs, "parameters": {"output_format": "png"}},
+            name="/v2/models/{model}/infer",
+            catch_response=True,
+        ) as response:
+            if response.status_code != 200 or "image_bytes" not in response.text:
+                response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
+
+
+class LocustInterceptor(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Reports every gRPC call to locust's statistics, as HttpUser does for HTTP."""
+
+    def __init__(self, environment: Any) -> None:
+        self._environment = environment
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        started = time.perf_counter()
+        outcome = continuation(details, request)
+        exception = outcome.exception()
+        length = 0 if exception else outcome.result().ByteSize()
+        self._environment.events.request.fire(
+            request_type="grpc",
+            name=details.method.rsplit("/", 1)[-1],
+            response_time=(time.perf_counter() - started) * 1000,
+            response_length=length,
+            exception=exception,
+            context={},
+        )
+        return outcome
+
+
+class GrpcUser(User):
+    """A KServe v2 gRPC client (mobile apps with generated stubs, services in the mesh)."""
+
+    wait_time = between(0.5, 2.0)
+    weight = 1
+    fixed_count = ONE_OF_EACH
+
+    def on_start(self) -> None:
+        self._channel = grpc.insecure_channel(GRPC_TARGET)
+        channel = grpc.intercept_channel(self._channel, LocustInterceptor(self.environment))
+        self._stub = pb_grpc.GRPCInferenceServiceStub(channel)
+
+    def on_stop(self) -> None:
+        self._channel.close()
+
+    @task
+    def infer(self) -> None:
+        prompt, params = pick()
+        request = infer_request(MODEL_NAME, prompt, params)
+        # Errors are counted by the interceptor; the user carries on like the others.
+        with contextlib.suppress(grpc.RpcError):
+            self._stub.ModelInfer(request, timeout=120)
 
 
 class ProfileShape(LoadTestShape):

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -27,7 +28,7 @@ def is_up(url: str) -> bool:
         return False
 
 
-def run_locust(url: str, profile: str, out: Path) -> int:
+def run_locust(url: str, profile: str, out: Path, grpc_target: str) -> int:
     out.mkdir(parents=True, exist_ok=True)
     locust = Path(sys.executable).with_name("locust")
     command = [
@@ -44,7 +45,7 @@ def run_locust(url: str, profile: str, out: Path) -> int:
         "--only-summary",
     ]
     # Locust patches the standard library with gevent: it gets a process of its own.
-    env = {**os.environ, "SD_LOAD_PROFILE": profile}
+    env = {**os.environ, "SD_LOAD_PROFILE": profile, "SD_LOAD_GRPC_TARGET": grpc_target}
     return subprocess.run(command, env=env, check=False).returncode
 
 
@@ -53,9 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="smoke", choices=["smoke", "ramp", "spike", "soak"])
     parser.add_argument("--url", default="http://127.0.0.1:8000")
     parser.add_argument("--out", type=Path, default=HERE / "out")
+    parser.add_argument(
+        "--grpc-target", help="host:port of the v2 gRPC API (default: the URL's host, port 9000)"
+    )
     args = parser.parse_args(argv)
+    grpc_target = args.grpc_target or f"{urlsplit(args.url).hostname}:9000"
     if is_up(args.url):
-        return run_locust(args.url, args.profile, args.out)
+        return run_locust(args.url, args.profile, args.out, grpc_target)
     print(f"no service at {args.url}: starting `sd-serving serve` for this run", flush=True)
     port = args.url.rsplit(":", 1)[-1].rstrip("/")
     service = subprocess.Popen(
@@ -69,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                 print("the service did not start", file=sys.stderr)
                 return 1
             time.sleep(1)
-        return run_locust(args.url, args.profile, args.out)
+        return run_locust(args.url, args.profile, args.out, grpc_target)
     finally:
         service.send_signal(signal.SIGTERM)
         service.wait(timeout=120)

@@ -66,20 +66,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _import_kserve_without_our_arguments() -> None:
-    """kserve parses sys.argv when first imported (its model server's flags), and our `--grpc`
-    is an ambiguous prefix of its `--grpc_port`: let it see the program name only."""
-    argv, sys.argv = sys.argv, sys.argv[:1]
-    try:
-        import kserve  # noqa: F401
-    finally:
-        sys.argv = argv
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command in ("serve", "generate"):
-        _import_kserve_without_our_arguments()
+        from serving.kserve_import import import_kserve
+
+        import_kserve()  # before anything imports it with our flags in sys.argv
     if args.command == "serve":
         from serving.local import run_local
         from serving.settings import Settings

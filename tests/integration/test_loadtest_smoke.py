@@ -25,6 +25,8 @@ def test_smoke_profile_meets_its_slos(service: RunningService, tmp_path: Path) -
             service.url,
             "--out",
             str(tmp_path),
+            "--grpc-target",
+            service.grpc_target,
         ],
         capture_output=True,
         text=True,
@@ -33,5 +35,6 @@ def test_smoke_profile_meets_its_slos(service: RunningService, tmp_path: Path) -
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "SLOs met in profile smoke" in result.stdout + result.stderr
     stats = (tmp_path / "smoke_stats.csv").read_text()
-    assert "/v1/generate" in stats
+    for name in ("/v1/generate", "/v2/models/{model}/infer", "ModelInfer"):
+        assert name in stats, f"no {name} requests in the smoke run"
     assert (tmp_path / "smoke.html").stat().st_size > 1000
