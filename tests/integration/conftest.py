@@ -61,6 +61,17 @@ def _processes_mentioning(marker: str) -> list[int]:
 
 @pytest.fixture(scope="session")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
+    """The service with the defaults `make serve` uses (plus a webhook secret and CORS)."""
+    with start_service(tmp_path_factory, {}) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def start_service(
+    tmp_path_factory: pytest.TempPathFactory, settings: dict[str, str]
+) -> Iterator[RunningService]:
+    """`sd-serving serve` on free ports with `settings` (SD_* variables) on top of the test
+    defaults; stopped with SIGTERM, checking that it exits cleanly and leaves no process."""
     http_port, grpc_port, metrics_port = _free_port(), _free_port(), _free_port()
     # Ray puts unix sockets under its temp dir: keep the path short.
     ray_dir = tempfile.mkdtemp(prefix="sdt-", dir="/tmp")
@@ -70,11 +81,12 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService
         "SD_GRPC_PORT": str(grpc_port),
         "SD_METRICS_PORT": str(metrics_port),
         "SD_RAY_TEMP_DIR": ray_dir,
-        "SD_CACHE_DIR": str(tmp_path_factory.mktemp("model-cache")),
+        "SD_CACHE_DIR": str(tmp_path_factory.getbasetemp() / "model-cache"),
         "RAY_AUTH_MODE": "disabled",
         "SD_WEBHOOK_SECRET": WEBHOOK_SECRET,
         "SD_CORS_ALLOW_ORIGINS": '["https://app.example.com"]',
         "PYTHONUNBUFFERED": "1",
+        **settings,
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "serving.cli", "serve"],

@@ -182,3 +182,23 @@ def test_openapi_document_covers_every_rest_route(service: RunningService) -> No
     generate = paths["/v1/generate"]["post"]["requestBody"]["content"]["application/json"]
     assert generate["schema"]["required"] == ["prompt"]
     assert "image/png" in paths["/v1/generate"]["post"]["responses"]["200"]["content"]
+
+
+def test_cors_lets_the_configured_origin_call_the_api(service: RunningService) -> None:
+    preflight = httpx.options(
+        service.url + "/v1/jobs",
+        headers={
+            "Origin": "https://app.example.com",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type",
+        },
+        timeout=30,
+    )
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == "https://app.example.com"
+    stranger = httpx.options(
+        service.url + "/v1/jobs",
+        headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+        timeout=30,
+    )
+    assert "access-control-allow-origin" not in stranger.headers
