@@ -6,6 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from serving.kserve_import import import_kserve
+
+import_kserve()  # kserve would parse pytest's flags as its own
+
 
 @pytest.fixture(scope="session")
 def embedded_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
