@@ -22,7 +22,7 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 # pip notes every unused local index path; keep the output readable.
 PIP_QUIET := grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: help install tools debian-tools serve test test-unit test-integration test-chart lint format export-model render-k8s loadtest bench dashboards crds crds-info clean
+.PHONY: help install tools debian-tools serve test test-unit test-integration test-chart lint format export-model render-k8s loadtest bench bench-protocols dashboards crds crds-info clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -79,6 +79,9 @@ loadtest: install ## locust profile (PROFILE=smoke|ramp|spike|soak) against :800
 
 bench: install ## benchmark: bare pipeline vs monolithic Ray Serve vs this system (writes loadtest/results/cpu)
 	$(BIN)/python -m loadtest.bench
+
+bench-protocols: install ## overhead of every protocol over the bare pipeline (a running service, or starts one)
+	$(BIN)/python -m loadtest.protocols
 
 dashboards: install ## regenerate the Grafana dashboards from scripts/dashboards.py
 	$(BIN)/python scripts/dashboards.py --write

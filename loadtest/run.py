@@ -8,11 +8,13 @@ Exits with locust's code: non-zero when the profile's SLOs are broken.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -59,22 +61,30 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     grpc_target = args.grpc_target or f"{urlsplit(args.url).hostname}:9000"
-    if is_up(args.url):
+    with started_service(args.url, already_up=is_up(args.url)):
         return run_locust(args.url, args.profile, args.out, grpc_target)
-    print(f"no service at {args.url}: starting `sd-serving serve` for this run", flush=True)
-    port = args.url.rsplit(":", 1)[-1].rstrip("/")
+
+
+@contextlib.contextmanager
+def started_service(url: str, *, already_up: bool) -> Iterator[None]:
+    """Nothing when a service answers at `url`; else `sd-serving serve` on its port, stopped
+    with SIGTERM afterwards."""
+    if already_up:
+        yield
+        return
+    print(f"no service at {url}: starting `sd-serving serve` for this run", flush=True)
+    port = url.rsplit(":", 1)[-1].rstrip("/")
     service = subprocess.Popen(
         [sys.executable, "-m", "serving.cli", "serve", "--port", port],
         env={**os.environ, "RAY_AUTH_MODE": "disabled"},
     )
     try:
         deadline = time.monotonic() + 300
-        while not is_up(args.url):
+        while not is_up(url):
             if service.poll() is not None or time.monotonic() > deadline:
-                print("the service did not start", file=sys.stderr)
-                return 1
+                raise SystemExit("the service did not start")
             time.sleep(1)
-        return run_locust(args.url, args.profile, args.out, grpc_target)
+        yield
     finally:
         service.send_signal(signal.SIGTERM)
         service.wait(timeout=120)

@@ -8,6 +8,7 @@ Inputs are named scalars (`prompt` BYTES, `steps` INT…); outputs are `image` (
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import time
@@ -68,14 +69,20 @@ class StableDiffusionModel(Model):
         self._service = service
         self._observe = observe
         self._ready_at = 0.0
+        self._probe: asyncio.Task[None] | None = None
         self.ready = True
 
     async def healthy(self) -> bool:
-        # Stage readiness costs a call per stage; infer asks twice per request, so cache it.
-        if time.monotonic() - self._ready_at > READINESS_TTL_S:
-            self.ready = all((await self._service.readiness()).values())
-            self._ready_at = time.monotonic()
+        # Stage readiness costs a call per stage and kserve asks twice per inference: answer
+        # from the last probe and refresh it in the background when it is stale.
+        stale = time.monotonic() - self._ready_at > READINESS_TTL_S
+        if stale and (self._probe is None or self._probe.done()):
+            self._probe = asyncio.create_task(self._refresh_readiness())
         return bool(self.ready)
+
+    async def _refresh_readiness(self) -> None:
+        self.ready = all((await self._service.readiness()).values())
+        self._ready_at = time.monotonic()
 
     def load(self) -> bool:  # the stages load themselves; kserve calls this when not ready
         return bool(self.ready)

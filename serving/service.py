@@ -16,7 +16,7 @@ from serving.engine.denoiser import DenoiseJob
 from serving.errors import DeadlineExceeded
 from serving.prompts import PromptGuard
 from serving.request import GenerateParams, GenerationRequest, resolve
-from serving.results import CachedResult, StoredImage, request_key
+from serving.results import StoredImage, request_key
 from serving.settings import Settings
 from serving.stages.unet import DenoiseResult
 
@@ -220,11 +220,10 @@ class GenerationService:
         encoded = [encode_image(pixels, request.output_format) for pixels in result.images]
         timings = dict(result.timings_ms)
         timings["encode"] = (time.perf_counter() - before) * 1000
-        digests = await self._stages.results.put_images.remote(
-            [(data, request.output_format) for data in encoded]
+        # One call stores the images and, for a determined request, remembers the result.
+        digests = await self._stages.results.keep.remote(
+            [(data, request.output_format) for data in encoded], key, result.seeds
         )
-        if key is not None:
-            await self._stages.results.remember.remote(key, CachedResult(digests, result.seeds))
         timings["total"] = (time.perf_counter() - started) * 1000
         images = [
             EncodedImage(data, digest, seed)

@@ -42,6 +42,13 @@ class ResultStore:
     def remember(self, key: str, result: CachedResult) -> None:
         self._results.put(key, result)
 
+    def keep(self, images: list[tuple[bytes, str]], key: str | None, seeds: list[int]) -> list[str]:
+        """Store the images; with a key, remember them as that request's result."""
+        digests = self.put_images(images)
+        if key is not None:
+            self.remember(key, CachedResult(digests, seeds))
+        return digests
+
     # -- async jobs (every ingress replica reads and streams them from here)
 
     def create_job(
