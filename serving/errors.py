@@ -8,6 +8,7 @@ from enum import StrEnum
 class Reason(StrEnum):
     MALFORMED_REQUEST = "malformed_request"
     INVALID_ARGUMENT = "invalid_argument"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
     UNAUTHENTICATED = "unauthenticated"
     NOT_FOUND = "not_found"
     QUEUE_FULL = "queue_full"
@@ -70,6 +71,12 @@ class InvalidArgument(ServingError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.field, self.detail))
+
+
+class PayloadTooLarge(ServingError):
+    """The request body is over the server's limit (SD_MAX_REQUEST_BYTES)."""
+
+    reason = Reason.PAYLOAD_TOO_LARGE
 
 
 class Unauthenticated(ServingError):

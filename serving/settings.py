@@ -176,6 +176,9 @@ class Settings(BaseSettings):
         "less with the X-Timeout-S header",
     )
 
+    max_request_bytes: int = Field(
+        1 << 20, ge=1024, description="largest HTTP request body accepted (413 above it)"
+    )
     cors_allow_origins: list[str] = Field(
         default_factory=list,
         description="origins browsers may call the API from (e.g. https://app.example.com, "

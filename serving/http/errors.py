@@ -21,6 +21,7 @@ from serving.errors import (
 HTTP_STATUS: dict[Reason, int] = {
     Reason.MALFORMED_REQUEST: 400,
     Reason.INVALID_ARGUMENT: 422,
+    Reason.PAYLOAD_TOO_LARGE: 413,
     Reason.UNAUTHENTICATED: 401,
     Reason.NOT_FOUND: 404,
     Reason.QUEUE_FULL: 503,

@@ -19,6 +19,7 @@ from serving.codecs import MEDIA_TYPES
 from serving.errors import InvalidArgument, NotFound
 from serving.http.auth import install_api_key_auth
 from serving.http.bodies import json_body, requested_timeout
+from serving.http.body_limit import BodyLimit
 from serving.http.errors import install_error_handlers
 from serving.http.jobs import install_job_routes
 from serving.http.kserve_v1 import install_kserve_v1_routes
@@ -80,6 +81,7 @@ def create_http_app(
         install_api_key_auth(app, load_api_keys(service.settings.api_keys_file), record)
     if metrics is not None:
         install_request_metrics(app, metrics)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes, record=record)
     if settings.cors_allow_origins:  # outermost: preflights must not need an API key
         app.add_middleware(
             CORSMiddleware,

@@ -11,6 +11,7 @@ FIELD_METADATA = "sd-field"  # trailing metadata naming the bad field, when ther
 GRPC_STATUS: dict[Reason, grpc.StatusCode] = {
     Reason.MALFORMED_REQUEST: grpc.StatusCode.INVALID_ARGUMENT,
     Reason.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    Reason.PAYLOAD_TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,  # as gRPC's own size limit
     Reason.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
     Reason.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
     Reason.QUEUE_FULL: grpc.StatusCode.UNAVAILABLE,

@@ -202,3 +202,14 @@ def test_cors_lets_the_configured_origin_call_the_api(service: RunningService) -
         timeout=30,
     )
     assert "access-control-allow-origin" not in stranger.headers
+
+
+def test_oversized_bodies_get_413_on_every_protocol(service: RunningService) -> None:
+    huge = b'{"prompt": "' + b"x" * (2 << 20) + b'"}'
+    for path in ("/v1/generate", "/v2/models/sd-embedded/infer", "/v1/jobs"):
+        answer = httpx.post(
+            service.url + path, content=huge, headers={"Content-Type": "application/json"}
+        )
+        assert answer.status_code == 413, (path, answer.text[:200])
+        assert "limit" in answer.text
+    assert httpx.get(service.url + "/v2/health/live").status_code == 200
