@@ -171,17 +171,37 @@ def test_openapi_document_covers_every_rest_route(service: RunningService) -> No
         "/v1/images/{name}",
         "/v2/health/live",
         "/v2/health/ready",
+        "/v2",
+        "/v2/models/{model_name}",
+        "/v2/models/{model_name}/ready",
+        "/v2/models/{model_name}/infer",
+        "/v1/jobs",
+        "/v1/jobs/{job_id}",
+        "/v1/jobs/{job_id}/events",
     ):
         assert path in paths, path
         for operation in paths[path].values():
-            assert "200" in operation["responses"], path
-    for path in ("/v1/generate", "/v1/images/generations", "/v1/models/{model}:predict"):
+            assert {"200", "202"} & set(operation["responses"]), path
+    for path in (
+        "/v1/generate",
+        "/v1/images/generations",
+        "/v1/models/{model}:predict",
+        "/v1/jobs",
+    ):
         body = paths[path]["post"]["requestBody"]["content"]["application/json"]["schema"]
         assert body["properties"], path
         assert "422" in paths[path]["post"]["responses"]
     generate = paths["/v1/generate"]["post"]["requestBody"]["content"]["application/json"]
     assert generate["schema"]["required"] == ["prompt"]
     assert "image/png" in paths["/v1/generate"]["post"]["responses"]["200"]["content"]
+    assert (
+        "webhook_url"
+        in paths["/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"][
+            "properties"
+        ]
+    )
+    assert "requestBody" in paths["/v2/models/{model_name}/infer"]["post"]
+    assert "/v2/repository/models/{model_name}/load" not in paths  # not served here
 
 
 def test_cors_lets_the_configured_origin_call_the_api(service: RunningService) -> None:
