@@ -176,8 +176,9 @@ def _generate(args: argparse.Namespace) -> int:
         if len(result.images) > 1:
             path = path.with_name(f"{path.stem}-{index + 1}{path.suffix}")
         image.save(path)
-        total = result.timings_ms.get("total", 0) / 1000
-        print(f"{path}  seed {image.seed}  {total:.2f} s{'  (cached)' if result.cached else ''}")
+        total = result.timings_ms.get("total")  # gRPC answers carry no timings
+        took = "" if total is None else f"  {total / 1000:.2f} s"
+        print(f"{path}  seed {image.seed}{took}{'  (cached)' if result.cached else ''}")
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return 0
