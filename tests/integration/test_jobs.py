@@ -140,7 +140,10 @@ def test_client_hanging_up_cancels_a_synchronous_request(service: RunningService
     before = denoising_steps_settled(service)
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(
-            f"{service.url}/v1/generate", json={"prompt": "abandoned", "steps": 150}, timeout=1.5
+            f"{service.url}/v1/generate",
+            # 150 steps at 256 px: far longer than the client waits, on any CPU.
+            json={"prompt": "abandoned", "steps": 150, "width": 256, "height": 256},
+            timeout=1.5,
         )
     done = denoising_steps_settled(service) - before
     assert done < 150, f"the UNet ran all {done} steps for a client that hung up"
