@@ -23,9 +23,6 @@ class ResultStore:
         self._lookups = cache_lookups()
         self._jobs = JobBoard(settings.max_jobs, settings.job_ttl_s)
 
-    def put_images(self, images: list[tuple[bytes, str]]) -> list[str]:
-        return [self._images.put(data, fmt) for data, fmt in images]
-
     def get_image(self, digest: str) -> StoredImage | None:
         return self._images.get(digest)
 
@@ -39,14 +36,11 @@ class ResultStore:
             return None
         return cached, [image for image in images if image is not None]
 
-    def remember(self, key: str, result: CachedResult) -> None:
-        self._results.put(key, result)
-
     def keep(self, images: list[tuple[bytes, str]], key: str | None, seeds: list[int]) -> list[str]:
         """Store the images; with a key, remember them as that request's result."""
-        digests = self.put_images(images)
+        digests = [self._images.put(data, fmt) for data, fmt in images]
         if key is not None:
-            self.remember(key, CachedResult(digests, seeds))
+            self._results.put(key, CachedResult(digests, seeds))
         return digests
 
     # -- async jobs (every ingress replica reads and streams them from here)
