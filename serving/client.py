@@ -119,7 +119,13 @@ async def _async_sse_events(lines: AsyncIterator[str]) -> AsyncIterator[tuple[st
             yield event
 
 
-def _finished_job(kind: str, data: dict[str, Any]) -> dict[str, Any] | None:
+def _follow_job(
+    kind: str, data: dict[str, Any], on_progress: ProgressCallback | None
+) -> dict[str, Any] | None:
+    """One job event: progress goes to the callback; the finished job is returned (or its
+    error raised); None while it runs."""
+    if kind == "progress" and on_progress is not None:
+        on_progress(data["steps_done"], data["steps_total"])
     if kind == "result":
         return data
     if kind == "error":
@@ -145,17 +151,7 @@ def _job_generation(job: dict[str, Any], images: list[bytes]) -> Generation:
 
 
 def _parse(answer: httpx.Response) -> Generation:
-    if answer.status_code != 200:
-        try:
-            error = answer.json()["error"]
-        except (ValueError, KeyError, TypeError):
-            raise ClientError(answer.status_code, "http_error", answer.text[:500], None) from None
-        raise ClientError(
-            answer.status_code,
-            error.get("code", "error"),
-            error.get("message", ""),
-            error.get("field"),
-        )
+    _raise_for_error(answer)
     body = answer.json()
     return Generation(
         images=[
@@ -205,9 +201,7 @@ class Client:
                 stream.read()
                 _raise_for_error(stream)
             for kind, data in _sse_events(stream.iter_lines()):
-                if kind == "progress" and on_progress is not None:
-                    on_progress(data["steps_done"], data["steps_total"])
-                job = _finished_job(kind, data)
+                job = _follow_job(kind, data, on_progress)
                 if job is not None:
                     images = []
                     for item in job["result"]["images"]:
@@ -264,9 +258,7 @@ class AsyncClient:
                 await stream.aread()
                 _raise_for_error(stream)
             async for kind, data in _async_sse_events(stream.aiter_lines()):
-                if kind == "progress" and on_progress is not None:
-                    on_progress(data["steps_done"], data["steps_total"])
-                job = _finished_job(kind, data)
+                job = _follow_job(kind, data, on_progress)
                 if job is not None:
                     break
         if job is None:
