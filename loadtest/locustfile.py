@@ -70,10 +70,20 @@ GRPC_TARGET = os.environ.get("SD_LOAD_GRPC_TARGET", "127.0.0.1:9000")
 ONE_OF_EACH = 1 if PROFILE_NAME == "smoke" else 0
 
 
+def pick_prompt() -> str:
+    return random.choices(PROMPTS, weights=WEIGHTS)[0]
+
+
 def pick() -> tuple[str, dict[str, Any]]:
-    prompt = random.choices(PROMPTS, weights=WEIGHTS)[0]
     params = random.choices([p for p, _ in PARAMETER_MIX], [w for _, w in PARAMETER_MIX])[0]
-    return prompt, dict(params)
+    return pick_prompt(), dict(params)
+
+
+def post_expecting(user: HttpUser, path: str, body: dict[str, Any], name: str, marker: str) -> None:
+    """POST a JSON body; a failure in locust's stats unless 200 with `marker` in the answer."""
+    with user.client.post(path, json=body, name=name, catch_response=True) as response:
+        if response.status_code != 200 or marker not in response.text:
+            response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
 
 
 class GenerateUser(HttpUser):
@@ -110,15 +120,8 @@ class OpenAIUser(HttpUser):
 
     @task
     def generations(self) -> None:
-        prompt = random.choices(PROMPTS, weights=WEIGHTS)[0]
-        with self.client.post(
-            "/v1/images/generations",
-            json={"prompt": prompt, "n": 1, "steps": 20, "response_format": "b64_json"},
-            name="/v1/images/generations",
-            catch_response=True,
-        ) as response:
-            if response.status_code != 200 or "b64_json" not in response.text:
-                response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
+        body = {"prompt": pick_prompt(), "n": 1, "steps": 20, "response_format": "b64_json"}
+        post_expecting(self, "/v1/images/generations", body, "/v1/images/generations", "b64_json")
 
 
 class KServeV1User(HttpUser):
@@ -130,15 +133,9 @@ class KServeV1User(HttpUser):
 
     @task
     def predict(self) -> None:
-        prompt = random.choices(PROMPTS, weights=WEIGHTS)[0]
-        with self.client.post(
-            f"/v1/models/{MODEL_NAME}:predict",
-            json={"instances": [{"prompt": prompt, "steps": 10}]},
-            name="/v1/models/{model}:predict",
-            catch_response=True,
-        ) as response:
-            if response.status_code != 200 or "predictions" not in response.text:
-                response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
+        body = {"instances": [{"prompt": pick_prompt(), "steps": 10}]}
+        path = f"/v1/models/{MODEL_NAME}:predict"
+        post_expecting(self, path, body, "/v1/models/{model}:predict", "predictions")
 
 
 class KServeV2User(HttpUser):
@@ -155,14 +152,9 @@ class KServeV2User(HttpUser):
         for name, value in params.items():
             datatype = "BYTES" if isinstance(value, str) else "INT32"
             inputs.append({"name": name, "datatype": datatype, "shape": [1], "data": [value]})
-        with self.client.post(
-            f"/v2/models/{MODEL_NAME}/infer",
-            json={"inputs": inputs, "parameters": {"output_format": "png"}},
-            name="/v2/models/{model}/infer",
-            catch_response=True,
-        ) as response:
-            if response.status_code != 200 or "image_bytes" not in response.text:
-                response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
+        body = {"inputs": inputs, "parameters": {"output_format": "png"}}
+        path = f"/v2/models/{MODEL_NAME}/infer"
+        post_expecting(self, path, body, "/v2/models/{model}/infer", "image_bytes")
 
 
 class LocustInterceptor(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
