@@ -18,7 +18,7 @@ from kserve.protocol.infer_type import InferInput, InferRequest, InferResponse, 
 
 from serving.client import ClientError, Generation, Image
 from serving.rpc.errors import FIELD_METADATA
-from serving.rpc.protos import pb, pb_grpc
+from serving.rpc.protos import parameter_value, pb, pb_grpc
 
 TEXT_FIELDS = ("negative_prompt", "scheduler")
 INT_FIELDS = ("num_images", "width", "height", "steps", "seed")
@@ -56,20 +56,12 @@ def generation(response: pb.ModelInferResponse) -> Generation:
     seeds = answer.get_output_by_name("seed")
     if image_bytes is None or seeds is None:
         raise ClientError("INTERNAL", "bad_response", "the answer lacks image_bytes or seed", None)
-    media_type = str(_parameter(image_bytes.parameters, "content_type") or "image/png")
+    media_type = str(parameter_value(image_bytes.parameters, "content_type") or "image/png")
     images = [
         Image(bytes(data), int(seed), media_type, "")
         for data, seed in zip(image_bytes.as_numpy(), seeds.as_numpy(), strict=True)
     ]
-    return Generation(images, bool(_parameter(answer.parameters, "cached")), {}, [], {})
-
-
-def _parameter(parameters: Any, key: str) -> Any:
-    """A value from gRPC's InferParameter map (a oneof per type)."""
-    if not parameters or key not in parameters:
-        return None
-    value = parameters[key]
-    return getattr(value, value.WhichOneof("parameter_choice"))
+    return Generation(images, bool(parameter_value(answer.parameters, "cached")), {}, [], {})
 
 
 def client_error(error: grpc.RpcError) -> ClientError:

@@ -13,7 +13,7 @@ import base64
 import io
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,7 @@ from PIL import Image
 from serving.errors import InvalidArgument, MalformedRequest, NotFound, NotReady, ServingError
 from serving.http.bodies import TIMEOUT_HEADER, parse_timeout
 from serving.request import OUTPUT_FORMATS, GenerateParams
+from serving.rpc.protos import parameter_value
 from serving.service import EncodedResult, GenerationService
 
 TEXT_INPUTS = ("prompt", "negative_prompt", "scheduler")
@@ -128,7 +129,7 @@ def params_from_infer_request(payload: InferRequest) -> GenerateParams:
         values[tensor.name] = _scalar(tensor)
     if "prompt" not in values:
         raise InvalidArgument("inputs", "a BYTES input named `prompt` is required")
-    output_format = _parameter(payload.parameters, "output_format")
+    output_format = parameter_value(payload.parameters, "output_format")
     if output_format is not None:
         if not isinstance(output_format, str) or output_format.lower() not in (
             *OUTPUT_FORMATS,
@@ -180,17 +181,6 @@ def _scalar(tensor: InferInput) -> Any:
     if name in INT_INPUTS:
         return int(value)
     return float(value)
-
-
-def _parameter(parameters: Mapping[str, Any] | None, key: str) -> Any:
-    """A request parameter from REST (plain dict) or gRPC (InferParameter messages)."""
-    if not parameters or key not in parameters:
-        return None
-    value = parameters[key]
-    if hasattr(value, "WhichOneof"):
-        kind = value.WhichOneof("parameter_choice")
-        return None if kind is None else getattr(value, kind)
-    return value
 
 
 def requested_outputs(payload: InferRequest, output_format: str | None) -> set[str]:

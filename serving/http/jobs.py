@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
-from serving.errors import InvalidArgument, MalformedRequest, NotFound
+from serving.errors import InvalidArgument, NotFound
 from serving.http.bodies import json_body
 from serving.http.schemas import ERRORS, JobView, job_request_schema, request_body
 from serving.jobrunner import JobRunner
@@ -39,7 +39,7 @@ def install_job_routes(
     async def existing(job_id: str) -> dict[str, Any]:
         view: dict[str, Any] | None = await board.get_job.remote(job_id)
         if view is None:
-            raise NotFound(f"no job {job_id!r}: unknown, or finished and forgotten")
+            raise _unknown(job_id)
         return view
 
     @app.post(
@@ -50,9 +50,10 @@ def install_job_routes(
     )
     async def submit(request: Request) -> JSONResponse:
         body = await json_body(request)
-        if not isinstance(body, dict):
-            raise MalformedRequest("request body must be a JSON object")
-        options = {key: body.pop(key) for key in JOB_OPTIONS if key in body}
+        # parse_params below refuses a body that is not an object
+        options = (
+            {k: body.pop(k) for k in JOB_OPTIONS if k in body} if isinstance(body, dict) else {}
+        )
         webhook_url = options.get("webhook_url")
         if webhook_url is not None:
             check_webhook_url(webhook_url, service.settings.webhook_secret is not None)
@@ -79,7 +80,7 @@ def install_job_routes(
     async def cancel(job_id: str) -> JSONResponse:
         view = await runner.cancel(job_id)
         if view is None:
-            raise NotFound(f"no job {job_id!r}: unknown, or finished and forgotten")
+            raise _unknown(job_id)
         return JSONResponse({**view, "links": links(job_id)}, status_code=200)
 
     @app.get(
@@ -111,6 +112,10 @@ def install_job_routes(
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
+
+
+def _unknown(job_id: str) -> NotFound:
+    return NotFound(f"no job {job_id!r}: unknown, or finished and forgotten")
 
 
 def _last_event_id(value: str | None) -> int:
