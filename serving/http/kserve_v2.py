@@ -4,6 +4,9 @@ deployments here, so those two routes are not mounted."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from fastapi import APIRouter, FastAPI
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.rest.v2_datamodels import (
@@ -15,36 +18,21 @@ from kserve.protocol.rest.v2_datamodels import (
     ServerReadyResponse,
 )
 from kserve.protocol.rest.v2_endpoints import V2Endpoints
+from pydantic import BaseModel
 
 
 def install_kserve_v2_routes(app: FastAPI, data_plane: DataPlane) -> None:
     endpoints = V2Endpoints(data_plane, model_repository_extension=None)
+    routes: list[tuple[str, str, Callable[..., Any], type[BaseModel] | None]] = [
+        ("GET", "", endpoints.metadata, ServerMetadataResponse),
+        ("GET", "/health/live", endpoints.live, ServerLiveResponse),
+        ("GET", "/health/ready", endpoints.ready, ServerReadyResponse),
+        ("GET", "/models", endpoints.models, ListModelsResponse),
+        ("GET", "/models/{model_name}", endpoints.model_metadata, ModelMetadataResponse),
+        ("GET", "/models/{model_name}/ready", endpoints.model_ready, ModelReadyResponse),
+        ("POST", "/models/{model_name}/infer", endpoints.infer, None),
+    ]
     router = APIRouter(prefix="/v2", tags=["KServe v2"])
-    router.add_api_route(
-        "", endpoints.metadata, response_model=ServerMetadataResponse, methods=["GET"]
-    )
-    router.add_api_route(
-        "/health/live", endpoints.live, response_model=ServerLiveResponse, methods=["GET"]
-    )
-    router.add_api_route(
-        "/health/ready", endpoints.ready, response_model=ServerReadyResponse, methods=["GET"]
-    )
-    router.add_api_route(
-        "/models", endpoints.models, response_model=ListModelsResponse, methods=["GET"]
-    )
-    router.add_api_route(
-        "/models/{model_name}",
-        endpoints.model_metadata,
-        response_model=ModelMetadataResponse,
-        methods=["GET"],
-    )
-    router.add_api_route(
-        "/models/{model_name}/ready",
-        endpoints.model_ready,
-        response_model=ModelReadyResponse,
-        methods=["GET"],
-    )
-    router.add_api_route(
-        "/models/{model_name}/infer", endpoints.infer, response_model=None, methods=["POST"]
-    )
+    for method, path, handler, response_model in routes:
+        router.add_api_route(path, handler, response_model=response_model, methods=[method])
     app.include_router(router)

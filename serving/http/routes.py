@@ -14,7 +14,6 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from kserve.protocol.dataplane import DataPlane
 
-from serving.apikeys import load_api_keys
 from serving.codecs import MEDIA_TYPES
 from serving.errors import InvalidArgument, NotFound
 from serving.http.auth import install_api_key_auth
@@ -36,9 +35,9 @@ from serving.http.schemas import (
 )
 from serving.http.web import install_web_page
 from serving.jobrunner import JobRunner
-from serving.kserve_v2 import KSERVE_ERRORS, StableDiffusionModel, create_data_plane, kserve_error
+from serving.kserve_v2 import KSERVE_ERRORS, kserve_error
 from serving.metrics import IngressMetrics
-from serving.ratelimit import TokenBuckets, token_buckets
+from serving.ratelimit import TokenBuckets
 from serving.request import parse_params
 from serving.service import EncodedResult, GenerationService
 
@@ -52,35 +51,33 @@ def image_url(service: GenerationService, result: EncodedResult, index: int) -> 
     return f"{base}/v1/images/{image.digest}.{result.request.output_format}"
 
 
-def result_observer(metrics: IngressMetrics | None) -> Callable[[EncodedResult], None]:
+def result_observer(metrics: IngressMetrics) -> Callable[[EncodedResult], None]:
     """What every protocol calls with its finished result: images produced, stage latencies."""
 
     def observe(result: EncodedResult) -> None:
-        if metrics is not None:
-            metrics.record_result(result.timings_ms, 0 if result.cached else len(result.images))
+        metrics.record_result(result.timings_ms, 0 if result.cached else len(result.images))
 
     return observe
 
 
 def create_http_app(
     service: GenerationService,
-    metrics: IngressMetrics | None = None,
-    data_plane: DataPlane | None = None,
-    buckets: TokenBuckets | None = None,
+    metrics: IngressMetrics,
+    data_plane: DataPlane,
+    api_keys: tuple[bytes, ...] | None,
+    buckets: TokenBuckets | None,
 ) -> FastAPI:
-    """The ingress app. `data_plane` (kserve's) and `buckets` (rate limits) are shared with the
-    gRPC methods when given; otherwise built here from the settings."""
+    """The ingress app. kserve's `data_plane`, the API keys and the rate-limit `buckets` are the
+    ones the gRPC methods use too (None: no keys, no limit)."""
     app = FastAPI(title="sd-serving", version="0.1.0")
-    record = None if metrics is None else metrics.record_rejection
+    record = metrics.record_rejection
     install_error_handlers(app, record, KSERVE_ERRORS, kserve_error)
     settings = service.settings
-    buckets = buckets or token_buckets(settings)
     if buckets is not None:  # runs after auth: added before it
         install_rate_limit(app, buckets, record)
-    if service.settings.api_keys_file is not None:
-        install_api_key_auth(app, load_api_keys(service.settings.api_keys_file), record)
-    if metrics is not None:
-        install_request_metrics(app, metrics)
+    if api_keys is not None:
+        install_api_key_auth(app, api_keys, record)
+    install_request_metrics(app, metrics)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes, record=record)
     if settings.cors_allow_origins:  # outermost: preflights must not need an API key
         app.add_middleware(
@@ -163,8 +160,6 @@ def create_http_app(
     )
     install_job_routes(app, service, runner, service.stages.results)
     install_web_page(app)
-    if data_plane is None:
-        data_plane = create_data_plane(StableDiffusionModel(service, observe))
     install_kserve_v2_routes(app, data_plane)
     return app
 

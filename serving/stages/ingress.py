@@ -57,10 +57,15 @@ class Ingress(InferenceServiceMethods):
         self._data_plane = create_data_plane(
             StableDiffusionModel(self._service, result_observer(self._metrics))
         )
-        keys = None if settings.api_keys_file is None else load_api_keys(settings.api_keys_file)
+        # One set of keys and buckets for both transports: a client's limit spans HTTP and gRPC.
+        self._api_keys = (
+            None if settings.api_keys_file is None else load_api_keys(settings.api_keys_file)
+        )
         self._rpc = InferenceRPC(
-            self._data_plane, keys, self._buckets, self._metrics.record_rejection
+            self._data_plane, self._api_keys, self._buckets, self._metrics.record_rejection
         )
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_http_app(self._service, self._metrics, self._data_plane, self._buckets)
+        return create_http_app(
+            self._service, self._metrics, self._data_plane, self._api_keys, self._buckets
+        )
