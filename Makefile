@@ -11,18 +11,16 @@ PYTEST_ARGS ?=
 TOOLS := .tools
 HELM := $(TOOLS)/bin/helm
 CHECKOV := $(TOOLS)/checkov/bin/checkov
-# Upstream CRDs the rendered custom resources are validated against (see crds-info).
-export SD_CRD_DIR ?= $(abspath ../shared/crds)
-export SD_GRAFANA_SCHEMA_DIR ?= $(abspath ../shared/schemas/grafana)
-export SD_HELM := $(abspath $(HELM))
-export SD_CHECKOV := $(abspath $(CHECKOV))
-# Local Ray: no token-auth prompt, no usage reporting.
-export RAY_AUTH_MODE ?= disabled
-export RAY_USAGE_STATS_ENABLED ?= 0
+# Upstream CRDs and Grafana schemas the chart and dashboards are validated against (see crds-info).
+# Tools' variables stay off the SD_ prefix: every SD_* variable must name a service setting.
+export CRD_DIR ?= $(abspath ../shared/crds)
+export GRAFANA_SCHEMA_DIR ?= $(abspath ../shared/schemas/grafana)
+export HELM_BIN := $(abspath $(HELM))
+export CHECKOV_BIN := $(abspath $(CHECKOV))
 # pip notes every unused local index path; keep the output readable.
 PIP_QUIET := grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: help install tools debian-tools serve test test-unit test-integration test-chart lint format export-model render-k8s loadtest bench bench-protocols dashboards crds crds-info clean
+.PHONY: help install tools debian-tools serve test test-fast test-unit test-integration test-chart lint format export-model render-k8s loadtest bench bench-protocols protos dashboards crds crds-info clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -59,20 +57,23 @@ $(CHECKOV):
 serve: install ## start the service on the embedded model at http://127.0.0.1:8000 (Ctrl-C stops it)
 	$(BIN)/sd-serving serve
 
-test: install tools ## run every test: unit (no Ray), chart (offline), integration (the real Serve app)
+test: install tools ## run every test: the fast tier (no Ray), chart (offline), integration (the real Serve app)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-test-unit: install ## only the fast tests that need no Ray
+test-fast: install tools ## only the tests that start no Ray and no server process (unit + chart)
+	$(BIN)/pytest -m 'not integration' $(PYTEST_ARGS)
+
+test-unit: install ## the fast tier's unit tests: engines, data plane, both transports in-process
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
-test-integration: install ## only the tests against the running Serve app
+test-integration: install tools ## only the tests against the running Serve app (one `sd-serving serve`)
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
 
 test-chart: install tools ## only the offline chart checks (helm lint/template, schemas, checkov, drift)
 	$(BIN)/pytest tests/chart $(PYTEST_ARGS)
 
-render-k8s: tools ## re-render k8s/ (plain manifests) from the chart's documented profiles
-	$(BIN)/python -m tests.chart.render --write
+render-k8s: install tools ## re-render k8s/ (plain manifests) from the chart's documented profiles
+	$(BIN)/python scripts/render_k8s.py --write
 
 loadtest: install ## locust profile (PROFILE=smoke|ramp|spike|soak) against :8000, starting the service if needed
 	$(BIN)/python -m loadtest.run --profile $(or $(PROFILE),smoke)
@@ -83,14 +84,18 @@ bench: install ## benchmark: bare pipeline vs monolithic Ray Serve vs this syste
 bench-protocols: install ## overhead of every protocol over the bare pipeline (a running service, or starts one)
 	$(BIN)/python -m loadtest.protocols
 
+protos: install ## regenerate the Python client's v2 messages from serving/client/open_inference.proto
+	$(BIN)/python -m grpc_tools.protoc -I serving/client --python_out=serving/client \
+	  --pyi_out=serving/client serving/client/open_inference.proto
+
 dashboards: install ## regenerate the Grafana dashboards from scripts/dashboards.py
 	$(BIN)/python scripts/dashboards.py --write
 
-crds-info: ## which pinned upstream CRD releases the chart checks validate against (SD_CRD_DIR)
-	@echo "SD_CRD_DIR=$(SD_CRD_DIR)"; grep -E '^ +"|^RAW' scripts/fetch_crds.py
+crds-info: ## which pinned upstream CRD releases the chart checks validate against (CRD_DIR)
+	@echo "CRD_DIR=$(CRD_DIR)"; grep -E '^ +"|^RAW' scripts/fetch_crds.py
 
-crds: ## download the pinned upstream CRDs into SD_CRD_DIR (needs network to GitHub)
-	$(PYTHON) scripts/fetch_crds.py $(SD_CRD_DIR)
+crds: ## download the pinned upstream CRDs into CRD_DIR (needs network to GitHub)
+	$(PYTHON) scripts/fetch_crds.py $(CRD_DIR)
 
 lint: install ## ruff (lint + format check) and mypy
 	$(BIN)/ruff check serving tests scripts loadtest
@@ -98,8 +103,8 @@ lint: install ## ruff (lint + format check) and mypy
 	$(BIN)/mypy
 
 format: install ## apply ruff's fixes and formatting
-	$(BIN)/ruff check --fix serving tests
-	$(BIN)/ruff format serving tests
+	$(BIN)/ruff check --fix serving tests scripts loadtest
+	$(BIN)/ruff format serving tests scripts loadtest
 
 export-model: install ## write the embedded model as a diffusers directory: make export-model DIR=out/model
 	$(BIN)/sd-serving export-model $(or $(DIR),out/embedded-model)

@@ -141,36 +141,28 @@ def http_sweep(url: str, steps: int, per_client: int, path: str) -> list[dict[st
 
 def served(model_dir: str, steps: int, per_client: int) -> dict[str, list[dict[str, float]]]:
     """(b) then (c), one after the other on the same local Ray cluster."""
-    from serving.local import prepare_ray_environment
-
-    prepare_ray_environment()
-    import ray
     from ray import serve
 
     from loadtest.monolithic import build_monolithic
     from serving.app import build_app
+    from serving.cli.serve import local_ray, start_serve
     from serving.settings import Settings
 
-    ray.init(
-        address="local",
-        _temp_dir="/tmp/sd-bench-ray",
-        include_dashboard=False,
-        logging_level="error",
+    settings = Settings(
+        model=model_dir,
+        http_port=8765,
+        grpc_port=8767,
+        metrics_port=8766,
+        ray_temp_dir=Path("/tmp/sd-bench-ray"),
     )
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": 8765})
+    with local_ray(settings):
+        start_serve(settings)
         serve.run(build_monolithic(model_dir), name="monolithic", route_prefix="/mono")
-        monolithic = http_sweep("http://127.0.0.1:8765", steps, per_client, "/mono/generate")
+        monolithic = http_sweep(settings.http_url(), steps, per_client, "/mono/generate")
         serve.delete("monolithic")
-        serve.run(
-            build_app(Settings(model=model_dir, metrics_port=8766)),
-            name="sd-serving",
-            route_prefix="/",
-        )
-        system = http_sweep("http://127.0.0.1:8765", steps, per_client, "/v1/generate")
+        serve.run(build_app(settings), name="sd-serving", route_prefix="/")
+        system = http_sweep(settings.http_url(), steps, per_client, "/v1/generate")
         serve.shutdown()
-    finally:
-        ray.shutdown()
     return {"monolithic": monolithic, "system": system}
 
 

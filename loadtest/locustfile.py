@@ -1,13 +1,13 @@
 """Locust load test for sd-serving.
 
     locust -f loadtest/locustfile.py --headless --host http://127.0.0.1:8000 \
-        --csv out/smoke --html out/smoke.html          # SD_LOAD_PROFILE=smoke|ramp|spike|soak
+        --csv out/smoke --html out/smoke.html          # LOADTEST_PROFILE=smoke|ramp|spike|soak
 
 Prompts come from loadtest/prompts.txt in a skewed (Zipf-like) mix, so popular prompts repeat and
 the embedding cache is exercised; parameters follow a realistic mix of sizes, steps and
 schedulers. Each profile has a load shape and SLOs; the run exits non-zero when an SLO is broken.
 Users: /v1/generate (raw PNG or JSON), OpenAI images, KServe v1, KServe v2 REST and KServe v2
-gRPC (SD_LOAD_GRPC_TARGET, default 127.0.0.1:9000); all map onto the same request. The smoke
+gRPC (LOADTEST_GRPC_TARGET, default 127.0.0.1:9000); all map onto the same request. The smoke
 profile runs one user of each kind.
 """
 
@@ -27,11 +27,7 @@ from locust import HttpUser, LoadTestShape, User, between, events, task
 
 # Before any channel exists: gRPC's own threads would block gevent's loop.
 grpc.experimental.gevent.init_gevent()
-from serving.kserve_import import import_kserve  # noqa: E402
-
-import_kserve()  # kserve would read locust's flags (`--host`) as its own
-from serving.client_grpc import infer_request  # noqa: E402
-from serving.rpc.protos import pb_grpc  # noqa: E402
+from serving.client.grpc import infer_request, model_infer  # noqa: E402
 
 PROMPTS = [
     line.strip()
@@ -62,10 +58,10 @@ PROFILES = {
     "spike": Profile(((30, 2, 2.0), (60, 16, 16.0), (120, 2, 4.0)), 0.05, 60_000),
     "soak": Profile(((1800, 4, 1.0),), 0.01, 30_000),
 }
-PROFILE_NAME = os.environ.get("SD_LOAD_PROFILE", "smoke")
-MODEL_NAME = os.environ.get("SD_LOAD_MODEL", "sd-embedded")
+PROFILE_NAME = os.environ.get("LOADTEST_PROFILE", "smoke")
+MODEL_NAME = os.environ.get("LOADTEST_MODEL", "sd-embedded")
 PROFILE = PROFILES[PROFILE_NAME]
-GRPC_TARGET = os.environ.get("SD_LOAD_GRPC_TARGET", "127.0.0.1:9000")
+GRPC_TARGET = os.environ.get("LOADTEST_GRPC_TARGET", "127.0.0.1:9000")
 # The smoke run checks every protocol once: one user of each kind.
 ONE_OF_EACH = 1 if PROFILE_NAME == "smoke" else 0
 
@@ -189,7 +185,7 @@ class GrpcUser(User):
     def on_start(self) -> None:
         self._channel = grpc.insecure_channel(GRPC_TARGET)
         channel = grpc.intercept_channel(self._channel, LocustInterceptor(self.environment))
-        self._stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        self._infer = model_infer(channel)
 
     def on_stop(self) -> None:
         self._channel.close()
@@ -200,7 +196,7 @@ class GrpcUser(User):
         request = infer_request(MODEL_NAME, prompt, params)
         # Errors are counted by the interceptor; the user carries on like the others.
         with contextlib.suppress(grpc.RpcError):
-            self._stub.ModelInfer(request, timeout=120)
+            self._infer(request, timeout=120)
 
 
 class ProfileShape(LoadTestShape):

@@ -65,8 +65,7 @@ def interleaved_p50(calls: dict[str, Call], runs: int) -> dict[str, float]:
 
 
 def protocol_calls(url: str, grpc_target: str, steps: int) -> dict[str, Call]:
-    from serving.client import Client
-    from serving.client_grpc import GrpcClient
+    from serving.client import Client, GrpcClient
 
     http = httpx.Client(base_url=url, timeout=600)
     jobs = Client(url)
@@ -159,10 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("loadtest/results/cpu"))
     args = parser.parse_args(argv)
 
-    from serving.kserve_import import import_kserve
     from serving.models.embedded import NATIVE_SIZE
 
-    import_kserve()  # it would read our flags as its own
     results: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": machine(),

@@ -47,7 +47,7 @@ def run_locust(url: str, profile: str, out: Path, grpc_target: str) -> int:
         "--only-summary",
     ]
     # Locust patches the standard library with gevent: it gets a process of its own.
-    env = {**os.environ, "SD_LOAD_PROFILE": profile, "SD_LOAD_GRPC_TARGET": grpc_target}
+    env = {**os.environ, "LOADTEST_PROFILE": profile, "LOADTEST_GRPC_TARGET": grpc_target}
     return subprocess.run(command, env=env, check=False).returncode
 
 
@@ -74,10 +74,7 @@ def started_service(url: str, *, already_up: bool) -> Iterator[None]:
         return
     print(f"no service at {url}: starting `sd-serving serve` for this run", flush=True)
     port = url.rsplit(":", 1)[-1].rstrip("/")
-    service = subprocess.Popen(
-        [sys.executable, "-m", "serving.cli", "serve", "--port", port],
-        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
-    )
+    service = subprocess.Popen([sys.executable, "-m", "serving.cli", "serve", "--port", port])
     try:
         deadline = time.monotonic() + 300
         while not is_up(url):

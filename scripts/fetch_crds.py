@@ -1,6 +1,6 @@
 """Download the pinned upstream CRDs the chart's custom resources are validated against.
 
-Needs network access to GitHub; on machines without it, point SD_CRD_DIR at a folder holding
+Needs network access to GitHub; on machines without it, point CRD_DIR at a folder holding
 these files (this project's CI uses the copy in ../shared/crds).
 """
 

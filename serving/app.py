@@ -1,31 +1,38 @@
 """`build_app(args)`: the typed entry point Ray Serve and KubeRay's RayService import.
 
-serve run serving.app:build_app unet_max_batch_size=4
-# RayService: importPath: serving.app:build_app, args: {model: /mnt/models}
+serve run serving.app:build_app model=/models/sd15
+# RayService: importPath: serving.app:build_app
+#             args: {model: /mnt/models, unet: {max_batch_size: 4}}
 """
 
 from __future__ import annotations
 
+import logging
+import pprint
 from typing import Any
 
 from ray.serve import Application
 from ray.serve.deployment import Deployment
 
+from serving.deployments.ingress import Ingress
+from serving.deployments.result_store import ResultStore
+from serving.deployments.text_encoder import TextEncoder
+from serving.deployments.unet import UNetDenoiser
+from serving.deployments.vae import VAEDecoder
 from serving.settings import Settings, StageSettings
-from serving.stages.ingress import Ingress
-from serving.stages.results import ResultStore
-from serving.stages.text_encoder import TextEncoder
-from serving.stages.unet import UNetDenoiser
-from serving.stages.vae import VAEDecoder
+
+logger = logging.getLogger(__name__)
 
 
 def _configured(deployment: Any, stage: StageSettings) -> Deployment:
     # `Any`: mypy sees a @serve.deployment class as the plain class, not as a Deployment.
-    return deployment.options(
-        autoscaling_config=stage.autoscaling_config(),
-        ray_actor_options=stage.ray_actor_options(),
-        max_ongoing_requests=stage.max_ongoing_requests,
-    )
+    options: dict[str, Any] = {
+        "autoscaling_config": stage.autoscaling_config(),
+        "ray_actor_options": stage.ray_actor_options(),
+        "max_ongoing_requests": stage.max_ongoing_requests,
+    }
+    logger.info("%s options:\n%s", deployment.name, pprint.pformat(options))
+    return deployment.options(**options)
 
 
 def build_app(args: dict[str, Any] | Settings | None = None) -> Application:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from enum import StrEnum
+
+from pydantic import BaseModel
 
 
 class Reason(StrEnum):
@@ -21,6 +25,14 @@ class Reason(StrEnum):
 # How long a client should wait before retrying, where waiting helps (HTTP Retry-After,
 # gRPC `retry-after` trailing metadata); rate limits compute their own.
 RETRY_AFTER_S: dict[Reason, int] = {Reason.QUEUE_FULL: 2, Reason.NOT_READY: 5}
+
+
+class ErrorDetail(BaseModel):
+    """An error as clients see it: `{"code", "message", "field"}`."""
+
+    code: str
+    message: str
+    field: str | None = None
 
 
 class ServingError(Exception):
@@ -42,6 +54,9 @@ class ServingError(Exception):
         if self.field is not None:
             body["field"] = self.field
         return body
+
+    def to_detail(self) -> ErrorDetail:
+        return ErrorDetail(code=self.reason.value, message=self.message, field=self.field)
 
 
 def _rebuild(cls: type[ServingError], message: str, field: str | None) -> ServingError:
@@ -111,6 +126,16 @@ class NotReady(ServingError):
 
 class DeadlineExceeded(ServingError):
     reason = Reason.DEADLINE_EXCEEDED
+
+
+@contextlib.contextmanager
+def fields_renamed(rename: Callable[[str], str]) -> Iterator[None]:
+    """Inside, an InvalidArgument names its field the way the protocol's clients know it:
+    `with fields_renamed(lambda f: f"instances[0].{f}"): await data_plane.generate(...)`."""
+    try:
+        yield
+    except InvalidArgument as error:
+        raise error.renamed(rename(error.field)) from None
 
 
 def as_serving_error(error: BaseException) -> ServingError | None:

@@ -1,20 +1,20 @@
 """Every metric the service exports: names, help, tags and buckets, defined once.
 
-Metrics are recorded with `ray.serve.metrics` inside the replicas and exported by Ray's metrics
-agent on `SD_METRICS_PORT` (`/metrics`), beside Ray Serve's own series. Ray prefixes every name
-with `ray_` and counters end in `_total`, so `sd_requests` below is scraped as
-`ray_sd_requests_total`. Ray Serve adds the `application`, `deployment` and `replica` tags.
-Replica counts, ongoing requests and autoscaling targets are Ray Serve's own series
-(`ray_serve_*`); they are not duplicated here.
+Code records through a `Meter`, so nothing here imports Ray. In the Ray app the meter is
+`ray.serve.metrics` (serving/deployments/_replica.py): Ray's metrics agent exports the series on
+`SD_METRICS_PORT` (`/metrics`) beside Ray Serve's own. Ray prefixes every name with `ray_` and
+counters end in `_total`, so `sd_requests` below is scraped as `ray_sd_requests_total`; Ray Serve
+adds the `application`, `deployment` and `replica` tags. Replica counts, ongoing requests and
+autoscaling targets are Ray Serve's own series (`ray_serve_*`); they are not duplicated here.
+In-process (tests, one-process runs) `MemoryMeter` keeps the values for reading back.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
-
-from ray.serve import metrics as serve_metrics
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from serving.errors import ServingError
 
@@ -22,8 +22,9 @@ from serving.errors import ServingError
 LATENCY_BUCKETS_S = [0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0]
 QUEUE_BUCKETS_S = [0.005, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0]
 BATCH_BUCKETS = [1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 48.0, 64.0]
+STAGES = ("text_encoder", "unet", "vae", "encode")
 
-# name -> (help, exported series) for the README and the dashboard/alert checks.
+# Exported series -> help, for the README and the dashboard/alert checks.
 EXPORTED: dict[str, str] = {
     "ray_sd_requests_total": "requests by route, protocol and status code",
     "ray_sd_request_duration_seconds": "end-to-end latency at the ingress, by route and protocol",
@@ -34,32 +35,100 @@ EXPORTED: dict[str, str] = {
     "ray_sd_unet_queue_depth": "requests waiting for a UNet batch slot",
     "ray_sd_unet_batch_size": "requests per UNet iteration",
     "ray_sd_denoising_steps_total": "denoising steps completed (rate = steps/s)",
-    "ray_sd_cache_lookups_total": "cache lookups by cache (embedding) and result (hit/miss)",
+    "ray_sd_cache_lookups_total": "cache lookups by cache (embedding, result) and result "
+    "(hit/miss)",
     "ray_sd_images_total": "images produced",
     "ray_sd_rejected_requests_total": "requests refused, by reason (e.g. invalid_argument)",
     "ray_sd_max_replicas": "configured max_replicas per stage (tag stage_deployment), for alerts",
 }
 
+Tags = dict[str, str]
 
-def _tags(*keys: str) -> Any:
-    # Ray annotates tag_keys as Tuple[str] (one element) though it takes any number.
-    return keys
+
+class Counter(Protocol):
+    def inc(self, value: float = ..., tags: Tags = ...) -> Any: ...
+
+
+class Gauge(Protocol):
+    def set(self, value: float, tags: Tags = ...) -> Any: ...
+
+
+class Histogram(Protocol):
+    def observe(self, value: float, tags: Tags = ...) -> Any: ...
+
+
+class Meter(Protocol):
+    """Makes the series; `name` is the unprefixed name (`sd_requests`)."""
+
+    def counter(self, name: str, description: str, tag_keys: Sequence[str] = ()) -> Counter: ...
+
+    def gauge(self, name: str, description: str, tag_keys: Sequence[str] = ()) -> Gauge: ...
+
+    def histogram(
+        self, name: str, description: str, boundaries: list[float], tag_keys: Sequence[str] = ()
+    ) -> Histogram: ...
+
+
+def _key(tags: Tags | None) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((tags or {}).items()))
+
+
+@dataclass
+class _MemorySeries:
+    values: dict[tuple[tuple[str, str], ...], float] = field(default_factory=dict)
+    observations: dict[tuple[tuple[str, str], ...], list[float]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+
+    def inc(self, value: float = 1.0, tags: Tags | None = None) -> None:
+        self.values[_key(tags)] = self.values.get(_key(tags), 0.0) + value
+
+    def set(self, value: float, tags: Tags | None = None) -> None:
+        self.values[_key(tags)] = value
+
+    def observe(self, value: float, tags: Tags | None = None) -> None:
+        self.observations[_key(tags)].append(value)
+
+
+class MemoryMeter:
+    """Series kept in memory: `value(name, **tags)` reads a counter or gauge back."""
+
+    def __init__(self) -> None:
+        self._series: dict[str, _MemorySeries] = defaultdict(_MemorySeries)
+
+    def counter(self, name: str, description: str, tag_keys: Sequence[str] = ()) -> Counter:
+        return self._series[name]
+
+    def gauge(self, name: str, description: str, tag_keys: Sequence[str] = ()) -> Gauge:
+        return self._series[name]
+
+    def histogram(
+        self, name: str, description: str, boundaries: list[float], tag_keys: Sequence[str] = ()
+    ) -> Histogram:
+        return self._series[name]
+
+    def value(self, name: str, **tags: str) -> float:
+        return self._series[name].values.get(_key(tags), 0.0)
+
+    def observations(self, name: str, **tags: str) -> list[float]:
+        return list(self._series[name].observations.get(_key(tags), []))
 
 
 @dataclass
 class IngressMetrics:
-    requests: serve_metrics.Counter
-    request_seconds: serve_metrics.Histogram
-    stage_seconds: serve_metrics.Histogram
-    images: serve_metrics.Counter
-    rejected: serve_metrics.Counter
+    requests: Counter
+    request_seconds: Histogram
+    stage_seconds: Histogram
+    images: Counter
+    rejected: Counter
+    lookups: Counter
 
     def record_request(self, route: str, protocol: str, status: int, seconds: float) -> None:
         self.requests.inc(tags={"route": route, "protocol": protocol, "status": str(status)})
         self.request_seconds.observe(seconds, tags={"route": route, "protocol": protocol})
 
     def record_result(self, timings_ms: dict[str, float], images: int) -> None:
-        for stage in ("text_encoder", "unet", "vae", "encode"):
+        for stage in STAGES:
             if stage in timings_ms:
                 self.stage_seconds.observe(timings_ms[stage] / 1000, tags={"stage": stage})
         if images:  # Ray's counters refuse an increment of 0 (a result-cache hit)
@@ -68,86 +137,74 @@ class IngressMetrics:
     def record_rejection(self, error: ServingError) -> None:
         self.rejected.inc(tags={"reason": error.reason.value})
 
+    def record_result_lookup(self, hit: bool) -> None:
+        self.lookups.inc(tags={"cache": "result", "result": "hit" if hit else "miss"})
+
     @classmethod
-    def create(cls) -> IngressMetrics:
+    def create(cls, meter: Meter) -> IngressMetrics:
         return cls(
-            requests=serve_metrics.Counter(
-                "sd_requests",
-                description=EXPORTED["ray_sd_requests_total"],
-                tag_keys=_tags("route", "protocol", "status"),
+            requests=meter.counter(
+                "sd_requests", EXPORTED["ray_sd_requests_total"], ("route", "protocol", "status")
             ),
-            request_seconds=serve_metrics.Histogram(
+            request_seconds=meter.histogram(
                 "sd_request_duration_seconds",
-                description=EXPORTED["ray_sd_request_duration_seconds"],
-                boundaries=LATENCY_BUCKETS_S,
-                tag_keys=_tags("route", "protocol"),
+                EXPORTED["ray_sd_request_duration_seconds"],
+                LATENCY_BUCKETS_S,
+                ("route", "protocol"),
             ),
-            stage_seconds=serve_metrics.Histogram(
+            stage_seconds=meter.histogram(
                 "sd_stage_duration_seconds",
-                description=EXPORTED["ray_sd_stage_duration_seconds"],
-                boundaries=LATENCY_BUCKETS_S,
-                tag_keys=("stage",),
+                EXPORTED["ray_sd_stage_duration_seconds"],
+                LATENCY_BUCKETS_S,
+                ("stage",),
             ),
-            images=serve_metrics.Counter("sd_images", description=EXPORTED["ray_sd_images_total"]),
-            rejected=serve_metrics.Counter(
-                "sd_rejected_requests",
-                description=EXPORTED["ray_sd_rejected_requests_total"],
-                tag_keys=("reason",),
+            images=meter.counter("sd_images", EXPORTED["ray_sd_images_total"]),
+            rejected=meter.counter(
+                "sd_rejected_requests", EXPORTED["ray_sd_rejected_requests_total"], ("reason",)
             ),
+            lookups=cache_lookups(meter),
         )
 
 
 @dataclass
 class UNetMetrics:
-    active: serve_metrics.Gauge
-    queue_depth: serve_metrics.Gauge
-    batch_size: serve_metrics.Histogram
-    steps: serve_metrics.Counter
-    queue_seconds: serve_metrics.Histogram
+    active: Gauge
+    queue_depth: Gauge
+    batch_size: Histogram
+    steps: Counter
+    queue_seconds: Histogram
+
+    def record_load(self, active: int, queued: int) -> None:
+        self.active.set(active)
+        self.queue_depth.set(queued)
 
     @classmethod
-    def create(cls) -> UNetMetrics:
+    def create(cls, meter: Meter) -> UNetMetrics:
         return cls(
-            active=serve_metrics.Gauge(
-                "sd_unet_active_requests", description=EXPORTED["ray_sd_unet_active_requests"]
+            active=meter.gauge("sd_unet_active_requests", EXPORTED["ray_sd_unet_active_requests"]),
+            queue_depth=meter.gauge("sd_unet_queue_depth", EXPORTED["ray_sd_unet_queue_depth"]),
+            batch_size=meter.histogram(
+                "sd_unet_batch_size", EXPORTED["ray_sd_unet_batch_size"], BATCH_BUCKETS
             ),
-            queue_depth=serve_metrics.Gauge(
-                "sd_unet_queue_depth", description=EXPORTED["ray_sd_unet_queue_depth"]
-            ),
-            batch_size=serve_metrics.Histogram(
-                "sd_unet_batch_size",
-                description=EXPORTED["ray_sd_unet_batch_size"],
-                boundaries=BATCH_BUCKETS,
-            ),
-            steps=serve_metrics.Counter(
-                "sd_denoising_steps", description=EXPORTED["ray_sd_denoising_steps_total"]
-            ),
-            queue_seconds=serve_metrics.Histogram(
-                "sd_unet_queue_seconds",
-                description=EXPORTED["ray_sd_unet_queue_seconds"],
-                boundaries=QUEUE_BUCKETS_S,
+            steps=meter.counter("sd_denoising_steps", EXPORTED["ray_sd_denoising_steps_total"]),
+            queue_seconds=meter.histogram(
+                "sd_unet_queue_seconds", EXPORTED["ray_sd_unet_queue_seconds"], QUEUE_BUCKETS_S
             ),
         )
 
 
-def max_replicas_publisher(max_replicas: dict[str, int]) -> Callable[[], None]:
-    """Autoscaling ceilings as a series, so alerts can tell 'at max replicas' from 'scaling'."""
-    gauge = serve_metrics.Gauge(
-        "sd_max_replicas",
-        description=EXPORTED["ray_sd_max_replicas"],
-        tag_keys=("stage_deployment",),
+def cache_lookups(meter: Meter) -> Counter:
+    return meter.counter(
+        "sd_cache_lookups", EXPORTED["ray_sd_cache_lookups_total"], ("cache", "result")
     )
+
+
+def max_replicas_publisher(meter: Meter, max_replicas: dict[str, int]) -> Callable[[], None]:
+    """Autoscaling ceilings as a series, so alerts can tell 'at max replicas' from 'scaling'."""
+    gauge = meter.gauge("sd_max_replicas", EXPORTED["ray_sd_max_replicas"], ("stage_deployment",))
 
     def publish() -> None:
         for deployment, value in max_replicas.items():
             gauge.set(value, tags={"stage_deployment": deployment})
 
     return publish
-
-
-def cache_lookups() -> serve_metrics.Counter:
-    return serve_metrics.Counter(
-        "sd_cache_lookups",
-        description=EXPORTED["ray_sd_cache_lookups_total"],
-        tag_keys=_tags("cache", "result"),
-    )

@@ -2,16 +2,22 @@
 
 Nothing else in the package reads the environment. `build_app(args)` takes the same fields as
 keyword arguments, so a RayService can name only `import_path` and `args`.
-Nested fields use `__`: `SD_UNET__NUM_GPUS=0.5`, `SD_UNET__MAX_REPLICAS=4`.
+
+One shape: every per-stage knob is nested under its stage (`SD_UNET__MAX_BATCH_SIZE`,
+`SD_UNET__NUM_GPUS`), service-wide knobs are flat (`SD_REQUEST_TIMEOUT_S`). An `SD_*` variable
+that names no setting stops the start, naming the closest one, so a renamed or misspelt variable
+never falls back to a default in silence.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SchedulerName = Literal["ddim", "euler", "euler_a", "dpmpp_2m", "pndm"]
@@ -25,6 +31,8 @@ def _default_cache_dir() -> Path:
 
 class StageSettings(BaseModel):
     """Placement and autoscaling of one Ray Serve deployment."""
+
+    model_config = ConfigDict(extra="forbid")
 
     num_cpus: float = Field(0.5, ge=0)
     num_gpus: float = Field(0.0, ge=0, description="fractional shares allowed, e.g. 0.25")
@@ -82,17 +90,26 @@ class IngressStage(StageSettings):
 class TextEncoderStage(StageSettings):
     num_cpus: float = Field(0.25, ge=0)
     max_ongoing_requests: int = Field(64, ge=1)
+    max_batch_size: int = Field(8, ge=1, description="prompts encoded in one forward")
+    batch_wait_s: float = Field(0.005, ge=0, description="how long a batch waits to fill")
+    cache_size: int = Field(
+        1024, ge=0, description="text-embedding LRU entries per replica (0 disables the cache)"
+    )
 
 
 class UNetStage(StageSettings):
     num_cpus: float = Field(1.0, ge=0)
     max_ongoing_requests: int = Field(72, ge=1)
     target_ongoing_requests: float = Field(6.0, gt=0)
+    max_batch_size: int = Field(8, ge=1, description="requests denoised together per step")
+    max_queue: int = Field(64, ge=0, description="requests waiting for a batch slot before 503")
 
 
 class VAEStage(StageSettings):
     num_cpus: float = Field(0.25, ge=0)
     max_ongoing_requests: int = Field(32, ge=1)
+    max_batch_size: int = Field(4, ge=1, description="latents decoded in one forward")
+    batch_wait_s: float = Field(0.005, ge=0, description="how long a batch waits to fill")
 
 
 class ResultStoreStage(StageSettings):
@@ -104,6 +121,8 @@ class ResultStoreStage(StageSettings):
 
 class Limits(BaseModel):
     """Bounds on what one request may ask for; every violation answers 422 naming the field."""
+
+    model_config = ConfigDict(extra="forbid")
 
     min_size: int = 64
     max_width: int = 1024
@@ -122,6 +141,8 @@ class Limits(BaseModel):
 
 class Defaults(BaseModel):
     """Values used when a request leaves a field out. Size defaults to the model's native size."""
+
+    model_config = ConfigDict(extra="forbid")
 
     steps: int = 20
     guidance_scale: float = 7.5
@@ -200,19 +221,6 @@ class Settings(BaseSettings):
     limits: Limits = Limits()
     defaults: Defaults = Defaults()
 
-    # -- UNet engine
-    unet_max_batch_size: int = Field(8, ge=1, description="requests denoised together per step")
-    unet_max_queue: int = Field(64, ge=0, description="requests waiting for a batch slot")
-
-    # -- text encoder
-    embedding_cache_size: int = Field(1024, ge=0)
-    encoder_max_batch_size: int = Field(8, ge=1)
-    encoder_batch_wait_s: float = Field(0.005, ge=0)
-
-    # -- VAE decoder
-    decoder_max_batch_size: int = Field(4, ge=1)
-    decoder_batch_wait_s: float = Field(0.005, ge=0)
-
     # -- results
     image_store_bytes: int = Field(
         256 * 2**20, ge=0, description="finished images kept for /v1/images/{digest} (bytes)"
@@ -231,5 +239,72 @@ class Settings(BaseSettings):
     vae: VAEStage = VAEStage()
     result_store: ResultStoreStage = ResultStoreStage()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _every_variable_names_a_setting(cls, data: Any) -> Any:
+        check_environment(os.environ)
+        return data
+
     def http_url(self) -> str:
         return f"http://{self.http_host}:{self.http_port}"
+
+
+ENV_PREFIX = "SD_"
+# Variables renamed when per-stage knobs moved under their stage: the start names the new one.
+RENAMED = {
+    "SD_UNET_MAX_BATCH_SIZE": "SD_UNET__MAX_BATCH_SIZE",
+    "SD_UNET_MAX_QUEUE": "SD_UNET__MAX_QUEUE",
+    "SD_EMBEDDING_CACHE_SIZE": "SD_TEXT_ENCODER__CACHE_SIZE",
+    "SD_ENCODER_MAX_BATCH_SIZE": "SD_TEXT_ENCODER__MAX_BATCH_SIZE",
+    "SD_ENCODER_BATCH_WAIT_S": "SD_TEXT_ENCODER__BATCH_WAIT_S",
+    "SD_DECODER_MAX_BATCH_SIZE": "SD_VAE__MAX_BATCH_SIZE",
+    "SD_DECODER_BATCH_WAIT_S": "SD_VAE__BATCH_WAIT_S",
+}
+
+
+def setting_variables() -> tuple[set[str], set[str]]:
+    """Every variable that names a setting, and the prefixes under which any name is taken
+    (free-form maps such as a stage's Ray `resources`)."""
+    names: set[str] = set()
+    prefixes: set[str] = set()
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for field_name, field in model.model_fields.items():
+            name = f"{prefix}{field_name.upper()}"
+            names.add(name)
+            annotation = field.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                walk(annotation, name + "__")
+            elif getattr(annotation, "__origin__", None) is dict:
+                prefixes.add(name + "__")
+
+    walk(Settings, ENV_PREFIX)
+    return names, prefixes
+
+
+def unknown_variables(environ: Mapping[str, str]) -> Iterator[str]:
+    names, prefixes = setting_variables()
+    for variable in environ:
+        upper = variable.upper()
+        if (
+            upper.startswith(ENV_PREFIX)
+            and upper not in names
+            and not upper.startswith(tuple(prefixes))
+        ):
+            yield variable
+
+
+def check_environment(environ: Mapping[str, str]) -> None:
+    """Refuse `SD_*` variables that name no setting, naming the setting meant."""
+    problems = []
+    names, _ = setting_variables()
+    for variable in sorted(unknown_variables(environ)):
+        upper = variable.upper()
+        if upper in RENAMED:
+            hint = f"it was renamed {RENAMED[upper]}"
+        else:
+            close = difflib.get_close_matches(upper, sorted(names), n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}?" if close else "see README's settings table"
+        problems.append(f"{variable} names no setting: {hint}")
+    if problems:
+        raise ValueError("; ".join(problems))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.kserve_import import import_kserve
+from serving.cli.kserve_argv import import_kserve
 
 import_kserve()  # kserve would parse pytest's flags as its own
 

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL
 
+from serving.models import loader
 from serving.models.device import Placement
 
 
@@ -14,6 +15,11 @@ class VaeDecoderRunner:
         self._vae = vae
         self._placement = placement
         self._scaling = float(vae.config.scaling_factor)
+
+    @classmethod
+    def load(cls, source: str, placement: Placement) -> VaeDecoderRunner:
+        """The VAE of a diffusers directory."""
+        return cls(loader.load_vae(source, placement), placement)
 
     @torch.inference_mode()
     def decode(self, latents: list[np.ndarray]) -> list[np.ndarray]:

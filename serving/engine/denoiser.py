@@ -9,13 +9,14 @@ never waits for a long one to finish. The arithmetic per request is StableDiffus
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,26 +27,15 @@ from diffusers import UNet2DConditionModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
+from serving.dataplane.stages import DenoiseJob, DenoiseResult, StepProgress
+from serving.engine.preview import latent_preview
 from serving.engine.schedulers import SchedulerFactory, step_kwargs
 from serving.errors import QueueFull
+from serving.metrics import UNetMetrics
+from serving.models import loader
 from serving.models.device import Placement
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DenoiseJob:
-    """One image to denoise. Embeddings are [tokens, dim]; guidance > 1 needs `negative_embeds`."""
-
-    prompt_embeds: np.ndarray
-    negative_embeds: np.ndarray | None
-    height: int
-    width: int
-    steps: int
-    guidance_scale: float
-    seed: int
-    scheduler: str
-
 
 # Called on the engine thread after each of a job's steps: (steps done, total steps, latents).
 StepObserver = Callable[[int, int, torch.Tensor], None]
@@ -86,22 +76,9 @@ class _Active:
 
 
 @dataclass(frozen=True)
-class IterationReport:
-    """What one engine iteration did, for metrics: requests batched, rows run, what remains."""
-
-    requests: int
-    rows: int
-    active: int
-    queued: int
-
-
-@dataclass(frozen=True)
 class EngineStats:
     active: int
     queued: int
-    last_batch_rows: int
-    iterations: int
-    steps_completed: int
 
 
 class ContinuousBatchingEngine:
@@ -111,10 +88,10 @@ class ContinuousBatchingEngine:
         schedulers: SchedulerFactory,
         placement: Placement,
         *,
-        vae_scale_factor: int = 8,
-        max_batch_size: int = 8,
-        max_queue: int = 64,
-        observer: Callable[[IterationReport], None] | None = None,
+        vae_scale_factor: int,
+        max_batch_size: int,
+        max_queue: int,
+        metrics: UNetMetrics | None = None,
     ) -> None:
         self._unet = unet
         self._schedulers = schedulers
@@ -122,18 +99,36 @@ class ContinuousBatchingEngine:
         self._scale = vae_scale_factor
         self._max_batch = max_batch_size
         self._max_queue = max_queue
-        self._observer = observer
+        self._metrics = metrics
         self._guidance_disabled = unet.config.time_cond_proj_dim is not None
         self._ids = itertools.count()
         self._pending: deque[tuple[DenoiseJob, Ticket]] = deque()
         self._active: list[_Active] = []
         self._wake = threading.Condition()
         self._turn = 0
-        self._iterations = 0
-        self._steps_completed = 0
-        self._last_rows = 0
         self._thread: threading.Thread | None = None
         self._stopping = False
+
+    @classmethod
+    def load(
+        cls,
+        source: str,
+        placement: Placement,
+        *,
+        max_batch_size: int,
+        max_queue: int,
+        metrics: UNetMetrics | None = None,
+    ) -> ContinuousBatchingEngine:
+        """The engine over the UNet and scheduler configuration of a diffusers directory."""
+        return cls(
+            loader.load_unet(source, placement),
+            SchedulerFactory(loader.load_scheduler_config(source)),
+            placement,
+            vae_scale_factor=loader.read_model_info(source).vae_scale_factor,
+            max_batch_size=max_batch_size,
+            max_queue=max_queue,
+            metrics=metrics,
+        )
 
     # -- caller side (any thread)
 
@@ -148,17 +143,65 @@ class ContinuousBatchingEngine:
             ticket = Ticket(id=next(self._ids), on_step=on_step)
             self._pending.append((job, ticket))
             self._wake.notify()
+        self.publish_load()
         return ticket
 
     def stats(self) -> EngineStats:
         with self._wake:
-            return EngineStats(
-                active=len(self._active),
-                queued=len(self._pending),
-                last_batch_rows=self._last_rows,
-                iterations=self._iterations,
-                steps_completed=self._steps_completed,
-            )
+            return EngineStats(active=len(self._active), queued=len(self._pending))
+
+    def publish_load(self) -> None:
+        """Set the active/queued gauges (also on a timer: an idle replica still reports 0)."""
+        if self._metrics is not None:
+            stats = self.stats()
+            self._metrics.record_load(stats.active, stats.queued)
+
+    def check_health(self) -> None:
+        """Raises when the engine thread has died: nothing would ever be denoised again."""
+        if self._thread is None or not self._thread.is_alive():
+            raise RuntimeError("the UNet engine thread is not running")
+
+    # -- asyncio callers (the deployment, the in-process stages)
+
+    async def denoise(self, job: DenoiseJob) -> DenoiseResult:
+        ticket = self.submit(job)
+        try:
+            latents = await asyncio.wrap_future(ticket.future)
+        finally:
+            ticket.cancel()  # a no-op once done; otherwise the caller went away
+        return self._result(ticket, latents)
+
+    async def denoise_stream(
+        self, job: DenoiseJob, preview: bool = False
+    ) -> AsyncGenerator[StepProgress | DenoiseResult, None]:
+        """A StepProgress after every step, then the DenoiseResult. Closing the stream early
+        (the caller was cancelled) frees the batch slot at the next step."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[StepProgress | None] = asyncio.Queue()
+
+        def on_step(done: int, total: int, latents: torch.Tensor) -> None:  # engine thread
+            image = latent_preview(latents) if preview else None
+            loop.call_soon_threadsafe(events.put_nowait, StepProgress(done, total, image))
+
+        ticket = self.submit(job, on_step=on_step)
+        # After the last step's event (same thread, same order): the end of the stream.
+        ticket.future.add_done_callback(
+            lambda _: loop.call_soon_threadsafe(events.put_nowait, None)
+        )
+        try:
+            while (event := await events.get()) is not None:
+                yield event
+            latents = ticket.future.result()
+        finally:
+            ticket.cancel()  # a no-op once done
+        yield self._result(ticket, latents)
+
+    def _result(self, ticket: Ticket, latents: np.ndarray) -> DenoiseResult:
+        started = ticket.started_at or ticket.submitted_at
+        queued_s = started - ticket.submitted_at
+        if self._metrics is not None:
+            self._metrics.queue_seconds.observe(queued_s)
+        return DenoiseResult(latents=latents, queued_ms=queued_s * 1000)
 
     def start(self) -> None:
         if self._thread is None:
@@ -194,9 +237,10 @@ class ContinuousBatchingEngine:
                 self._active.remove(request)
                 result = request.latents[0].float().cpu().numpy()
                 _resolve(request.ticket, result)
-        if self._observer is not None:
-            stats = self.stats()
-            self._observer(IterationReport(len(group), rows, stats.active, stats.queued))
+        if self._metrics is not None:
+            self._metrics.batch_size.observe(len(group))
+            self._metrics.steps.inc(len(group))
+            self.publish_load()
         return rows
 
     def _run(self) -> None:
@@ -311,10 +355,6 @@ class ContinuousBatchingEngine:
             request.ticket.steps_done = request.index
             if request.ticket.on_step is not None:
                 _notify(request.ticket.on_step, request.index, len(request.timesteps), request)
-        with self._wake:
-            self._iterations += 1
-            self._steps_completed += len(group)
-            self._last_rows = offset
         return offset
 
 

@@ -1,22 +1,29 @@
-"""ServingError → HTTP: the one table of status codes, and the handler FastAPI uses."""
+"""ServingError → HTTP: the one table of status codes, each protocol's error shape, and the
+handlers that turn every exception a route can raise (ours, FastAPI's validation errors,
+Starlette's HTTP errors; kserve's in serving/http/kserve_v2.py) into one of our errors, counted
+once."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from serving.errors import (
     RETRY_AFTER_S,
     InvalidArgument,
     MalformedRequest,
+    NotFound,
+    PayloadTooLarge,
     RateLimited,
     Reason,
     ServingError,
     as_serving_error,
 )
+from serving.metrics import IngressMetrics
 
 HTTP_STATUS: dict[Reason, int] = {
     Reason.MALFORMED_REQUEST: 400,
@@ -30,7 +37,6 @@ HTTP_STATUS: dict[Reason, int] = {
     Reason.DEADLINE_EXCEEDED: 504,
     Reason.INTERNAL: 500,
 }
-
 
 # OpenAI's error `type` per reason, so the official SDKs raise their usual exceptions.
 OPENAI_ERROR_TYPE: dict[Reason, str] = {
@@ -72,40 +78,76 @@ def error_response(error: ServingError, path: str = "") -> JSONResponse:
     return JSONResponse(body, status_code=HTTP_STATUS[error.reason], headers=headers)
 
 
-ErrorRecorder = Callable[[ServingError], None]
-# Another library's exceptions (kserve's, inside its v2 endpoints) as ours, or None.
-ErrorTranslator = Callable[[BaseException], ServingError | None]
+class ErrorResponder:
+    """Counts the refusal, then answers it in the protocol's shape."""
+
+    def __init__(self, metrics: IngressMetrics | None) -> None:
+        self._metrics = metrics
+
+    def __call__(self, error: ServingError, path: str) -> JSONResponse:
+        if self._metrics is not None:
+            self._metrics.record_rejection(error)
+        return error_response(error, path)
 
 
-def install_error_handlers(
-    app: FastAPI,
-    record: ErrorRecorder | None = None,
-    foreign: tuple[type[Exception], ...] = (),
-    translate: ErrorTranslator | None = None,
-) -> None:
-    def respond(request: Request, error: ServingError) -> JSONResponse:
-        if record is not None:
-            record(error)
-        return error_response(error, request.url.path)
+def field_path(location: Sequence[int | str]) -> str:
+    """A validation error's location as clients write it: `instances[1].steps`."""
+    path = ""
+    for part in location:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
+    return path
 
+
+def validation_error(error: RequestValidationError) -> ServingError:
+    """The first problem FastAPI found in a request, in our words (the field named)."""
+    first = error.errors()[0]
+    kind = first.get("type")
+    location = [part for part in first.get("loc", ()) if part != "body"]
+    if kind == "json_invalid":
+        detail = first.get("ctx", {}).get("error", first.get("msg"))
+        return MalformedRequest(f"malformed JSON: {detail}")
+    if first.get("loc", ())[:1] == ("body",) and not location:
+        if kind == "missing":
+            return MalformedRequest("request body is empty; send a JSON object")
+        return MalformedRequest(
+            "request body must be a JSON object (sent as Content-Type: application/json)"
+        )
+    field = field_path(location) or "body"
+    if kind == "extra_forbidden":
+        return InvalidArgument(field, "unknown field")
+    if kind == "missing":
+        return InvalidArgument(field, "is required")
+    return InvalidArgument(field, str(first.get("msg")))
+
+
+def install_error_handlers(app: FastAPI, respond: ErrorResponder) -> None:
     async def on_serving_error(request: Request, error: Exception) -> JSONResponse:
         serving_error = as_serving_error(error)
-        if serving_error is None and translate is not None:
-            serving_error = translate(error)
         if serving_error is None:
             raise error
-        return respond(request, serving_error)
+        return respond(serving_error, request.url.path)
 
     async def on_validation_error(request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, RequestValidationError)
-        first = error.errors()[0]
-        location = [str(part) for part in first.get("loc", ()) if part != "body"]
-        if first.get("type") == "json_invalid":
-            return respond(request, MalformedRequest(f"malformed JSON: {first.get('msg')}"))
-        field = ".".join(location) or "body"
-        return respond(request, InvalidArgument(field, str(first.get("msg"))))
+        return respond(validation_error(error), request.url.path)
+
+    async def on_http_error(request: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, HTTPException)
+        mapped: ServingError
+        if error.status_code == 413:  # a streamed body cut off at the limit
+            mapped = PayloadTooLarge(str(error.detail))
+        elif error.status_code == 404:
+            mapped = NotFound(f"no route {request.method} {request.url.path}")
+        elif error.status_code == 400:
+            mapped = MalformedRequest(str(error.detail))
+        else:
+            return JSONResponse(
+                {"error": {"code": "http_error", "message": str(error.detail)}},
+                status_code=error.status_code,
+                headers=error.headers,
+            )
+        return respond(mapped, request.url.path)
 
     app.add_exception_handler(ServingError, on_serving_error)
-    for error_type in foreign:
-        app.add_exception_handler(error_type, on_serving_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(HTTPException, on_http_error)

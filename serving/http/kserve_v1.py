@@ -4,69 +4,59 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
-from typing import Any
+import functools
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter
 
-from serving.errors import InvalidArgument, MalformedRequest, NotFound
-from serving.http.bodies import json_body, requested_timeout
-from serving.http.schemas import (
+from serving.dataplane.service import DataPlane, all_or_none
+from serving.errors import NotFound, fields_renamed
+from serving.http.dependencies import ContextDep, DataPlaneDep
+from serving.http.models import (
     ERRORS,
+    V1Models,
+    V1ModelStatus,
+    V1Prediction,
+    V1PredictRequest,
     V1PredictResponse,
-    request_body,
-    v1_predict_schema,
 )
-from serving.request import parse_params
-from serving.service import EncodedResult, GenerationService
+
+router = APIRouter(tags=["KServe v1"])
 
 
-def install_kserve_v1_routes(
-    app: FastAPI, service: GenerationService, observe: Callable[[EncodedResult], None]
-) -> None:
-    name = service.settings.model_name
+def check_model(data_plane: DataPlane, model: str) -> None:
+    name = data_plane.model.name
+    if model != name:
+        raise NotFound(f"model {model!r} is not served here; this service serves {name!r}")
 
-    def check_model(model: str) -> None:
-        if model != name:
-            raise NotFound(f"model {model!r} is not served here; this service serves {name!r}")
 
-    @app.get("/v1/models")
-    async def models() -> dict[str, list[str]]:
-        return {"models": [name]}
+@router.get("/v1/models")
+async def models(data_plane: DataPlaneDep) -> V1Models:
+    return V1Models(models=[data_plane.model.name])
 
-    @app.get("/v1/models/{model}")
-    async def model_status(model: str) -> dict[str, Any]:
-        check_model(model)
-        return {"name": name, "ready": all((await service.readiness()).values())}
 
-    @app.post(
-        "/v1/models/{model}:predict",
-        openapi_extra=request_body(v1_predict_schema()),
-        responses={200: {"model": V1PredictResponse}, **ERRORS},
+@router.get("/v1/models/{model}", responses=ERRORS)
+async def model_status(model: str, data_plane: DataPlaneDep) -> V1ModelStatus:
+    check_model(data_plane, model)
+    return V1ModelStatus(name=model, ready=await data_plane.ready())
+
+
+@router.post("/v1/models/{model}:predict", responses=ERRORS)
+async def predict(
+    model: str, body: V1PredictRequest, data_plane: DataPlaneDep, context: ContextDep
+) -> V1PredictResponse:
+    check_model(data_plane, model)
+    prepared = []
+    for index, instance in enumerate(body.instances):  # every instance checked before any runs
+        with fields_renamed(functools.partial("instances[{}].{}".format, index)):
+            prepared.append(data_plane.prepare(instance))
+    results = await all_or_none([data_plane.run(item, context) for item in prepared])
+    return V1PredictResponse(
+        predictions=[
+            V1Prediction(
+                images=[base64.b64encode(image.data).decode("ascii") for image in result.images],
+                seeds=[image.seed for image in result.images],
+                format=result.request.output_format,
+            )
+            for result in results
+        ]
     )
-    async def predict(model: str, request: Request) -> dict[str, Any]:
-        check_model(model)
-        body = await json_body(request)
-        if not isinstance(body, dict) or not isinstance(body.get("instances"), list):
-            raise MalformedRequest('the body must be {"instances": [{"prompt": ...}, ...]}')
-        if not body["instances"]:
-            raise InvalidArgument("instances", "must hold at least one instance")
-        predictions = []
-        for index, instance in enumerate(body["instances"]):
-            try:
-                params = parse_params(instance)
-                resolved = service.resolve(params)
-            except InvalidArgument as error:
-                raise error.renamed(f"instances[{index}].{error.field}") from None
-            result = await service.produce(
-                resolved, determined=params.seed is not None, timeout_s=requested_timeout(request)
-            )
-            observe(result)
-            predictions.append(
-                {
-                    "images": [base64.b64encode(i.data).decode("ascii") for i in result.images],
-                    "seeds": [image.seed for image in result.images],
-                    "format": resolved.output_format,
-                }
-            )
-        return {"predictions": predictions}

@@ -1,32 +1,47 @@
-"""KServe v2 over REST: kserve's own endpoint handlers, response models and DataPlane, mounted in
-the ingress app. Loading and unloading models (kserve's repository extension) belong to Ray Serve
-deployments here, so those two routes are not mounted."""
+"""KServe v2 over REST: kserve's own endpoint handlers and response models over the kserve data
+plane, mounted in the ingress app. Health is the app's own (one readiness source, with the stages
+listed); loading and unloading models (kserve's repository extension) belong to Ray Serve
+deployments here, so those routes are not mounted."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import APIRouter, FastAPI
-from kserve.protocol.dataplane import DataPlane
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse
 from kserve.protocol.rest.v2_datamodels import (
     ListModelsResponse,
     ModelMetadataResponse,
     ModelReadyResponse,
-    ServerLiveResponse,
     ServerMetadataResponse,
-    ServerReadyResponse,
 )
 from kserve.protocol.rest.v2_endpoints import V2Endpoints
 from pydantic import BaseModel
 
+from serving.dataplane.v2 import KSERVE_ERRORS, ServingKServeDataPlane, kserve_error
+from serving.http.errors import ErrorResponder
+from serving.http.models import ERRORS
 
-def install_kserve_v2_routes(app: FastAPI, data_plane: DataPlane) -> None:
+
+def install_v2(app: FastAPI, data_plane: ServingKServeDataPlane, respond: ErrorResponder) -> None:
+    """kserve's routes, and its exceptions answered as ours."""
+
+    async def on_kserve_error(request: Request, error: Exception) -> JSONResponse:
+        serving_error = kserve_error(error)
+        if serving_error is None:
+            raise error
+        return respond(serving_error, request.url.path)
+
+    for error_type in KSERVE_ERRORS:
+        app.add_exception_handler(error_type, on_kserve_error)
+    app.include_router(v2_router(data_plane))
+
+
+def v2_router(data_plane: ServingKServeDataPlane) -> APIRouter:
     endpoints = V2Endpoints(data_plane, model_repository_extension=None)
     routes: list[tuple[str, str, Callable[..., Any], type[BaseModel] | None]] = [
         ("GET", "", endpoints.metadata, ServerMetadataResponse),
-        ("GET", "/health/live", endpoints.live, ServerLiveResponse),
-        ("GET", "/health/ready", endpoints.ready, ServerReadyResponse),
         ("GET", "/models", endpoints.models, ListModelsResponse),
         ("GET", "/models/{model_name}", endpoints.model_metadata, ModelMetadataResponse),
         ("GET", "/models/{model_name}/ready", endpoints.model_ready, ModelReadyResponse),
@@ -34,5 +49,7 @@ def install_kserve_v2_routes(app: FastAPI, data_plane: DataPlane) -> None:
     ]
     router = APIRouter(prefix="/v2", tags=["KServe v2"])
     for method, path, handler, response_model in routes:
-        router.add_api_route(path, handler, response_model=response_model, methods=[method])
-    app.include_router(router)
+        router.add_api_route(
+            path, handler, response_model=response_model, methods=[method], responses=ERRORS
+        )
+    return router

@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.chart.render import ROOT
+from scripts.render_k8s import ROOT
 
 
 @pytest.fixture(scope="session")
 def crd_dir() -> Path:
-    folder = Path(os.environ.get("SD_CRD_DIR") or ROOT.parent / "shared" / "crds")
+    folder = Path(os.environ.get("CRD_DIR") or ROOT.parent / "shared" / "crds")
     if not (folder / "serving.kserve.io_inferenceservices.yaml").exists():
         pytest.fail(
-            f"no CRD schemas in {folder}: set SD_CRD_DIR, or run `make crds` where there is "
+            f"no CRD schemas in {folder}: set CRD_DIR, or run `make crds` where there is "
             "network (it downloads the pinned upstream releases listed in `make crds-info`)"
         )
     return folder

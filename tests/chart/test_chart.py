@@ -5,6 +5,7 @@ cluster can verify."""
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import os
 import subprocess
@@ -17,8 +18,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from serving.settings import Settings, StageSettings
-from tests.chart.render import (
+from scripts.render_k8s import (
     CHART,
     K8S,
     NAMESPACE,
@@ -30,6 +30,7 @@ from tests.chart.render import (
     plain_manifests,
     render,
 )
+from serving.settings import Settings, StageSettings, check_environment
 
 KUBERNETES_VERSION = "1.34.0"
 CUSTOM_KINDS = {
@@ -172,7 +173,7 @@ def test_values_schema_rejects_typos_and_wrong_types() -> None:
 
 
 def test_checkov_finds_no_failed_checks(tmp_path: Path) -> None:
-    checkov = os.environ.get("SD_CHECKOV") or str(CHART.parents[1] / ".tools/checkov/bin/checkov")
+    checkov = os.environ.get("CHECKOV_BIN") or str(CHART.parents[1] / ".tools/checkov/bin/checkov")
     for profile in PROFILES:
         (tmp_path / f"{profile}.yaml").write_text(
             "---\n".join(yaml.safe_dump(doc) for doc in rendered(profile))
@@ -447,3 +448,31 @@ def test_plain_manifests_match_the_chart(profile: str) -> None:
         f"k8s/{profile} drifted from the chart: run `make render-k8s`"
     )
     assert (folder / "kustomization.yaml").read_text() == kustomization()
+
+
+def test_the_grpc_servicer_the_serve_config_names_exists() -> None:
+    config = yaml.safe_load(_ray_service(FULLNAME)["spec"]["serveConfigV2"])
+    (path,) = config["grpc_options"]["grpc_servicer_functions"]
+    module, _, function = path.rpartition(".")
+    assert callable(getattr(importlib.import_module(module), function))
+
+
+def _env_names(node: Any) -> set[str]:
+    names: set[str] = set()
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "env" and isinstance(value, list):
+                names.update(item["name"] for item in value if isinstance(item, dict))
+            else:
+                names |= _env_names(value)
+    elif isinstance(node, list):
+        for item in node:
+            names |= _env_names(item)
+    return names
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_sd_variable_the_chart_sets_names_a_setting(profile: str) -> None:
+    names = {name for doc in rendered(profile) for name in _env_names(doc)}
+    assert "SD_MODEL_NAME" in names
+    check_environment(dict.fromkeys(names, "x"))  # raises naming the variable and its fix

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import RunningService
+from tests.helpers.live_service import RunningService
 
 pytestmark = pytest.mark.integration
 

@@ -1,235 +1,113 @@
-"""OpenAI-compatible images, KServe v1, CDN image URLs and the result cache, end to end."""
+"""Every protocol through the real app (Ray's HTTP proxy, Ray's gRPC proxy, the stages behind
+handles): the same request gives the same image bytes, each of them rendered."""
 
 from __future__ import annotations
 
 import base64
-import time
-from typing import Any
 
+import grpc
 import httpx
 import openai
 import pytest
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from tests.integration.conftest import RunningService
+from serving.client import Client, GrpcClient
+from serving.client.v2 import FIELD_METADATA
+from serving.grpc.protos import pb, pb_grpc
+from tests.helpers.live_service import RunningService
+from tests.helpers.v2 import MODEL, PARAMS, PROMPT, grpc_infer, infer_request, rest_infer, run
 
 pytestmark = pytest.mark.integration
 
-PARAMS = {"prompt": "a paper boat on a puddle", "seed": 31, "steps": 5, "scheduler": "euler"}
+
+def stub(service: RunningService) -> pb_grpc.GRPCInferenceServiceStub:
+    return pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(service.grpc_target))
 
 
-def generate_png(service: RunningService, **fields: Any) -> bytes:
-    answer = httpx.post(
-        service.url + "/v1/generate",
-        json={**PARAMS, **fields},
+def test_the_same_request_gives_the_same_bytes_on_every_protocol(service: RunningService) -> None:
+    """Each protocol must map its fields onto the same resolved request, and the service has no
+    result cache: every answer below was rendered through the stages, so equal bytes mean each
+    protocol asked for exactly the same image."""
+    generate = httpx.post(
+        f"{service.url}/v1/generate", json={"prompt": PROMPT, **PARAMS}, timeout=120
+    ).json()
+    assert generate["cached"] is False
+    expected = base64.b64decode(generate["images"][0]["b64_data"])
+    answers: dict[str, bytes] = {}
+    cached: dict[str, bool] = {}
+
+    raw = httpx.post(
+        f"{service.url}/v1/generate",
+        json={"prompt": PROMPT, **PARAMS},
         headers={"Accept": "image/png"},
         timeout=120,
     )
-    assert answer.status_code == 200, answer.text
-    return answer.content
+    answers["/v1/generate raw PNG"] = raw.content
 
+    v2_rest = run(rest_infer(service.url, infer_request()))
+    answers["v2 REST"] = base64.b64decode(v2_rest.get_output_by_name("image_bytes").as_numpy()[0])
+    cached["v2 REST"] = v2_rest.parameters["cached"]
+    v2_grpc = run(grpc_infer(service.grpc_target, infer_request()))
+    answers["v2 gRPC"] = v2_grpc.get_output_by_name("image_bytes").as_numpy()[0]
 
-def openai_client(service: RunningService) -> openai.OpenAI:
-    return openai.OpenAI(base_url=service.url + "/v1", api_key="unused", max_retries=0)
-
-
-def test_the_official_openai_sdk_gets_the_same_image(service: RunningService) -> None:
-    extra = {k: v for k, v in PARAMS.items() if k != "prompt"}
-    answer = openai_client(service).images.generate(
-        prompt=PARAMS["prompt"],
-        n=1,
-        size="128x128",
-        response_format="b64_json",
-        model="sd-embedded",
-        extra_body=extra,
-    )
-    assert len(answer.data) == 1
-    assert base64.b64decode(answer.data[0].b64_json or "") == generate_png(service)
-
-
-def test_openai_url_answers_point_at_cacheable_images(service: RunningService) -> None:
-    answer = openai_client(service).images.generate(
-        prompt="a kite over a beach",
-        n=2,
-        size="64x64",
-        response_format="url",
-        extra_body={"seed": 4, "steps": 3},
-    )
-    urls = [item.url or "" for item in answer.data]
-    assert len(set(urls)) == 2 and all(u.startswith("/v1/images/") for u in urls)
-    first = httpx.get(service.url + urls[0], timeout=30)
-    assert first.status_code == 200 and first.content.startswith(b"\x89PNG")
-    assert first.headers["cache-control"] == "public, max-age=31536000, immutable"
-    etag = first.headers["etag"]
-    again = httpx.get(service.url + urls[0], headers={"If-None-Match": etag}, timeout=30)
-    assert again.status_code == 304 and again.content == b""
-    assert httpx.get(service.url + "/v1/images/" + "0" * 40 + ".png").status_code == 404
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "status_error", "param"),
-    [
-        ({"size": "100x100"}, openai.UnprocessableEntityError, "size"),
-        ({"size": "big"}, openai.UnprocessableEntityError, "size"),
-        ({"n": 9}, openai.UnprocessableEntityError, "n"),
-        ({"model": "dall-e-3"}, openai.NotFoundError, None),
-        ({"extra_body": {"stepz": 3}}, openai.UnprocessableEntityError, "stepz"),
-    ],
-)
-def test_openai_errors_have_openai_shape(
-    service: RunningService, kwargs: dict[str, Any], status_error: type, param: str | None
-) -> None:
-    with pytest.raises(status_error) as caught:
-        openai_client(service).images.generate(prompt="x", **kwargs)
-    error = caught.value.body  # type: ignore[attr-defined]
-    assert error["type"] == "invalid_request_error"
-    assert error["param"] == param
-    assert error["message"]
-
-
-def test_kserve_v1_lists_the_model_and_predicts_the_same_image(service: RunningService) -> None:
-    assert httpx.get(service.url + "/v1/models").json() == {"models": ["sd-embedded"]}
-    assert httpx.get(service.url + "/v1/models/sd-embedded", timeout=30).json()["ready"] is True
-    answer = httpx.post(
-        service.url + "/v1/models/sd-embedded:predict", json={"instances": [PARAMS]}, timeout=120
-    )
-    assert answer.status_code == 200, answer.text
-    (prediction,) = answer.json()["predictions"]
-    assert prediction["seeds"] == [31]
-    assert base64.b64decode(prediction["images"][0]) == generate_png(service)
-
-
-def test_kserve_v1_errors(service: RunningService) -> None:
-    unknown = httpx.post(service.url + "/v1/models/other:predict", json={"instances": [PARAMS]})
-    assert unknown.status_code == 404
-    bad = httpx.post(
-        service.url + "/v1/models/sd-embedded:predict",
-        json={"instances": [PARAMS, {"prompt": "x", "steps": 0}]},
+    v1 = httpx.post(
+        f"{service.url}/v1/models/{MODEL}:predict",
+        json={"instances": [{"prompt": PROMPT, **PARAMS}]},
         timeout=120,
     )
-    assert bad.status_code == 422
-    assert bad.json()["error"]["field"] == "instances[1].steps"
-    assert httpx.post(service.url + "/v1/models/sd-embedded:predict", json=[1]).status_code == 400
+    answers["v1"] = base64.b64decode(v1.json()["predictions"][0]["images"][0])
 
-
-def test_determined_requests_come_from_the_result_cache(service: RunningService) -> None:
-    fields = {"prompt": "a snow globe", "seed": 77, "steps": 4}
-    first = httpx.post(service.url + "/v1/generate", json=fields, timeout=120).json()
-    second = httpx.post(service.url + "/v1/generate", json=fields, timeout=120).json()
-    assert first["cached"] is False and second["cached"] is True
-    assert second["images"][0]["b64_data"] == first["images"][0]["b64_data"]
-    assert "unet" not in second["timings_ms"] and "result_cache" in second["timings_ms"]
-    unseeded = {"prompt": "a snow globe", "steps": 4}
-    assert (
-        httpx.post(service.url + "/v1/generate", json=unseeded, timeout=120).json()["cached"]
-        is False
+    sdk = openai.OpenAI(base_url=service.url + "/v1", api_key="unused", max_retries=0)
+    image = sdk.images.generate(
+        prompt=PROMPT, n=1, size="128x128", response_format="b64_json", extra_body=PARAMS
     )
+    answers["OpenAI"] = base64.b64decode(image.data[0].b64_json or "")
+
+    with Client(service.url) as client:
+        http_result = client.generate(PROMPT, **PARAMS)
+        job_result = client.generate_with_progress(PROMPT, **PARAMS)
+    answers["HTTP client"], cached["HTTP client"] = http_result.images[0].data, http_result.cached
+    answers["job"], cached["job"] = job_result.images[0].data, job_result.cached
+    with GrpcClient(service.grpc_target) as grpc_client:
+        grpc_result = grpc_client.generate(PROMPT, **PARAMS)
+    answers["gRPC client"], cached["gRPC client"] = grpc_result.images[0].data, grpc_result.cached
+
+    different = {name for name, data in answers.items() if data != expected}
+    assert not different, f"these protocols gave other bytes: {sorted(different)}"
+    assert not any(cached.values()), cached
 
 
-def test_a_client_deadline_answers_504_and_frees_the_service(service: RunningService) -> None:
-    slow = {"prompt": "a very slow request", "steps": 150, "width": 512, "height": 512}
-    answer = httpx.post(
-        service.url + "/v1/generate", json=slow, headers={"X-Timeout-S": "0.5"}, timeout=120
+def test_grpc_through_rays_proxy_answers_raw_contents_and_reflects(
+    service: RunningService,
+) -> None:
+    response = stub(service).ModelInfer(infer_request().to_grpc(), timeout=120)
+    assert len(response.raw_output_contents) == len(response.outputs)
+    assert not response.outputs[0].HasField("contents")
+    assert stub(service).ServerReady(pb.ServerReadyRequest()).ready
+    assert stub(service).ModelReady(pb.ModelReadyRequest(name=MODEL)).ready
+
+    channel = grpc.insecure_channel(service.grpc_target)
+    reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    (answer,) = list(reflection.ServerReflectionInfo(iter([request])))
+    names = {item.name for item in answer.list_services_response.service}
+    assert "inference.GRPCInferenceService" in names
+
+
+def test_grpc_errors_cross_rays_proxy_with_their_status_and_field(
+    service: RunningService,
+) -> None:
+    with pytest.raises(grpc.RpcError) as raised:
+        stub(service).ModelInfer(infer_request(width=4096).to_grpc(), timeout=60)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "inputs[width]" in (raised.value.details() or "")
+    assert dict(raised.value.trailing_metadata() or ())[FIELD_METADATA] == "inputs[width]"
+    non_utf8 = pb.ModelInferRequest(
+        model_name=MODEL,
+        inputs=[pb.ModelInferRequest.InferInputTensor(name="prompt", datatype="BYTES", shape=[1])],
+        raw_input_contents=[len(b"\xff\xfe").to_bytes(4, "little") + b"\xff\xfe"],
     )
-    assert answer.status_code == 504
-    assert answer.json()["error"]["code"] == "deadline_exceeded"
-    assert "0.5 s deadline" in answer.json()["error"]["message"]
-    # The cancelled work leaves its UNet slot (the job alone would take a minute here).
-    deadline = time.monotonic() + 45
-    active = None
-    while time.monotonic() < deadline:
-        time.sleep(2)
-        metrics = httpx.get(f"http://127.0.0.1:{service.metrics_port}/metrics", timeout=10).text
-        values = [
-            float(line.rsplit(" ", 1)[1])
-            for line in metrics.splitlines()
-            if line.startswith("ray_sd_unet_active_requests{")
-        ]
-        active = max(values) if values else None
-        if active == 0:
-            break
-    assert active == 0, f"the UNet still runs the cancelled job (active={active})"
-    assert len(generate_png(service, seed=90)) > 100
-
-
-def test_a_malformed_deadline_header_is_named(service: RunningService) -> None:
-    answer = httpx.post(
-        service.url + "/v1/generate", json=PARAMS, headers={"X-Timeout-S": "soon"}, timeout=30
-    )
-    assert answer.status_code == 422
-    assert answer.json()["error"]["field"] == "X-Timeout-S"
-
-
-def test_openapi_document_covers_every_rest_route(service: RunningService) -> None:
-    document = httpx.get(service.url + "/openapi.json", timeout=30).json()
-    paths = document["paths"]
-    for path in (
-        "/v1/generate",
-        "/v1/images/generations",
-        "/v1/models/{model}:predict",
-        "/v1/models",
-        "/v1/models/{model}",
-        "/v1/images/{name}",
-        "/v2/health/live",
-        "/v2/health/ready",
-        "/v2",
-        "/v2/models/{model_name}",
-        "/v2/models/{model_name}/ready",
-        "/v2/models/{model_name}/infer",
-        "/v1/jobs",
-        "/v1/jobs/{job_id}",
-        "/v1/jobs/{job_id}/events",
-    ):
-        assert path in paths, path
-        for operation in paths[path].values():
-            assert {"200", "202"} & set(operation["responses"]), path
-    for path in (
-        "/v1/generate",
-        "/v1/images/generations",
-        "/v1/models/{model}:predict",
-        "/v1/jobs",
-    ):
-        body = paths[path]["post"]["requestBody"]["content"]["application/json"]["schema"]
-        assert body["properties"], path
-        assert "422" in paths[path]["post"]["responses"]
-    generate = paths["/v1/generate"]["post"]["requestBody"]["content"]["application/json"]
-    assert generate["schema"]["required"] == ["prompt"]
-    assert "image/png" in paths["/v1/generate"]["post"]["responses"]["200"]["content"]
-    assert (
-        "webhook_url"
-        in paths["/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"][
-            "properties"
-        ]
-    )
-    assert "requestBody" in paths["/v2/models/{model_name}/infer"]["post"]
-    assert "/v2/repository/models/{model_name}/load" not in paths  # not served here
-
-
-def test_cors_lets_the_configured_origin_call_the_api(service: RunningService) -> None:
-    preflight = httpx.options(
-        service.url + "/v1/jobs",
-        headers={
-            "Origin": "https://app.example.com",
-            "Access-Control-Request-Method": "POST",
-            "Access-Control-Request-Headers": "authorization,content-type",
-        },
-        timeout=30,
-    )
-    assert preflight.status_code == 200
-    assert preflight.headers["access-control-allow-origin"] == "https://app.example.com"
-    stranger = httpx.options(
-        service.url + "/v1/jobs",
-        headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
-        timeout=30,
-    )
-    assert "access-control-allow-origin" not in stranger.headers
-
-
-def test_oversized_bodies_get_413_on_every_protocol(service: RunningService) -> None:
-    huge = b'{"prompt": "' + b"x" * (2 << 20) + b'"}'
-    for path in ("/v1/generate", "/v2/models/sd-embedded/infer", "/v1/jobs"):
-        answer = httpx.post(
-            service.url + path, content=huge, headers={"Content-Type": "application/json"}
-        )
-        assert answer.status_code == 413, (path, answer.text[:200])
-        assert "limit" in answer.text
-    assert httpx.get(service.url + "/v2/health/live").status_code == 200
+    with pytest.raises(grpc.RpcError) as bad_text:
+        stub(service).ModelInfer(non_utf8, timeout=60)
+    assert bad_text.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert stub(service).ServerLive(pb.ServerLiveRequest()).live  # ... and it carries on

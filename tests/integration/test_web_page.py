@@ -13,7 +13,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.integration.conftest import RunningService
+from tests.helpers.live_service import RunningService
 
 pytestmark = pytest.mark.integration
 

@@ -1,0 +1,1 @@
+"""The `sd-serving` commands: serve, generate, gateway, plan, export-model."""

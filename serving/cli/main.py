@@ -1,0 +1,202 @@
+"""The `sd-serving` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sd-serving", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the service locally on Ray Serve")
+    serve.add_argument("--model", help="'embedded', a diffusers directory or a Hub id (SD_MODEL)")
+    serve.add_argument("--host", dest="http_host", help="HTTP host (SD_HTTP_HOST)")
+    serve.add_argument("--port", dest="http_port", type=int, help="HTTP port (SD_HTTP_PORT)")
+    serve.add_argument("--grpc-port", dest="grpc_port", type=int, help="gRPC port (SD_GRPC_PORT)")
+
+    generate = commands.add_parser("generate", help="ask a running service for an image")
+    generate.add_argument("prompt")
+    generate.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=Path("image.png"),
+        help="file to write; with several images, -1, -2, ... are appended",
+    )
+    generate.add_argument("--url", default="http://127.0.0.1:8000")
+    generate.add_argument(
+        "--grpc", action="store_true", help="use the KServe v2 gRPC API (no progress bar)"
+    )
+    generate.add_argument("--grpc-target", default="127.0.0.1:9000", help="host:port for --grpc")
+    generate.add_argument(
+        "--no-progress", action="store_true", help="one synchronous request, no progress bar"
+    )
+    generate.add_argument("--api-key-file", type=Path)
+    generate.add_argument("--negative-prompt")
+    generate.add_argument("--num-images", type=int)
+    generate.add_argument("--width", type=int)
+    generate.add_argument("--height", type=int)
+    generate.add_argument("--steps", type=int)
+    generate.add_argument("--guidance-scale", type=float)
+    generate.add_argument("--seed", type=int)
+    generate.add_argument("--scheduler")
+
+    gateway = commands.add_parser(
+        "gateway", help="forward HTTP to a Serve app elsewhere (the chart's kuberay mode)"
+    )
+    gateway.add_argument("--upstream", required=True, help="e.g. http://sd-serving-serve-svc:8000")
+    gateway.add_argument("--host", default="0.0.0.0")
+    gateway.add_argument("--port", type=int, default=8080)
+
+    plan = commands.add_parser(
+        "plan", help="size replicas, GPUs, memory and bandwidth for a target load and SLO"
+    )
+    plan.add_argument("profile", type=Path, help="YAML: load, mix, SLO and per-GPU stage costs")
+    plan.add_argument("--rps", type=float, help="override requests_per_s")
+    plan.add_argument("--slo", type=float, help="override slo_p95_s (seconds)")
+
+    export = commands.add_parser(
+        "export-model", help="write the embedded model as a diffusers pipeline directory"
+    )
+    export.add_argument("directory", type=Path)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "generate":
+        return _generate(args)
+    if args.command == "gateway":
+        from serving.cli.gateway import run_gateway
+
+        return run_gateway(args.upstream, args.host, args.port)
+    if args.command == "plan":
+        from serving.cli.plan import load_request, plan, report
+
+        changes: dict[str, Any] = {}
+        if args.rps is not None:
+            changes["requests_per_s"] = args.rps
+        if args.slo is not None:
+            changes["slo_p95_s"] = args.slo
+        request = load_request(args.profile, changes)
+        print(report(request, plan(request)))
+        return 0
+    if args.command == "export-model":
+        from serving.models.embedded import export
+
+        directory = export(args.directory)
+        print(f"embedded model written to {directory}")
+        return 0
+    return 2
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from serving.cli.kserve_argv import import_kserve
+    from serving.settings import Settings
+
+    import_kserve()  # before anything imports it with our flags in sys.argv
+    from serving.cli.serve import run_local
+
+    overrides: dict[str, Any] = {
+        key: value
+        for key in ("model", "http_host", "http_port", "grpc_port")
+        if (value := getattr(args, key)) is not None
+    }
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as error:  # a bad or unknown SD_* variable: say which, and stop
+        problems = "; ".join(
+            ".".join(str(part) for part in (*item["loc"], ""))
+            + str(item["msg"]).removeprefix("Value error, ")
+            for item in error.errors()
+        )
+        print(f"sd-serving: settings: {problems}", file=sys.stderr)
+        return 2
+    return run_local(settings)
+
+
+class ProgressBar:
+    """A tqdm bar on stderr fed by the job's step events."""
+
+    def __init__(self) -> None:
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=None, unit="step", desc="denoising", file=sys.stderr, leave=True)
+
+    def update(self, done: int, total: int) -> None:
+        self._bar.total = total
+        self._bar.n = done
+        self._bar.refresh()
+
+    def __enter__(self) -> ProgressBar:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._bar.close()
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import grpc
+    import httpx
+
+    from serving.client import Client, ClientError, GrpcClient
+
+    fields = {
+        key: getattr(args, key)
+        for key in (
+            "negative_prompt",
+            "num_images",
+            "width",
+            "height",
+            "steps",
+            "guidance_scale",
+            "seed",
+            "scheduler",
+        )
+    }
+    suffix = args.output.suffix.lstrip(".").lower()
+    fields["output_format"] = {"jpg": "jpeg"}.get(suffix, suffix) or "png"
+    api_key = args.api_key_file.read_text().strip() if args.api_key_file else None
+    try:
+        if args.grpc:
+            with GrpcClient(args.grpc_target, api_key=api_key) as grpc_client:
+                result = grpc_client.generate(args.prompt, **fields)
+        else:
+            with Client(args.url, api_key=api_key) as client:
+                if args.no_progress:
+                    result = client.generate(args.prompt, **fields)
+                else:
+                    with ProgressBar() as bar:
+                        result = client.generate_with_progress(
+                            args.prompt, on_progress=bar.update, **fields
+                        )
+    except ClientError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except (httpx.TransportError, grpc.RpcError) as error:  # connection refused, DNS, timeouts
+        where = args.grpc_target if args.grpc else args.url
+        print(f"error: cannot reach {where}: {error}", file=sys.stderr)
+        return 1
+    for index, image in enumerate(result.images):
+        path = args.output
+        if len(result.images) > 1:
+            path = path.with_name(f"{path.stem}-{index + 1}{path.suffix}")
+        image.save(path)
+        total = result.timings_ms.get("total")  # gRPC answers carry no timings
+        took = "" if total is None else f"  {total / 1000:.2f} s"
+        print(f"{path}  seed {image.seed}{took}{'  (cached)' if result.cached else ''}")
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

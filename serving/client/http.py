@@ -1,0 +1,215 @@
+"""Python client of sd-serving's HTTP API, synchronous and asynchronous (gRPC: serving.client.grpc).
+
+    from serving.client import Client
+    with Client("http://127.0.0.1:8000") as client:
+        result = client.generate("a red apple on a wooden table", steps=20, seed=7)
+        result.images[0].save("apple.png")
+        # or as an async job, with a callback per denoising step:
+        result = client.generate_with_progress("a red apple", on_progress=print, steps=20)
+
+Errors come back as `ClientError` with the server's status, code, field and message.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from serving.client.sse import async_events, events
+from serving.client.types import ClientError, Generation, Image
+
+
+def _body(prompt: str, fields: dict[str, Any]) -> dict[str, Any]:
+    return {"prompt": prompt, **{k: v for k, v in fields.items() if v is not None}}
+
+
+def _headers(api_key: str | None, timeout_s: float | None) -> dict[str, str]:
+    headers = {"Accept": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    if timeout_s is not None:
+        headers["X-Timeout-S"] = str(timeout_s)
+    return headers
+
+
+# Called after every denoising step of a job: (steps done, steps in all images).
+ProgressCallback = Callable[[int, int], None]
+
+
+def _raise_for_error(answer: httpx.Response) -> None:
+    if answer.is_success:
+        return
+    try:
+        error = answer.json()["error"]
+    except (ValueError, KeyError, TypeError):
+        raise ClientError(answer.status_code, "http_error", answer.text[:500], None) from None
+    raise ClientError(
+        answer.status_code, error.get("code", "error"), error.get("message", ""), error.get("field")
+    )
+
+
+def _follow_job(
+    kind: str, data: dict[str, Any], on_progress: ProgressCallback | None
+) -> dict[str, Any] | None:
+    """One job event: progress goes to the callback; the finished job is returned (or its
+    error raised); None while it runs."""
+    if kind == "progress" and on_progress is not None:
+        on_progress(data["steps_done"], data["steps_total"])
+    if kind == "result":
+        return data
+    if kind == "error":
+        error = data["error"]
+        raise ClientError(200, error["code"], error["message"], error.get("field"))
+    if kind == "cancelled":
+        raise ClientError(200, "cancelled", f"job {data['id']} was cancelled", None)
+    return None
+
+
+def _job_generation(job: dict[str, Any], images: list[bytes]) -> Generation:
+    result = job["result"]
+    return Generation(
+        images=[
+            Image(data, item["seed"], item["media_type"], item["url"])
+            for data, item in zip(images, result["images"], strict=True)
+        ],
+        cached=result["cached"],
+        timings_ms=result["timings_ms"],
+        warnings=result["warnings"],
+        parameters=job["parameters"],
+    )
+
+
+def _parse(answer: httpx.Response) -> Generation:
+    _raise_for_error(answer)
+    body = answer.json()
+    return Generation(
+        images=[
+            Image(base64.b64decode(item["b64_data"]), item["seed"], item["media_type"], item["url"])
+            for item in body["images"]
+        ],
+        cached=body["cached"],
+        timings_ms=body["timings_ms"],
+        warnings=body["warnings"],
+        parameters=body["parameters"],
+    )
+
+
+class Client:
+    """Blocking client; one connection pool, reuse it."""
+
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:8000",
+        *,
+        api_key: str | None = None,
+        timeout_s: float = 600.0,
+    ) -> None:
+        self._http = httpx.Client(base_url=url.rstrip("/"), timeout=timeout_s)
+        self._api_key = api_key
+
+    def generate(
+        self, prompt: str, *, deadline_s: float | None = None, **fields: Any
+    ) -> Generation:
+        """Fields: negative_prompt, num_images, width, height, steps, guidance_scale, seed,
+        scheduler, output_format."""
+        answer = self._http.post(
+            "/v1/generate", json=_body(prompt, fields), headers=_headers(self._api_key, deadline_s)
+        )
+        return _parse(answer)
+
+    def generate_with_progress(
+        self, prompt: str, *, on_progress: ProgressCallback | None = None, **fields: Any
+    ) -> Generation:
+        """The same generation as an async job (`POST /v1/jobs`), following its events."""
+        headers = _headers(self._api_key, None)
+        answer = self._http.post("/v1/jobs", json=_body(prompt, fields), headers=headers)
+        _raise_for_error(answer)
+        events_url = answer.json()["links"]["events"]
+        with self._http.stream("GET", events_url, headers=headers) as stream:
+            if not stream.is_success:
+                stream.read()
+                _raise_for_error(stream)
+            for event in events(stream.iter_lines()):
+                job = _follow_job(event.kind, event.data, on_progress)
+                if job is not None:
+                    images = []
+                    for item in job["result"]["images"]:
+                        image = self._http.get(item["url"], headers=headers)
+                        _raise_for_error(image)
+                        images.append(image.content)
+                    return _job_generation(job, images)
+        raise ClientError(200, "stream_ended", "the job's event stream ended early", None)
+
+    def ready(self) -> bool:
+        return self._http.get("/v2/health/ready").status_code == 200
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+class AsyncClient:
+    """asyncio client, for servers and apps already on an event loop."""
+
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:8000",
+        *,
+        api_key: str | None = None,
+        timeout_s: float = 600.0,
+    ) -> None:
+        self._http = httpx.AsyncClient(base_url=url.rstrip("/"), timeout=timeout_s)
+        self._api_key = api_key
+
+    async def generate(
+        self, prompt: str, *, deadline_s: float | None = None, **fields: Any
+    ) -> Generation:
+        answer = await self._http.post(
+            "/v1/generate", json=_body(prompt, fields), headers=_headers(self._api_key, deadline_s)
+        )
+        return _parse(answer)
+
+    async def generate_with_progress(
+        self, prompt: str, *, on_progress: ProgressCallback | None = None, **fields: Any
+    ) -> Generation:
+        headers = _headers(self._api_key, None)
+        answer = await self._http.post("/v1/jobs", json=_body(prompt, fields), headers=headers)
+        _raise_for_error(answer)
+        events_url = answer.json()["links"]["events"]
+        job: dict[str, Any] | None = None
+        async with self._http.stream("GET", events_url, headers=headers) as stream:
+            if not stream.is_success:
+                await stream.aread()
+                _raise_for_error(stream)
+            async for event in async_events(stream.aiter_lines()):
+                job = _follow_job(event.kind, event.data, on_progress)
+                if job is not None:
+                    break
+        if job is None:
+            raise ClientError(200, "stream_ended", "the job's event stream ended early", None)
+        images = []
+        for item in job["result"]["images"]:
+            image = await self._http.get(item["url"], headers=headers)
+            _raise_for_error(image)
+            images.append(image.content)
+        return _job_generation(job, images)
+
+    async def ready(self) -> bool:
+        return (await self._http.get("/v2/health/ready")).status_code == 200
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()

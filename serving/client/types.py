@@ -1,0 +1,41 @@
+"""What the clients return: generated images, and the one error type for every protocol."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class ClientError(Exception):
+    """`status` is the HTTP status, or for gRPC the status code's name (e.g. INVALID_ARGUMENT)."""
+
+    def __init__(self, status: int | str, code: str, message: str, field: str | None) -> None:
+        prefix = f"HTTP {status}" if isinstance(status, int) else f"gRPC {status}"
+        super().__init__(f"{prefix} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Image:
+    data: bytes
+    seed: int
+    media_type: str
+    url: str
+
+    def save(self, path: str | Path) -> Path:
+        target = Path(path)
+        target.write_bytes(self.data)
+        return target
+
+
+@dataclass(frozen=True)
+class Generation:
+    images: list[Image]
+    cached: bool
+    timings_ms: dict[str, float]
+    warnings: list[str]
+    parameters: dict[str, Any]

@@ -1,0 +1,41 @@
+"""The model's KServe v2 (Open Inference Protocol) signature: its input and output tensors.
+
+One table for the server's model metadata and request parsing and for the clients that build
+requests; it imports nothing, so the client library stays free of server code."""
+
+from __future__ import annotations
+
+# Inputs are one-element tensors. Integer inputs take any INT/UINT type, floats any FP or INT.
+DECLARED_INPUTS: dict[str, str] = {
+    "prompt": "BYTES",
+    "negative_prompt": "BYTES",
+    "scheduler": "BYTES",
+    "steps": "INT32",
+    "width": "INT32",
+    "height": "INT32",
+    "num_images": "INT32",
+    "seed": "INT64",
+    "guidance_scale": "FP32",
+}
+# name -> (datatype, shape); -1 is a dimension that varies.
+OUTPUTS: dict[str, tuple[str, list[int]]] = {
+    "image": ("UINT8", [-1, -1, -1, 3]),
+    "image_bytes": ("BYTES", [-1]),
+    "seed": ("INT64", [-1]),
+}
+INT_TYPES = frozenset({"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"})
+FLOAT_TYPES = frozenset({"FP16", "FP32", "FP64"})
+
+
+def accepted_datatypes(declared: str) -> frozenset[str]:
+    """The datatypes a request may use for an input declared as `declared`."""
+    if declared in INT_TYPES:
+        return INT_TYPES
+    if declared in FLOAT_TYPES:
+        return FLOAT_TYPES | INT_TYPES
+    return frozenset({declared})
+
+
+# gRPC trailing metadata of an error: the field it names, and seconds to wait before retrying.
+FIELD_METADATA = "sd-field"
+RETRY_AFTER_METADATA = "retry-after"

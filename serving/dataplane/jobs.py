@@ -1,0 +1,374 @@
+"""Asynchronous jobs: the board (state and ordered event log, kept in the shared store) and the
+runner (the generation, reported step by step, then the signed webhook).
+
+The ingress replica that accepted a job runs it; any replica answers `GET /v1/jobs/{id}` and
+streams its events from the store. A job stops the one way everything stops (see
+serving/dataplane/stages.py): its task is cancelled, here or, through the board, by a DELETE that
+reached another replica, which the next step report notices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, Field
+
+from serving.dataplane.codecs import png_data_url
+from serving.dataplane.request import RequestContext
+from serving.dataplane.stages import StepProgress
+from serving.errors import ErrorDetail, QueueFull, as_serving_error
+
+if TYPE_CHECKING:
+    from serving.dataplane.service import DataPlane, GenerationResult, PreparedRequest
+    from serving.dataplane.store import Store
+    from serving.dataplane.webhooks import WebhookSender
+
+logger = logging.getLogger(__name__)
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+class JobEventKind(StrEnum):
+    STATUS = "status"
+    PROGRESS = "progress"
+    RESULT = "result"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+
+
+FINAL_EVENT = {
+    JobStatus.SUCCEEDED: JobEventKind.RESULT,
+    JobStatus.FAILED: JobEventKind.ERROR,
+    JobStatus.CANCELLED: JobEventKind.CANCELLED,
+}
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One entry of a job's event log; `index` doubles as the SSE event id."""
+
+    index: int
+    kind: JobEventKind
+    data: dict[str, Any]
+
+
+class JobProgress(BaseModel):
+    steps_done: int
+    steps_total: int
+    fraction: float
+
+
+class JobImage(BaseModel):
+    url: str
+    digest: str
+    seed: int
+    media_type: str
+
+
+class JobResult(BaseModel):
+    images: list[JobImage]
+    cached: bool
+    timings_ms: dict[str, float]
+    warnings: list[str]
+
+
+class JobView(BaseModel):
+    """What `GET /v1/jobs/{id}` answers, and the data of a job's final event."""
+
+    id: str
+    status: JobStatus = Field(description="queued, running, succeeded, failed or cancelled")
+    progress: JobProgress
+    parameters: dict[str, Any]
+    result: JobResult | None
+    error: ErrorDetail | None
+    webhook: dict[str, Any] | None = Field(description="how the webhook delivery went")
+    created_at: float
+    updated_at: float
+
+
+@dataclass
+class Job:
+    id: str
+    parameters: dict[str, Any]
+    webhook_url: str | None
+    status: JobStatus = JobStatus.QUEUED
+    steps_done: int = 0
+    steps_total: int = 0
+    result: JobResult | None = None
+    error: ErrorDetail | None = None
+    webhook: dict[str, Any] | None = None
+    cancel_requested: bool = False
+    created_at: float = field(default_factory=time.time)
+    updated_at: float = field(default_factory=time.time)
+    events: list[JobEvent] = field(default_factory=list)
+    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    def view(self) -> JobView:
+        total = self.steps_total
+        return JobView(
+            id=self.id,
+            status=self.status,
+            progress=JobProgress(
+                steps_done=self.steps_done,
+                steps_total=total,
+                fraction=round(self.steps_done / total, 4) if total else 0.0,
+            ),
+            parameters=self.parameters,
+            result=self.result,
+            error=self.error,
+            webhook=self.webhook,
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+        )
+
+
+class JobBoard:
+    """Bounded: at most `max_jobs`; finished jobs are forgotten after `ttl_s`, or earlier
+    (oldest first) when room is needed. Running jobs are never evicted. Plain asyncio."""
+
+    def __init__(self, max_jobs: int, ttl_s: float, clock: Callable[[], float] = time.time) -> None:
+        self._jobs: OrderedDict[str, Job] = OrderedDict()
+        self._max_jobs = max_jobs
+        self._ttl_s = ttl_s
+        self._clock = clock
+
+    def create(
+        self, job_id: str, parameters: dict[str, Any], steps_total: int, webhook_url: str | None
+    ) -> JobView:
+        self._expire()
+        if len(self._jobs) >= self._max_jobs:
+            raise QueueFull(f"{len(self._jobs)} jobs are queued or running; retry later")
+        now = self._clock()
+        job = Job(job_id, parameters, webhook_url, steps_total=steps_total)
+        job.created_at = job.updated_at = now
+        self._jobs[job_id] = job
+        self._append(job, JobEventKind.STATUS, {"status": job.status.value})
+        return job.view()
+
+    def get(self, job_id: str) -> JobView | None:
+        job = self._jobs.get(job_id)
+        return None if job is None else job.view()
+
+    async def report(self, job_id: str, kind: JobEventKind, data: dict[str, Any]) -> bool:
+        """Record progress or a status change; True when the job should stop (cancelled)."""
+        job = self._jobs.get(job_id)
+        if job is None or job.status.finished:
+            return True
+        if kind is JobEventKind.PROGRESS:
+            if job.status is JobStatus.QUEUED:
+                job.status = JobStatus.RUNNING
+                self._append(job, JobEventKind.STATUS, {"status": job.status.value})
+            job.steps_done += 1
+            data = {**data, "steps_done": job.steps_done, "steps_total": job.steps_total}
+            if "preview" in data:
+                self._drop_older_previews(job)
+        self._append(job, kind, data)
+        await _notify(job)
+        return job.cancel_requested
+
+    async def finish(
+        self,
+        job_id: str,
+        status: JobStatus,
+        *,
+        result: JobResult | None = None,
+        error: ErrorDetail | None = None,
+    ) -> JobView | None:
+        job = self._jobs.get(job_id)
+        if job is None or job.status.finished:
+            return None if job is None else job.view()
+        job.status, job.result, job.error = status, result, error
+        if status is JobStatus.SUCCEEDED:
+            job.steps_done = job.steps_total
+        job.updated_at = self._clock()
+        final = job.view()
+        data = final.model_dump(mode="json")  # the final view, exactly
+        job.events.append(JobEvent(len(job.events), FINAL_EVENT[status], data))
+        await _notify(job)
+        return final
+
+    def record_webhook(self, job_id: str, delivery: dict[str, Any]) -> None:
+        job = self._jobs.get(job_id)
+        if job is not None:
+            job.webhook = delivery
+
+    def request_cancel(self, job_id: str) -> JobView | None:
+        """Ask the running job to stop; it ends as `cancelled` at its next step."""
+        job = self._jobs.get(job_id)
+        if job is None:
+            return None
+        if not job.status.finished:
+            job.cancel_requested = True
+        return job.view()
+
+    async def events(
+        self, job_id: str, after: int = -1, heartbeat_s: float = 15.0
+    ) -> AsyncGenerator[JobEvent | None, None]:
+        """The job's events after index `after`, live until the job finishes; None every
+        `heartbeat_s` of silence (so proxies keep the stream open)."""
+        job = self._jobs.get(job_id)
+        if job is None:
+            return
+        position = after + 1
+        while True:
+            while position < len(job.events):
+                yield job.events[position]
+                position += 1
+            if job.status.finished:
+                return
+            grown = functools.partial(_has_more_than, job, len(job.events))
+            async with job.changed:
+                try:
+                    await asyncio.wait_for(job.changed.wait_for(grown), heartbeat_s)
+                    silent = False
+                except TimeoutError:
+                    silent = True
+            if silent:  # yielded outside the lock: a slow reader must not block reporters
+                yield None
+
+    def _append(self, job: Job, kind: JobEventKind, data: dict[str, Any]) -> None:
+        job.updated_at = self._clock()
+        job.events.append(JobEvent(len(job.events), kind, data))
+
+    def _drop_older_previews(self, job: Job) -> None:
+        """Only the latest preview is kept for late subscribers: the log stays small."""
+        for position in range(len(job.events) - 1, -1, -1):
+            event = job.events[position]
+            if event.kind is JobEventKind.PROGRESS and "preview" in event.data:
+                data = {k: v for k, v in event.data.items() if k != "preview"}
+                job.events[position] = JobEvent(event.index, event.kind, data)
+                return
+
+    def _expire(self) -> None:
+        now = self._clock()
+        for job_id, job in list(self._jobs.items()):
+            if job.status.finished and now - job.updated_at > self._ttl_s:
+                del self._jobs[job_id]
+        if len(self._jobs) >= self._max_jobs:  # make room: the oldest finished jobs go
+            for job_id, job in list(self._jobs.items()):
+                if len(self._jobs) < self._max_jobs:
+                    break
+                if job.status.finished:
+                    del self._jobs[job_id]
+
+
+def _has_more_than(job: Job, count: int) -> bool:
+    return len(job.events) > count
+
+
+async def _notify(job: Job) -> None:
+    async with job.changed:
+        job.changed.notify_all()
+
+
+class JobCancelled(Exception):
+    """The board says the job was cancelled (a DELETE that reached another replica)."""
+
+
+class JobRunner:
+    """Runs the jobs this replica accepted: DataPlane.run with a progress sink that reports every
+    denoising step to the board, then the signed webhook."""
+
+    def __init__(self, data_plane: DataPlane, store: Store, webhooks: WebhookSender | None) -> None:
+        self._data_plane = data_plane
+        self._store = store
+        self._webhooks = webhooks
+        self._running: dict[str, asyncio.Task[None]] = {}
+
+    @property
+    def webhooks_enabled(self) -> bool:
+        return self._webhooks is not None
+
+    async def submit(
+        self, prepared: PreparedRequest, *, preview: bool, webhook_url: str | None
+    ) -> JobView:
+        """The job, queued; it runs in the background of this replica."""
+        job_id = uuid.uuid4().hex
+        request = prepared.request
+        view = await self._store.create_job(
+            job_id, request.model_dump(), request.steps * request.num_images, webhook_url
+        )
+        task = asyncio.create_task(self._run(job_id, prepared, preview, webhook_url))
+        self._running[job_id] = task
+        task.add_done_callback(lambda _: self._running.pop(job_id, None))
+        return view
+
+    async def cancel(self, job_id: str) -> JobView | None:
+        view = await self._store.cancel_job(job_id)
+        task = self._running.get(job_id)
+        if task is not None:  # running here: stop now rather than at its next step report
+            task.cancel()
+        return view
+
+    async def _run(
+        self, job_id: str, prepared: PreparedRequest, preview: bool, webhook_url: str | None
+    ) -> None:
+        async def report(step: StepProgress) -> None:
+            data: dict[str, Any] = {
+                "image_index": step.image_index,
+                "step": step.step,
+                "total": step.total,
+            }
+            if step.preview is not None:
+                data["preview"] = png_data_url(step.preview)
+            if await self._store.report_job(job_id, JobEventKind.PROGRESS, data):
+                raise JobCancelled
+
+        try:
+            result = await self._data_plane.run(
+                prepared, RequestContext(), progress=report, preview=preview
+            )
+            final = await self._store.finish_job(
+                job_id, JobStatus.SUCCEEDED, result=self._job_result(result)
+            )
+        except (asyncio.CancelledError, JobCancelled):
+            final = await self._store.finish_job(job_id, JobStatus.CANCELLED)
+        except Exception as error:
+            serving_error = as_serving_error(error)
+            if serving_error is None:
+                logger.exception("job %s failed", job_id)
+                details = ErrorDetail(code="internal", message="generation failed; see server logs")
+            else:
+                details = serving_error.to_detail()
+            final = await self._store.finish_job(job_id, JobStatus.FAILED, error=details)
+        if webhook_url is not None and final is not None and self._webhooks is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                delivery = await self._webhooks.deliver(webhook_url, final.model_dump(mode="json"))
+                await self._store.record_webhook(job_id, delivery)
+
+    def _job_result(self, result: GenerationResult) -> JobResult:
+        fmt = result.request.output_format
+        return JobResult(
+            images=[
+                JobImage(
+                    url=self._data_plane.image_url(image.digest, fmt),
+                    digest=image.digest,
+                    seed=image.seed,
+                    media_type=result.media_type,
+                )
+                for image in result.images
+            ],
+            cached=result.cached,
+            timings_ms={name: round(value, 2) for name, value in result.timings_ms.items()},
+            warnings=result.warnings,
+        )

@@ -1,0 +1,176 @@
+"""The one request type every protocol maps onto, its validation against the limits, and the
+context each transport builds for a call (deadline, who is calling)."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from serving.errors import InvalidArgument
+from serving.settings import Defaults, Limits, OutputFormat, SchedulerName
+
+SCHEDULER_NAMES: tuple[str, ...] = SchedulerName.__args__  # type: ignore[attr-defined]
+OUTPUT_FORMATS: tuple[str, ...] = OutputFormat.__args__  # type: ignore[attr-defined]
+MAX_SEED = 2**32 - 1
+# The client's own deadline in seconds: an HTTP header, or gRPC metadata of the same name.
+TIMEOUT_HEADER = "x-timeout-s"
+
+
+class GenerateParams(BaseModel):
+    """What a client may send. Types are checked here; ranges in `resolve` against the limits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(description="what to draw (at most 77 CLIP tokens)")
+    negative_prompt: str = Field("", description="what to steer away from")
+    num_images: int = Field(1, description="images to make; image i uses seed + i")
+    width: int | None = Field(None, description="pixels, a multiple of 8 (default: the model's)")
+    height: int | None = Field(None, description="pixels, a multiple of 8 (default: the model's)")
+    steps: int | None = Field(None, description="denoising steps")
+    guidance_scale: float | None = Field(None, description="classifier-free guidance (≤ 1: off)")
+    seed: int | None = Field(None, description="0 to 2**32 - 1; random when left out")
+    scheduler: str | None = Field(None, description=f"one of {', '.join(SCHEDULER_NAMES)}")
+    output_format: str | None = Field(None, description=f"one of {', '.join(OUTPUT_FORMATS)}")
+
+
+class GenerationRequest(BaseModel):
+    """A fully resolved, validated request: every field has its final value."""
+
+    model_config = ConfigDict(frozen=True)
+
+    prompt: str
+    negative_prompt: str
+    num_images: int
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    seed: int = Field(description="seed of the first image; image i uses seed + i")
+    scheduler: SchedulerName
+    output_format: OutputFormat
+
+    def seeds(self) -> list[int]:
+        return [(self.seed + i) % (MAX_SEED + 1) for i in range(self.num_images)]
+
+    @property
+    def guided(self) -> bool:
+        return self.guidance_scale > 1.0
+
+
+def resolve(
+    params: GenerateParams, limits: Limits, defaults: Defaults, native_size: int
+) -> GenerationRequest:
+    """Apply defaults and check every field against the limits."""
+    if not params.prompt.strip():
+        raise InvalidArgument("prompt", "must not be empty")
+    for field in ("prompt", "negative_prompt"):
+        length = len(getattr(params, field))
+        if length > limits.max_prompt_chars:
+            raise InvalidArgument(
+                field, f"is {length} characters; the limit is {limits.max_prompt_chars}"
+            )
+    _check_range("num_images", params.num_images, 1, limits.max_num_images)
+    width = params.width if params.width is not None else native_size
+    height = params.height if params.height is not None else native_size
+    _check_size("width", width, limits.min_size, limits.max_width)
+    _check_size("height", height, limits.min_size, limits.max_height)
+    steps = params.steps if params.steps is not None else defaults.steps
+    _check_range("steps", steps, limits.min_steps, limits.max_steps)
+    guidance = (
+        params.guidance_scale if params.guidance_scale is not None else defaults.guidance_scale
+    )
+    if not 0.0 <= guidance <= limits.max_guidance_scale:
+        raise InvalidArgument(
+            "guidance_scale", f"must be between 0 and {limits.max_guidance_scale} (got {guidance})"
+        )
+    scheduler = params.scheduler or defaults.scheduler
+    if scheduler not in SCHEDULER_NAMES:
+        raise InvalidArgument(
+            "scheduler",
+            f"unknown scheduler {scheduler!r}; choose one of {', '.join(SCHEDULER_NAMES)}",
+        )
+    output_format = normalize_format(params.output_format or defaults.output_format)
+    seed = params.seed if params.seed is not None else secrets.randbelow(MAX_SEED + 1)
+    _check_range("seed", seed, 0, MAX_SEED)
+    return GenerationRequest(
+        prompt=params.prompt,
+        negative_prompt=params.negative_prompt,
+        num_images=params.num_images,
+        width=width,
+        height=height,
+        steps=steps,
+        guidance_scale=guidance,
+        seed=seed,
+        scheduler=scheduler,  # checked against SCHEDULER_NAMES above
+        output_format=output_format,  # checked against OUTPUT_FORMATS
+    )
+
+
+def normalize_format(value: str, field: str = "output_format") -> str:
+    """`png`, `jpeg` (also `jpg`) or `webp`, any case; anything else is refused naming `field`."""
+    output_format = value.lower()
+    if output_format == "jpg":
+        output_format = "jpeg"
+    if output_format not in OUTPUT_FORMATS:
+        raise InvalidArgument(
+            field, f"unknown format {value!r}; choose one of {', '.join(OUTPUT_FORMATS)}"
+        )
+    return output_format
+
+
+def _check_range(field: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise InvalidArgument(field, f"must be between {low} and {high} (got {value})")
+
+
+def _check_size(field: str, value: int, low: int, high: int) -> None:
+    if value % 8:
+        raise InvalidArgument(field, f"must be a multiple of 8 (got {value})")
+    _check_range(field, value, low, high)
+
+
+def parse_timeout(raw: str | None) -> float | None:
+    """An X-Timeout-S value (HTTP header or gRPC metadata) in seconds; None when absent."""
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise InvalidArgument("X-Timeout-S", f"must be a positive number of seconds (got {raw!r})")
+    return value
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """What a transport knows about a call besides its body: the client's own deadline, its
+    `Authorization` value and its address. Built once per call by the transport."""
+
+    timeout_s: float | None = None
+    authorization: str | None = None
+    address: str | None = None
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, str], address: str | None) -> RequestContext:
+        """From HTTP headers or gRPC metadata (lower-case names)."""
+        return cls(
+            timeout_s=parse_timeout(headers.get(TIMEOUT_HEADER)),
+            authorization=headers.get("authorization"),
+            address=address,
+        )
+
+    @property
+    def client_id(self) -> str:
+        return client_id(self.authorization, self.address)
+
+
+def client_id(authorization: str | None, address: str | None) -> str:
+    """Who a rate-limit bucket belongs to: the key's hash (never the key), else the address."""
+    if authorization:
+        return "key:" + hashlib.sha256(authorization.encode()).hexdigest()[:16]
+    return "addr:" + (address or "unknown")

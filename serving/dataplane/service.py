@@ -1,0 +1,280 @@
+"""The data plane: the one generation call every protocol makes, and what the protocols share.
+
+`DataPlane.generate(params, context)` owns everything between a protocol's parsed request and
+its answer: defaults and limits, whether the request is determined (the client chose the seed),
+the prompt's token limit, the deadline and cancellation, the result cache, the three stages,
+encoding, storing and the metrics. Protocol handlers only translate wire formats and rename
+fields in errors. It imports neither Ray, FastAPI nor gRPC: stages and shared state come in
+through `StageClient` and `Store`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+import numpy as np
+
+from serving.dataplane.codecs import MEDIA_TYPES, decode_image, encode_image
+from serving.dataplane.model import ServedModel
+from serving.dataplane.request import GenerateParams, GenerationRequest, RequestContext, resolve
+from serving.dataplane.results import StoredImage, request_key
+from serving.dataplane.stages import DenoiseJob, DenoiseResult, StageClient, StepProgress
+from serving.dataplane.store import Store
+from serving.errors import DeadlineExceeded
+from serving.metrics import IngressMetrics
+from serving.settings import Settings
+
+T = TypeVar("T")
+ProgressSink = Callable[[StepProgress], Awaitable[None]]
+READINESS_TTL_S = 1.0  # probes, kserve's per-inference check and v1 status share one answer
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    """A request checked and resolved, before any stage runs (a job is prepared at submit)."""
+
+    request: GenerationRequest
+    determined: bool  # the client chose the seed: the result may come from the result cache
+    warnings: list[str]
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    data: bytes
+    digest: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """What every protocol answers from: encoded images, their digests, timings, warnings; the
+    pixels too when the caller asked for them (a raw tensor output)."""
+
+    request: GenerationRequest
+    images: list[EncodedImage]
+    timings_ms: dict[str, float]
+    warnings: list[str]
+    cached: bool
+    pixels: list[np.ndarray] | None = None
+
+    @property
+    def media_type(self) -> str:
+        return MEDIA_TYPES[self.request.output_format]
+
+
+class DataPlane:
+    def __init__(
+        self,
+        settings: Settings,
+        model: ServedModel,
+        stages: StageClient,
+        store: Store,
+        metrics: IngressMetrics,
+    ) -> None:
+        self.settings = settings
+        self.model = model
+        self.store = store
+        self.metrics = metrics
+        self._stages = stages
+        self._readiness: dict[str, bool] = {}
+        self._readiness_at = -READINESS_TTL_S
+        self._probe: asyncio.Task[dict[str, bool]] | None = None
+
+    # -- the generation call
+
+    def prepare(self, params: GenerateParams) -> PreparedRequest:
+        """Defaults applied and every limit and the prompt's token count checked; raises
+        InvalidArgument naming the field."""
+        request = resolve(
+            params, self.settings.limits, self.settings.defaults, self.model.native_size
+        )
+        warnings = self.model.guard.check(request, self.settings.limits)
+        return PreparedRequest(request, determined=params.seed is not None, warnings=warnings)
+
+    async def generate(
+        self,
+        params: GenerateParams,
+        context: RequestContext,
+        *,
+        progress: ProgressSink | None = None,
+        preview: bool = False,
+        pixels: bool = False,
+    ) -> GenerationResult:
+        """Prepare and run: the call of every synchronous protocol."""
+        return await self.run(
+            self.prepare(params), context, progress=progress, preview=preview, pixels=pixels
+        )
+
+    async def run(
+        self,
+        prepared: PreparedRequest,
+        context: RequestContext,
+        *,
+        progress: ProgressSink | None = None,
+        preview: bool = False,
+        pixels: bool = False,
+    ) -> GenerationResult:
+        """Encoded images for a prepared request. With `progress`, every denoising step of every
+        image is reported as it happens (with a latent preview when `preview`). A determined
+        request made before is answered from the result cache without touching the stages.
+        Past the deadline (the server's, or the client's own when shorter) the work is cancelled
+        and the client gets DeadlineExceeded."""
+        limit = self.settings.request_timeout_s
+        deadline = limit if context.timeout_s is None else min(limit, context.timeout_s)
+        try:
+            result = await asyncio.wait_for(
+                self._run(prepared, progress, preview, pixels), deadline
+            )
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"the request took longer than its {deadline:g} s deadline and was cancelled"
+            ) from None
+        self.metrics.record_result(result.timings_ms, 0 if result.cached else len(result.images))
+        return result
+
+    async def _run(
+        self,
+        prepared: PreparedRequest,
+        progress: ProgressSink | None,
+        preview: bool,
+        pixels: bool,
+    ) -> GenerationResult:
+        started = time.perf_counter()
+        request = prepared.request
+        # 1. The result cache, for a determined request.
+        key = request_key(self.model.id, request) if prepared.determined else None
+        if key is not None:
+            hit = await self.store.lookup_result(key)
+            self.metrics.record_result_lookup(hit is not None)
+            if hit is not None:
+                cached, stored = hit
+                kept = zip(stored, cached.digests, cached.seeds, strict=True)
+                images = [EncodedImage(image.data, digest, seed) for image, digest, seed in kept]
+                elapsed = (time.perf_counter() - started) * 1000
+                return GenerationResult(
+                    request,
+                    images,
+                    {"result_cache": elapsed, "total": elapsed},
+                    prepared.warnings,
+                    cached=True,
+                    pixels=[decode_image(image.data) for image in stored] if pixels else None,
+                )
+        # 2. Text encoder, UNet, VAE.
+        rendered, timings = await self._render(request, progress, preview)
+        # 3. Encode, then store the images (and remember a determined request's result).
+        before = time.perf_counter()
+        encoded = [encode_image(image, request.output_format) for image in rendered]
+        timings["encode"] = (time.perf_counter() - before) * 1000
+        seeds = request.seeds()
+        digests = await self.store.keep(
+            [(data, request.output_format) for data in encoded], key, seeds
+        )
+        timings["total"] = (time.perf_counter() - started) * 1000
+        images = [
+            EncodedImage(data, digest, seed)
+            for data, digest, seed in zip(encoded, digests, seeds, strict=True)
+        ]
+        return GenerationResult(
+            request, images, timings, prepared.warnings, False, rendered if pixels else None
+        )
+
+    async def _render(
+        self, request: GenerationRequest, progress: ProgressSink | None, preview: bool
+    ) -> tuple[list[np.ndarray], dict[str, float]]:
+        """Pixels from the three stages, and the time each took."""
+        started = time.perf_counter()
+        texts = [request.prompt, request.negative_prompt] if request.guided else [request.prompt]
+        embeds = await all_or_none([self._stages.encode_text(text) for text in texts])
+        encoded = time.perf_counter()
+
+        jobs = [
+            DenoiseJob(
+                prompt_embeds=embeds[0],
+                negative_embeds=embeds[1] if request.guided else None,
+                height=request.height,
+                width=request.width,
+                steps=request.steps,
+                guidance_scale=request.guidance_scale,
+                seed=seed,
+                scheduler=request.scheduler,
+            )
+            for seed in request.seeds()
+        ]
+        if progress is None:
+            denoised = await all_or_none([self._stages.denoise(job) for job in jobs])
+        else:
+            denoised = await all_or_none(
+                [self._denoise_reporting(job, i, progress, preview) for i, job in enumerate(jobs)]
+            )
+        denoise_done = time.perf_counter()
+
+        images = await all_or_none([self._stages.decode(result.latents) for result in denoised])
+        timings = {
+            "text_encoder": (encoded - started) * 1000,
+            "unet_queue": max(result.queued_ms for result in denoised),
+            "unet": (denoise_done - encoded) * 1000,
+            "vae": (time.perf_counter() - denoise_done) * 1000,
+        }
+        return images, timings
+
+    async def _denoise_reporting(
+        self, job: DenoiseJob, index: int, progress: ProgressSink, preview: bool
+    ) -> DenoiseResult:
+        async with aclosing(self._stages.denoise_stream(job, preview)) as stream:
+            async for item in stream:
+                if isinstance(item, DenoiseResult):
+                    return item
+                await progress(replace(item, image_index=index))
+        raise RuntimeError("the UNet's progress stream ended without a result")
+
+    # -- what the protocols share besides generation
+
+    async def image(self, digest: str) -> StoredImage | None:
+        return await self.store.get_image(digest)
+
+    def image_url(self, digest: str, output_format: str) -> str:
+        """Where a stored image is served: relative, or under the CDN's SD_PUBLIC_BASE_URL."""
+        base = self.settings.public_base_url.rstrip("/")
+        return f"{base}/v1/images/{digest}.{output_format}"
+
+    async def readiness(self) -> dict[str, bool]:
+        """Per stage (and the shared store): loaded and answering. One source for every probe
+        on every transport, probed at most once per READINESS_TTL_S."""
+        if time.monotonic() - self._readiness_at < READINESS_TTL_S:
+            return self._readiness
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.ensure_future(self._probe_stages())
+        return await asyncio.shield(self._probe)
+
+    async def ready(self) -> bool:
+        return all((await self.readiness()).values())
+
+    async def _probe_stages(self) -> dict[str, bool]:
+        async def store_ready() -> bool:
+            try:
+                return await asyncio.wait_for(self.store.ready(), 2.0)
+            except Exception:
+                return False
+
+        stages, store = await asyncio.gather(self._stages.readiness(), store_ready())
+        self._readiness = {**stages, "result_store": store}
+        self._readiness_at = time.monotonic()
+        return self._readiness
+
+
+async def all_or_none(calls: Sequence[Coroutine[Any, Any, T]]) -> list[T]:
+    """Run the calls together; when one fails or the caller is cancelled, cancel the others
+    (so no stage keeps working for an answer nobody will read)."""
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise

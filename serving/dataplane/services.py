@@ -1,0 +1,64 @@
+"""The ingress's composition: one data plane, the job runner, the access policy and kserve's v2
+data plane, built once per ingress replica and handed to both transports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from serving.dataplane.access import AccessPolicy
+from serving.dataplane.jobs import JobRunner
+from serving.dataplane.model import ServedModel
+from serving.dataplane.service import DataPlane
+from serving.dataplane.stages import StageClient
+from serving.dataplane.store import Store
+from serving.dataplane.v2 import ServingKServeDataPlane
+from serving.dataplane.webhooks import WebhookSender
+from serving.metrics import IngressMetrics, Meter
+from serving.settings import Settings
+
+
+@dataclass(frozen=True)
+class Services:
+    data_plane: DataPlane
+    jobs: JobRunner
+    access: AccessPolicy
+    v2: ServingKServeDataPlane
+
+    @property
+    def settings(self) -> Settings:
+        return self.data_plane.settings
+
+    @property
+    def metrics(self) -> IngressMetrics:
+        return self.data_plane.metrics
+
+
+def build_services(
+    settings: Settings,
+    stages: StageClient,
+    store: Store,
+    meter: Meter,
+    model: ServedModel | None = None,
+) -> Services:
+    """`model` defaults to the one the settings name (its tokenizer and configs are read)."""
+    data_plane = DataPlane(
+        settings,
+        model or ServedModel.load(settings),
+        stages,
+        store,
+        IngressMetrics.create(meter),
+    )
+    secret = settings.webhook_secret
+    webhooks = None
+    if secret is not None:
+        webhooks = WebhookSender(
+            secret.get_secret_value().encode(),
+            timeout_s=settings.webhook_timeout_s,
+            attempts=settings.webhook_attempts,
+        )
+    return Services(
+        data_plane=data_plane,
+        jobs=JobRunner(data_plane, store, webhooks),
+        access=AccessPolicy.from_settings(settings, store),
+        v2=ServingKServeDataPlane(data_plane),
+    )

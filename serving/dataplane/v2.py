@@ -1,0 +1,254 @@
+"""KServe's Open Inference Protocol v2, transport-neutral: the kserve `Model` that maps a v2
+InferRequest onto GenerateParams and DataPlane.generate, and the kserve DataPlane that kserve's
+own REST endpoints and gRPC servicer share.
+
+Inputs are named scalars (`prompt` BYTES, `steps` INT…); outputs are `image` (UINT8
+[N, H, W, 3]), `image_bytes` (BYTES, PNG/JPEG/WebP chosen by parameter `output_format`) and
+`seed` (INT64 [N]). The tables live with the client (serving/client/v2.py), which speaks the
+same protocol."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from kserve import Model, ModelRepository
+from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady, ServerNotReady
+from kserve.protocol.dataplane import DataPlane as KServeDataPlane
+from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, InferResponse
+
+from serving.client.v2 import DECLARED_INPUTS, OUTPUTS, accepted_datatypes
+from serving.dataplane.request import GenerateParams, RequestContext, normalize_format
+from serving.dataplane.service import DataPlane, GenerationResult
+from serving.errors import (
+    InvalidArgument,
+    MalformedRequest,
+    NotFound,
+    NotReady,
+    ServingError,
+    fields_renamed,
+)
+
+
+def _tensor(name: str, datatype: str, shape: list[int]) -> dict[str, Any]:
+    return {"name": name, "datatype": datatype, "shape": shape}
+
+
+INPUT_METADATA = [_tensor(name, datatype, [1]) for name, datatype in DECLARED_INPUTS.items()]
+OUTPUT_METADATA = [_tensor(name, datatype, shape) for name, (datatype, shape) in OUTPUTS.items()]
+
+
+class StableDiffusionModel(Model):
+    """The served model as kserve sees it. Every inference goes through DataPlane.generate."""
+
+    def __init__(self, data_plane: DataPlane) -> None:
+        super().__init__(data_plane.model.name)
+        self._data_plane = data_plane
+        self.ready = True
+
+    async def healthy(self) -> bool:
+        return await self._data_plane.ready()
+
+    def load(self) -> bool:  # the stages load themselves; kserve calls this when not ready
+        return True
+
+    def get_input_types(self) -> list[dict[str, Any]]:
+        return INPUT_METADATA
+
+    def get_output_types(self) -> list[dict[str, Any]]:
+        return OUTPUT_METADATA
+
+    async def predict(
+        self, payload: InferRequest, headers: dict[str, str] | None = None
+    ) -> InferResponse:
+        if not isinstance(payload, InferRequest):
+            raise MalformedRequest("expected a v2 inference request with `inputs`")
+        context = RequestContext.from_headers(headers or {}, address=None)
+        with fields_renamed(v2_field_name):
+            params = params_from_infer_request(payload)
+            wanted = requested_outputs(payload, params.output_format)
+            if "image" in wanted:
+                params = params.model_copy(update={"output_format": "png"})
+            result = await self._data_plane.generate(params, context, pixels="image" in wanted)
+        return infer_response(payload, result, wanted)
+
+
+def v2_field_name(field: str) -> str:
+    """Where a v2 client put the field: `steps` → `inputs[steps]`."""
+    if field.startswith(("inputs", "outputs", "parameters")) or field == "X-Timeout-S":
+        return field
+    if field == "output_format":
+        return "parameters.output_format"
+    return f"inputs[{field}]"
+
+
+def params_from_infer_request(payload: InferRequest) -> GenerateParams:
+    values: dict[str, Any] = {tensor.name: _scalar(tensor) for tensor in payload.inputs}
+    if "prompt" not in values:
+        raise InvalidArgument("inputs", "a BYTES input named `prompt` is required")
+    output_format = parameter_value(payload.parameters, "output_format")
+    if output_format is not None:
+        if not isinstance(output_format, str):
+            raise InvalidArgument(
+                "parameters.output_format", f"must be a string (got {output_format!r})"
+            )
+        values["output_format"] = normalize_format(output_format, "parameters.output_format")
+    try:
+        return GenerateParams.model_validate(values)
+    except ValueError as error:  # types were checked per tensor; this is a safety net
+        raise InvalidArgument("inputs", str(error)) from None
+
+
+def _scalar(tensor: InferInput) -> Any:
+    name, datatype = tensor.name, tensor.datatype
+    field = f"inputs[{name}]"
+    if name not in DECLARED_INPUTS:
+        known = ", ".join(DECLARED_INPUTS)
+        raise InvalidArgument(field, f"unknown input; this model takes {known}")
+    expected = accepted_datatypes(DECLARED_INPUTS[name])
+    if datatype not in expected:
+        raise InvalidArgument(
+            f"{field}.datatype", f"must be {' or '.join(sorted(expected))} (got {datatype})"
+        )
+    if int(np.prod(tensor.shape)) != 1:
+        raise InvalidArgument(
+            f"{field}.shape", f"must hold exactly one element, e.g. [1] (got {tensor.shape})"
+        )
+    try:
+        value = tensor.as_numpy().reshape(-1)[0]
+    except (ValueError, TypeError, IndexError) as error:
+        detail = f"does not match its shape and datatype: {error}"
+        raise InvalidArgument(f"{field}.data", detail) from None
+    declared = DECLARED_INPUTS[name]
+    if declared == "BYTES":
+        if isinstance(value, bytes | np.bytes_):
+            try:
+                return bytes(value).decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidArgument(field, "must be UTF-8 text") from None
+        return str(value)
+    if declared.startswith("FP"):
+        return float(value)
+    return int(value)
+
+
+def parameter_value(parameters: Mapping[str, Any] | None, key: str) -> Any:
+    """A v2 request parameter, from REST (a plain dict) or gRPC (InferParameter messages, a
+    oneof per type); None when absent."""
+    if not parameters or key not in parameters:
+        return None
+    value = parameters[key]
+    if hasattr(value, "WhichOneof"):
+        kind = value.WhichOneof("parameter_choice")
+        return None if kind is None else getattr(value, kind)
+    return value
+
+
+def requested_outputs(payload: InferRequest, output_format: str | None) -> set[str]:
+    """Which outputs to build: the ones the client named, else `image_bytes` when it chose an
+    encoded format, else the raw `image` tensor; `seed` always."""
+    named = {output.name for output in payload.request_outputs or []}
+    unknown = named - set(OUTPUTS)
+    if unknown:
+        raise InvalidArgument(
+            "outputs", f"unknown output {sorted(unknown)[0]!r}; choose from {', '.join(OUTPUTS)}"
+        )
+    if not named:
+        named = {"image_bytes" if output_format else "image", "seed"}
+    fmt = output_format or "png"
+    if "image" in named and fmt != "png":
+        raise InvalidArgument(
+            "parameters.output_format",
+            f"the UINT8 `image` output is lossless, so it cannot come with {fmt}; "
+            "ask for `image_bytes` alone",
+        )
+    return named
+
+
+def infer_response(
+    payload: InferRequest, result: GenerationResult, wanted: set[str]
+) -> InferResponse:
+    outputs = []
+    count = len(result.images)
+    if "image" in wanted:
+        assert result.pixels is not None  # asked for with pixels=True
+        pixels = np.stack(result.pixels)
+        output = InferOutput("image", list(pixels.shape), "UINT8")
+        output.set_data_from_numpy(pixels, binary_data=False)
+        outputs.append(output)
+    if "image_bytes" in wanted:
+        output = InferOutput("image_bytes", [count], "BYTES")
+        parameters: dict[str, Any] = {"content_type": result.media_type}
+        binary = _sent_as_binary(payload, "image_bytes")
+        if binary:
+            data = np.array([image.data for image in result.images], dtype=np.object_)
+        else:  # JSON carries text only: base64, and the parameter says so
+            data = np.array([base64.b64encode(i.data) for i in result.images], dtype=np.object_)
+            parameters["content_transfer_encoding"] = "base64"
+        output.set_data_from_numpy(data, binary_data=binary)
+        output.parameters = {**(output.parameters or {}), **parameters}
+        outputs.append(output)
+    if "seed" in wanted:
+        seeds = np.array([image.seed for image in result.images], dtype=np.int64)
+        output = InferOutput("seed", [count], "INT64")
+        output.set_data_from_numpy(seeds, binary_data=False)
+        outputs.append(output)
+    return InferResponse(
+        response_id=payload.id or uuid.uuid4().hex,
+        model_name=payload.model_name,
+        infer_outputs=outputs,
+        parameters={"cached": result.cached},
+        # gRPC answers in raw_output_contents; REST in JSON unless the client asked for binary.
+        use_binary_outputs=payload.from_grpc or payload.use_binary_outputs,
+        requested_outputs=payload.request_outputs or None,
+    )
+
+
+def _sent_as_binary(payload: InferRequest, name: str) -> bool:
+    """Whether an output travels as raw bytes: always over gRPC (raw_output_contents), over REST
+    with the binary tensor data extension (`binary_data_output`, or per output `binary_data`)."""
+    if payload.from_grpc:
+        return True
+    for output in payload.request_outputs or []:
+        if output.name == name and output.binary_data is not None:
+            return bool(output.binary_data)
+    return bool(payload.use_binary_outputs)
+
+
+class ServingKServeDataPlane(KServeDataPlane):
+    """kserve's DataPlane, with server readiness from our data plane (kserve's own answers True
+    whenever it has no predictor to ask)."""
+
+    def __init__(self, data_plane: DataPlane) -> None:
+        repository = ModelRepository()
+        repository.update(StableDiffusionModel(data_plane))
+        super().__init__(model_registry=repository)
+        self._serving = data_plane
+
+    async def ready(self) -> bool:
+        return await self._serving.ready()
+
+
+KSERVE_ERRORS: tuple[type[Exception], ...] = (
+    ModelNotFound,
+    ModelNotReady,
+    ServerNotReady,
+    InvalidInput,
+    NotImplementedError,
+)
+
+
+def kserve_error(error: BaseException) -> ServingError | None:
+    """kserve's own exceptions (raised inside its endpoints and DataPlane) as ours."""
+    if isinstance(error, ModelNotFound):
+        return NotFound(str(error))
+    if isinstance(error, ModelNotReady | ServerNotReady):
+        return NotReady(str(error))
+    if isinstance(error, InvalidInput):
+        return MalformedRequest(str(error))
+    if isinstance(error, NotImplementedError):  # model versions
+        return NotFound(str(error) or "model versions are not supported")
+    return None

@@ -1,0 +1,132 @@
+"""The data plane's StageClient and Store over Ray deployment handles: the only code that calls
+`.remote()`. A caller that is cancelled cancels the call in its replica too (the UNet then frees
+the batch slot at its next step), the one cancellation rule of serving/dataplane/stages.py."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+from typing import Any, cast
+
+import numpy as np
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+
+from serving.dataplane.jobs import JobEvent, JobEventKind, JobResult, JobStatus, JobView
+from serving.dataplane.results import StoredImage
+from serving.dataplane.stages import DenoiseJob, DenoiseResult, StepProgress
+from serving.dataplane.store import ResultHit
+from serving.errors import ErrorDetail
+
+PROBE_TIMEOUT_S = 2.0
+
+
+async def answer(response: Any) -> Any:
+    """A DeploymentResponse's result; cancelling the awaiting task cancels the call in its
+    replica."""
+    try:
+        return await response
+    except asyncio.CancelledError:
+        response.cancel()
+        raise
+
+
+async def streamed(generator: DeploymentResponseGenerator) -> AsyncGenerator[Any, None]:
+    """A streaming call's items; closing this iterator early cancels the call in its replica."""
+    try:
+        async for item in generator:
+            yield item
+    finally:
+        generator.cancel()  # a no-op once the stream has ended
+
+
+class RayStages:
+    def __init__(
+        self, text_encoder: DeploymentHandle, unet: DeploymentHandle, vae: DeploymentHandle
+    ) -> None:
+        self._text_encoder = text_encoder
+        self._unet = unet
+        self._vae = vae
+
+    async def encode_text(self, text: str) -> np.ndarray:
+        return await answer(self._text_encoder.encode.remote(text))
+
+    async def denoise(self, job: DenoiseJob) -> DenoiseResult:
+        return await answer(self._unet.denoise.remote(job))
+
+    def denoise_stream(
+        self, job: DenoiseJob, preview: bool
+    ) -> AsyncGenerator[StepProgress | DenoiseResult, None]:
+        stream = self._unet.options(stream=True).denoise_with_progress.remote(job, preview)
+        return streamed(cast(DeploymentResponseGenerator, stream))
+
+    async def decode(self, latents: np.ndarray) -> np.ndarray:
+        return await answer(self._vae.decode.remote(latents))
+
+    async def readiness(self) -> dict[str, bool]:
+        stages = {"text_encoder": self._text_encoder, "unet": self._unet, "vae": self._vae}
+        answers = await asyncio.gather(*(probe(handle) for handle in stages.values()))
+        return dict(zip(stages, answers, strict=True))
+
+
+async def probe(handle: DeploymentHandle) -> bool:
+    """Whether a replica of the deployment has loaded and answers within PROBE_TIMEOUT_S."""
+    try:
+        return bool(await asyncio.wait_for(answer(handle.ready.remote()), PROBE_TIMEOUT_S))
+    except Exception:
+        return False
+
+
+class RayStore:
+    """The Store protocol over the one ResultStore replica."""
+
+    def __init__(self, handle: DeploymentHandle) -> None:
+        self._handle = handle
+
+    async def get_image(self, digest: str) -> StoredImage | None:
+        return await answer(self._handle.get_image.remote(digest))
+
+    async def lookup_result(self, key: str) -> ResultHit | None:
+        return await answer(self._handle.lookup_result.remote(key))
+
+    async def keep(
+        self, images: list[tuple[bytes, str]], key: str | None, seeds: list[int]
+    ) -> list[str]:
+        return await answer(self._handle.keep.remote(images, key, seeds))
+
+    async def create_job(
+        self, job_id: str, parameters: dict[str, Any], steps_total: int, webhook_url: str | None
+    ) -> JobView:
+        return await answer(
+            self._handle.create_job.remote(job_id, parameters, steps_total, webhook_url)
+        )
+
+    async def get_job(self, job_id: str) -> JobView | None:
+        return await answer(self._handle.get_job.remote(job_id))
+
+    async def report_job(self, job_id: str, kind: JobEventKind, data: dict[str, Any]) -> bool:
+        return await answer(self._handle.report_job.remote(job_id, kind, data))
+
+    async def finish_job(
+        self,
+        job_id: str,
+        status: JobStatus,
+        result: JobResult | None = None,
+        error: ErrorDetail | None = None,
+    ) -> JobView | None:
+        return await answer(self._handle.finish_job.remote(job_id, status, result, error))
+
+    async def record_webhook(self, job_id: str, delivery: dict[str, Any]) -> None:
+        await answer(self._handle.record_webhook.remote(job_id, delivery))
+
+    async def cancel_job(self, job_id: str) -> JobView | None:
+        return await answer(self._handle.cancel_job.remote(job_id))
+
+    def job_events(self, job_id: str, after: int = -1) -> AsyncGenerator[JobEvent | None, None]:
+        stream = self._handle.options(stream=True).job_events.remote(job_id, after)
+        return streamed(cast(DeploymentResponseGenerator, stream))
+
+    async def take_token(self, client: str, per_minute: float, burst: int) -> float:
+        return await answer(self._handle.take_token.remote(client, per_minute, burst))
+
+    async def ready(self) -> bool:
+        return await probe(self._handle)

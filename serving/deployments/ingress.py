@@ -1,0 +1,51 @@
+"""The Ingress deployment, the app's composition root: the stages and the store behind their
+handles, the one data plane over them, and both transports on top (the FastAPI app mounted with
+`serve.ingress`; the v2 gRPC methods Ray's gRPC proxy calls by name)."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from serving.dataplane.services import build_services
+from serving.deployments._replica import RayMeter, keep_publishing
+from serving.deployments.handles import RayStages, RayStore
+from serving.grpc.methods import InferenceRPC, InferenceServiceMethods
+from serving.http.app import create_http_app
+from serving.metrics import max_replicas_publisher
+from serving.settings import Settings
+
+
+@serve.deployment(name="Ingress")
+@serve.ingress()
+class Ingress(InferenceServiceMethods):
+    """HTTP (the FastAPI app, built per replica) and KServe v2 gRPC (the methods inherited from
+    InferenceServiceMethods; Ray's context fits their CallContext as it is)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        text_encoder: DeploymentHandle,
+        unet: DeploymentHandle,
+        vae: DeploymentHandle,
+        results: DeploymentHandle,
+    ) -> None:
+        meter = RayMeter()
+        self._services = build_services(
+            settings, RayStages(text_encoder, unet, vae), RayStore(results), meter
+        )
+        self._rpc = InferenceRPC(self._services)
+        ceilings = {
+            "Ingress": settings.ingress.max_replicas,
+            "TextEncoder": settings.text_encoder.max_replicas,
+            "UNetDenoiser": settings.unet.max_replicas,
+            "VAEDecoder": settings.vae.max_replicas,
+        }
+        self._stop_publishing = keep_publishing(max_replicas_publisher(meter, ceilings))
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return create_http_app(self._services)
+
+    def __del__(self) -> None:
+        self._stop_publishing.set()

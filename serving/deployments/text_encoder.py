@@ -1,0 +1,32 @@
+"""The TextEncoder deployment: prompts → embeddings, request-batched, with an embedding cache."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+from ray import serve
+
+from serving.deployments._replica import RayMeter, prepare_replica, tune_batching
+from serving.engine.text import TextEncoderRunner
+from serving.metrics import cache_lookups
+from serving.settings import Settings
+
+
+@serve.deployment(name="TextEncoder")
+class TextEncoder:
+    def __init__(self, settings: Settings) -> None:
+        stage = settings.text_encoder
+        placement, source = prepare_replica(settings, stage)
+        self._runner = TextEncoderRunner.load(
+            source, placement, cache_size=stage.cache_size, lookups=cache_lookups(RayMeter())
+        )
+        tune_batching(self.encode, stage.max_batch_size, stage.batch_wait_s)
+
+    @serve.batch
+    async def encode(self, texts: list[str]) -> list[np.ndarray]:
+        # One batch at a time (serve.batch's default), so the cache needs no lock.
+        return await asyncio.to_thread(self._runner.encode, texts)
+
+    def ready(self) -> bool:
+        return True

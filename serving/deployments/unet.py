@@ -1,0 +1,52 @@
+"""The UNetDenoiser deployment: a thin Ray wrapper around the continuous-batching engine."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from ray import serve
+
+from serving.dataplane.stages import DenoiseJob, DenoiseResult, StepProgress
+from serving.deployments._replica import RayMeter, keep_publishing, prepare_replica
+from serving.engine.denoiser import ContinuousBatchingEngine
+from serving.metrics import UNetMetrics
+from serving.settings import Settings
+
+
+@serve.deployment(name="UNetDenoiser")
+class UNetDenoiser:
+    def __init__(self, settings: Settings) -> None:
+        stage = settings.unet
+        placement, source = prepare_replica(settings, stage)
+        self._engine = ContinuousBatchingEngine.load(
+            source,
+            placement,
+            max_batch_size=stage.max_batch_size,
+            max_queue=stage.max_queue,
+            metrics=UNetMetrics.create(RayMeter()),
+        )
+        self._engine.start()
+        self._stop_publishing = keep_publishing(self._engine.publish_load)
+
+    async def denoise(self, job: DenoiseJob) -> DenoiseResult:
+        return await self._engine.denoise(job)
+
+    async def denoise_with_progress(
+        self, job: DenoiseJob, preview: bool = False
+    ) -> AsyncIterator[StepProgress | DenoiseResult]:
+        """Streamed (handle.options(stream=True)): a StepProgress after every step, then the
+        DenoiseResult."""
+        async for item in self._engine.denoise_stream(job, preview):
+            yield item
+
+    def check_health(self) -> None:
+        """Ray Serve calls this periodically: a dead engine thread makes Serve replace the
+        replica."""
+        self._engine.check_health()
+
+    def ready(self) -> bool:
+        return True
+
+    def __del__(self) -> None:
+        self._stop_publishing.set()
+        self._engine.stop()

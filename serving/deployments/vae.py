@@ -1,0 +1,28 @@
+"""The VAEDecoder deployment: latents → uint8 images, request-batched."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+from ray import serve
+
+from serving.deployments._replica import prepare_replica, tune_batching
+from serving.engine.decoder import VaeDecoderRunner
+from serving.settings import Settings
+
+
+@serve.deployment(name="VAEDecoder")
+class VAEDecoder:
+    def __init__(self, settings: Settings) -> None:
+        stage = settings.vae
+        placement, source = prepare_replica(settings, stage)
+        self._runner = VaeDecoderRunner.load(source, placement)
+        tune_batching(self.decode, stage.max_batch_size, stage.batch_wait_s)
+
+    @serve.batch
+    async def decode(self, latents: list[np.ndarray]) -> list[np.ndarray]:
+        return await asyncio.to_thread(self._runner.decode, latents)
+
+    def ready(self) -> bool:
+        return True

@@ -1,0 +1,97 @@
+"""The three stages in one process, behind the data plane's StageClient: the same runners the
+Ray deployments wrap, without Ray. Tests use it, and so can a single-process run."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+import numpy as np
+
+from serving.dataplane.stages import DenoiseJob, DenoiseResult, StepProgress
+from serving.engine.decoder import VaeDecoderRunner
+from serving.engine.denoiser import ContinuousBatchingEngine, EngineStats
+from serving.engine.text import TextEncoderRunner
+from serving.metrics import Meter, UNetMetrics, cache_lookups
+from serving.models.device import choose_placement
+from serving.settings import Settings
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+class InProcessStages:
+    """Text encoder and VAE each run on a thread of their own (one batch at a time, as their
+    replicas do); the UNet engine runs its own thread and batches across requests."""
+
+    def __init__(
+        self, text: TextEncoderRunner, engine: ContinuousBatchingEngine, decoder: VaeDecoderRunner
+    ) -> None:
+        self._text = text
+        self._engine = engine
+        self._decoder = decoder
+        self._text_thread = ThreadPoolExecutor(1, thread_name_prefix="text-encoder")
+        self._vae_thread = ThreadPoolExecutor(1, thread_name_prefix="vae")
+        engine.start()
+
+    @classmethod
+    def load(cls, settings: Settings, source: str, meter: Meter) -> InProcessStages:
+        """The stages of the diffusers directory `source`, sized by the settings."""
+        placement = choose_placement(settings)
+        return cls(
+            TextEncoderRunner.load(
+                source,
+                placement,
+                cache_size=settings.text_encoder.cache_size,
+                lookups=cache_lookups(meter),
+            ),
+            ContinuousBatchingEngine.load(
+                source,
+                placement,
+                max_batch_size=settings.unet.max_batch_size,
+                max_queue=settings.unet.max_queue,
+                metrics=UNetMetrics.create(meter),
+            ),
+            VaeDecoderRunner.load(source, placement),
+        )
+
+    async def encode_text(self, text: str) -> np.ndarray:
+        (embeds,) = await _on(self._text_thread, self._text.encode, [text])
+        return embeds
+
+    async def denoise(self, job: DenoiseJob) -> DenoiseResult:
+        return await self._engine.denoise(job)
+
+    def denoise_stream(
+        self, job: DenoiseJob, preview: bool
+    ) -> AsyncGenerator[StepProgress | DenoiseResult, None]:
+        return self._engine.denoise_stream(job, preview)
+
+    async def decode(self, latents: np.ndarray) -> np.ndarray:
+        (image,) = await _on(self._vae_thread, self._decoder.decode, [latents])
+        return image
+
+    def unet_stats(self) -> EngineStats:
+        """Requests in the UNet's batch and waiting for a slot."""
+        return self._engine.stats()
+
+    async def readiness(self) -> dict[str, bool]:
+        try:
+            self._engine.check_health()
+            unet = True
+        except RuntimeError:
+            unet = False
+        return {"text_encoder": True, "unet": unet, "vae": True}
+
+    def close(self) -> None:
+        self._engine.stop()
+        self._text_thread.shutdown(cancel_futures=True)
+        self._vae_thread.shutdown(cancel_futures=True)
+
+
+async def _on(
+    thread: ThreadPoolExecutor, function: Callable[[list[In]], list[Out]], items: list[In]
+) -> list[Out]:
+    return await asyncio.get_running_loop().run_in_executor(thread, function, items)

@@ -1,1 +1,0 @@
-"""KServe v2 over gRPC, served by Ray Serve's gRPC proxy."""

@@ -1,0 +1,116 @@
+"""The real service, started the way `make serve` starts it: `sd-serving serve` in a process of
+its own, with Ray and every deployment; stopped with SIGTERM, checked to exit cleanly."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from tests.helpers.net import free_port, wait_until
+
+STARTUP_TIMEOUT_S = 240
+SHUTDOWN_TIMEOUT_S = 90
+
+
+@dataclass
+class RunningService:
+    url: str
+    grpc_port: int
+    metrics_port: int
+    process: subprocess.Popen[str]
+    output: list[str]
+
+    def client(self, timeout: float = 120.0) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=timeout)
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+
+def _processes_mentioning(marker: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+@contextlib.contextmanager
+def start_service(cache_dir: Path, settings: dict[str, str]) -> Iterator[RunningService]:
+    """`sd-serving serve` on free ports with `settings` (SD_* variables); stopped with SIGTERM,
+    failing unless it exits 0 and leaves no process behind."""
+    http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+    # Ray puts unix sockets under its temp dir: keep the path short.
+    ray_dir = tempfile.mkdtemp(prefix="sdt-", dir="/tmp")
+    env = {
+        **os.environ,
+        "SD_HTTP_PORT": str(http_port),
+        "SD_GRPC_PORT": str(grpc_port),
+        "SD_METRICS_PORT": str(metrics_port),
+        "SD_RAY_TEMP_DIR": ray_dir,
+        "SD_CACHE_DIR": str(cache_dir),
+        "PYTHONUNBUFFERED": "1",
+        **settings,
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serving.cli", "serve"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output: list[str] = []
+    ready = threading.Event()
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            output.append(line)
+            if "sd-serving ready at" in line:
+                ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    wait_until(lambda: ready.is_set() or process.poll() is not None, STARTUP_TIMEOUT_S, 0.2)
+    running = RunningService(
+        f"http://127.0.0.1:{http_port}", grpc_port, metrics_port, process, output
+    )
+    try:
+        if not ready.is_set():
+            raise RuntimeError("service did not start:\n" + "".join(output[-60:]))
+        yield running
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            code = process.wait(timeout=SHUTDOWN_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            code = None
+        wait_until(lambda: not _processes_mentioning(ray_dir), timeout_s=10, interval_s=0.2)
+        leftovers = _processes_mentioning(ray_dir)
+        for pid in leftovers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        assert code == 0, f"service exited with {code}:\n" + "".join(output[-40:])
+        assert not leftovers, f"processes left behind after shutdown: {leftovers}"
+        assert "sd-serving shutting down" in "".join(output)

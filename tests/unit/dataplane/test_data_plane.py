@@ -1,0 +1,202 @@
+"""The one generation flow, over a scripted StageClient: result cache, deadline and cancellation,
+sibling cancellation, progress, metrics and readiness, in milliseconds."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serving.dataplane.model import ServedModel
+from serving.dataplane.request import GenerateParams, RequestContext
+from serving.dataplane.service import DataPlane, all_or_none
+from serving.dataplane.stages import DenoiseJob, DenoiseResult, StepProgress
+from serving.dataplane.store import InMemoryStore
+from serving.errors import DeadlineExceeded, InvalidArgument, QueueFull
+from serving.metrics import IngressMetrics, MemoryMeter
+from serving.settings import Limits, Settings
+
+
+@dataclass
+class ScriptedStages:
+    """Stages that answer at once with seed-dependent pixels; `block` holds denoise until
+    cancelled, `fail_seed` makes that image's denoise refuse."""
+
+    block: bool = False
+    fail_seed: int | None = None
+    calls: list[str] = field(default_factory=list)
+    cancelled: list[int] = field(default_factory=list)
+    probes: int = 0
+
+    async def encode_text(self, text: str) -> np.ndarray:
+        self.calls.append(f"encode:{text}")
+        return np.zeros((77, 8), np.float32)
+
+    async def denoise(self, job: DenoiseJob) -> DenoiseResult:
+        self.calls.append(f"denoise:{job.seed}")
+        if job.seed == self.fail_seed:
+            await asyncio.sleep(0.01)
+            raise QueueFull("the UNet is busy")
+        try:
+            while self.block or job.seed == (self.fail_seed or -1) + 1:
+                await asyncio.sleep(0.01)
+        except asyncio.CancelledError:
+            self.cancelled.append(job.seed)
+            raise
+        return DenoiseResult(np.full((4, 16, 16), job.seed % 7, np.float32), queued_ms=1.0)
+
+    async def denoise_stream(
+        self, job: DenoiseJob, preview: bool
+    ) -> AsyncGenerator[StepProgress | DenoiseResult, None]:
+        for step in range(1, job.steps + 1):
+            yield StepProgress(step, job.steps)
+        yield await self.denoise(job)
+
+    async def decode(self, latents: np.ndarray) -> np.ndarray:
+        return np.full((128, 128, 3), int(latents.flat[0]) * 30, np.uint8)
+
+    async def readiness(self) -> dict[str, bool]:
+        self.probes += 1
+        return {"text_encoder": True, "unet": True, "vae": True}
+
+
+@pytest.fixture(scope="module")
+def model(embedded_model_dir: Path) -> ServedModel:
+    return ServedModel.load(Settings(model=str(embedded_model_dir)))
+
+
+def data_plane(
+    model: ServedModel, stages: ScriptedStages, **settings: object
+) -> tuple[DataPlane, MemoryMeter]:
+    config = Settings(**settings)  # type: ignore[arg-type]
+    meter = MemoryMeter()
+    plane = DataPlane(config, model, stages, InMemoryStore(config), IngressMetrics.create(meter))
+    return plane, meter
+
+
+def test_a_determined_request_is_answered_from_the_result_cache(model: ServedModel) -> None:
+    stages = ScriptedStages()
+    plane, meter = data_plane(model, stages)
+    params = GenerateParams(prompt="a cat", seed=3, steps=4)
+
+    async def scenario() -> None:
+        first = await plane.generate(params, RequestContext())
+        stages.calls.clear()
+        second = await plane.generate(params, RequestContext(), pixels=True)
+        assert first.cached is False and second.cached is True
+        assert stages.calls == []  # no stage touched
+        assert [i.data for i in second.images] == [i.data for i in first.images]
+        assert "result_cache" in second.timings_ms and "unet" not in second.timings_ms
+        assert second.pixels is not None and int(second.pixels[0][0, 0, 0]) == 90
+        unseeded = await plane.generate(GenerateParams(prompt="a cat", steps=4), RequestContext())
+        assert unseeded.cached is False and stages.calls  # never looked up, rendered
+
+    asyncio.run(scenario())
+    assert meter.value("sd_cache_lookups", cache="result", result="miss") == 1
+    assert meter.value("sd_cache_lookups", cache="result", result="hit") == 1
+    assert meter.value("sd_images") == 2  # the cached answer produced no image
+
+
+def test_past_the_deadline_the_stage_work_is_cancelled(model: ServedModel) -> None:
+    stages = ScriptedStages(block=True)
+    plane, _ = data_plane(model, stages)
+
+    async def scenario() -> None:
+        with pytest.raises(DeadlineExceeded, match=r"0\.2 s deadline"):
+            await plane.generate(
+                GenerateParams(prompt="slow", seed=1, num_images=2), RequestContext(timeout_s=0.2)
+            )
+
+    asyncio.run(scenario())
+    assert sorted(stages.cancelled) == [1, 2]  # both images' denoise calls were cancelled
+
+
+def test_one_image_refused_cancels_its_siblings(model: ServedModel) -> None:
+    stages = ScriptedStages(fail_seed=11)
+    plane, _ = data_plane(model, stages)
+
+    async def scenario() -> None:
+        with pytest.raises(QueueFull):
+            await plane.generate(
+                GenerateParams(prompt="three", seed=10, num_images=3), RequestContext()
+            )
+
+    asyncio.run(scenario())
+    assert 12 in stages.cancelled  # the image still denoising was stopped
+
+
+def test_progress_reports_every_step_of_every_image(model: ServedModel) -> None:
+    plane, _ = data_plane(model, ScriptedStages())
+    seen: list[tuple[int, int]] = []
+
+    async def sink(step: StepProgress) -> None:
+        seen.append((step.image_index, step.step))
+
+    result = asyncio.run(
+        plane.generate(
+            GenerateParams(prompt="two", seed=5, num_images=2, steps=3),
+            RequestContext(),
+            progress=sink,
+        )
+    )
+    assert sorted(seen) == [(i, s) for i in (0, 1) for s in (1, 2, 3)]
+    assert [image.seed for image in result.images] == [5, 6]
+
+
+def test_a_prompt_over_the_token_limit_fails_before_any_stage(model: ServedModel) -> None:
+    stages = ScriptedStages()
+    plane, _ = data_plane(model, stages)
+    long_prompt = "mountains " * 100
+    with pytest.raises(InvalidArgument, match="rejected, not truncated"):
+        plane.prepare(GenerateParams(prompt=long_prompt))
+    assert stages.calls == []
+    truncating, _ = data_plane(model, stages, limits=Limits(prompt_overflow="truncate"))
+    prepared = truncating.prepare(GenerateParams(prompt=long_prompt))
+    assert prepared.warnings and "truncated" in prepared.warnings[0]
+
+
+def test_readiness_is_probed_once_per_interval(model: ServedModel) -> None:
+    stages = ScriptedStages()
+    plane, _ = data_plane(model, stages)
+
+    async def scenario() -> dict[str, bool]:
+        answers = await asyncio.gather(*(plane.readiness() for _ in range(10)))
+        await plane.ready()
+        return answers[0]
+
+    assert asyncio.run(scenario()) == {
+        "text_encoder": True,
+        "unet": True,
+        "vae": True,
+        "result_store": True,
+    }
+    assert stages.probes == 1
+
+
+def test_all_or_none_returns_in_order_or_cancels_the_rest() -> None:
+    cancelled = []
+
+    async def value(delay: float, result: int) -> int:
+        await asyncio.sleep(delay)
+        return result
+
+    async def failing() -> int:
+        await asyncio.sleep(0.01)
+        raise ValueError("no")
+
+    async def slow() -> int:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+        return 0
+
+    assert asyncio.run(all_or_none([value(0.02, 1), value(0.0, 2)])) == [1, 2]
+    with pytest.raises(ValueError):
+        asyncio.run(all_or_none([failing(), slow()]))
+    assert cancelled == [True]

@@ -1,0 +1,210 @@
+"""The continuous-batching engine, without Ray: parity, batching, cancellation, isolation."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from serving.dataplane.stages import DenoiseResult, StepProgress
+from serving.engine.denoiser import ContinuousBatchingEngine, EngineStats, Ticket
+from serving.errors import QueueFull
+from serving.metrics import MemoryMeter, UNetMetrics
+from tests.helpers.engine import CPU, Components
+from tests.helpers.images import max_pixel_difference
+from tests.helpers.net import wait_until
+
+
+def run_to_completion(engine: ContinuousBatchingEngine, tickets: list[Ticket]) -> list[int]:
+    rows = []
+    while not all(t.future.done() for t in tickets):
+        rows.append(engine.step())
+    return rows
+
+
+def image_of(components: Components, ticket: Ticket) -> np.ndarray:
+    return components.decoder.decode([ticket.future.result()])[0]
+
+
+def solo_image(components: Components, prompt: str, **args: object) -> np.ndarray:
+    engine = components.engine()
+    ticket = engine.submit(components.job(prompt, **args))  # type: ignore[arg-type]
+    run_to_completion(engine, [ticket])
+    return image_of(components, ticket)
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "dpmpp_2m", "euler", "euler_a", "pndm"])
+def test_engine_matches_stable_diffusion_pipeline(components: Components, scheduler: str) -> None:
+    args = {"scheduler": scheduler, "seed": 11, "steps": 10, "negative": "blurry"}
+    served = solo_image(components, "a lighthouse at dusk", **args)
+    assert (
+        max_pixel_difference(served, components.reference_image(args, "a lighthouse at dusk")) <= 1
+    )
+
+
+def test_guidance_off_uses_one_row_and_still_matches(components: Components) -> None:
+    args = {"scheduler": "euler", "seed": 3, "steps": 6, "guidance": 1.0}
+    engine = components.engine()
+    ticket = engine.submit(components.job("a cat", **args))  # type: ignore[arg-type]
+    rows = run_to_completion(engine, [ticket])
+    assert set(rows) == {1}
+    reference = components.reference_image(args, "a cat")
+    assert max_pixel_difference(image_of(components, ticket), reference) <= 1
+
+
+CONCURRENT = [
+    ("a red apple on a table", {"scheduler": "ddim", "steps": 12, "seed": 1}),
+    ("a dog in the snow", {"scheduler": "dpmpp_2m", "steps": 7, "seed": 2, "guidance": 4.0}),
+    ("a city skyline", {"scheduler": "euler_a", "steps": 9, "seed": 3, "negative": "fog"}),
+    ("a bowl of soup", {"scheduler": "pndm", "steps": 5, "seed": 4}),
+    ("a green field", {"scheduler": "euler", "steps": 10, "seed": 5, "guidance": 1.0}),
+]
+
+
+def test_requests_joining_at_different_steps_equal_their_solo_results(
+    components: Components,
+) -> None:
+    engine = components.engine(max_batch_size=8)
+    tickets = []
+    rows = []
+    for prompt, args in CONCURRENT:  # each joins while the earlier ones are mid-denoising
+        tickets.append(engine.submit(components.job(prompt, **args)))  # type: ignore[arg-type]
+        rows += [engine.step(), engine.step()]
+    rows += run_to_completion(engine, tickets)
+    assert max(rows) >= 6, "requests were never batched together"
+    for ticket, (prompt, args) in zip(tickets, CONCURRENT, strict=True):
+        assert ticket.steps_done == ticket.total_steps
+        solo = solo_image(components, prompt, **args)
+        assert max_pixel_difference(image_of(components, ticket), solo) <= 1, args
+
+
+def test_sizes_are_batched_by_latent_shape(components: Components) -> None:
+    engine = components.engine()
+    square = {"steps": 4, "seed": 7}
+    wide = {"steps": 4, "seed": 8, "size": (64, 96)}
+    tickets = [
+        engine.submit(components.job("a boat", **square)),  # type: ignore[arg-type]
+        engine.submit(components.job("a boat", **wide)),  # type: ignore[arg-type]
+    ]
+    rows = run_to_completion(engine, tickets)
+    assert rows == [2] * 8, "each iteration must run one shape only, the two shapes taking turns"
+    assert image_of(components, tickets[1]).shape == (64, 96, 3)
+    reference = components.reference_image(wide, "a boat")
+    assert max_pixel_difference(image_of(components, tickets[1]), reference) <= 1
+
+
+def test_cancel_frees_the_slot_at_the_next_step(components: Components) -> None:
+    engine = components.engine(max_batch_size=1)
+    long_job = engine.submit(components.job("long", steps=50))
+    waiting = engine.submit(components.job("short", steps=3))
+    engine.step()
+    engine.step()
+    assert engine.stats().active == 1 and engine.stats().queued == 1
+    assert long_job.cancel()
+    engine.step()
+    assert waiting.steps_done == 1, "the waiting job must take the freed slot at the next step"
+    assert long_job.steps_done == 2
+    run_to_completion(engine, [waiting])
+    assert long_job.future.cancelled()
+    assert waiting.future.result().shape == (4, 16, 16)
+
+
+def test_full_queue_is_refused_not_queued_forever(components: Components) -> None:
+    engine = components.engine(max_batch_size=1, max_queue=1)
+    engine.submit(components.job("one"))
+    engine.submit(components.job("two"))
+    with pytest.raises(QueueFull, match="limit 2"):
+        engine.submit(components.job("three"))
+
+
+def test_a_failing_job_does_not_disturb_the_batch(components: Components) -> None:
+    engine = components.engine()
+    good_args = {"steps": 4, "seed": 9}
+    good = engine.submit(components.job("a tree", **good_args))  # type: ignore[arg-type]
+    broken = engine.submit(components.job("a tree", scheduler="no-such-scheduler"))
+    run_to_completion(engine, [good, broken])
+    assert isinstance(broken.future.exception(), KeyError)
+    reference = components.reference_image(good_args, "a tree")
+    assert max_pixel_difference(image_of(components, good), reference) <= 1
+
+
+def test_background_thread_serves_and_stops(components: Components) -> None:
+    engine = components.engine()
+    engine.start()
+    try:
+        ticket = engine.submit(components.job("a kite", steps=3))
+        assert ticket.future.result(timeout=60).shape == (4, 16, 16)
+    finally:
+        engine.stop()
+    pending = engine.submit(components.job("never run", steps=3))
+    assert not pending.future.done()
+
+
+def test_the_stream_reports_every_step_then_the_result(components: Components) -> None:
+    engine = components.engine()
+    engine.start()
+    try:
+
+        async def collect() -> list[StepProgress | DenoiseResult]:
+            job = components.job("a kite", steps=3)
+            return [item async for item in engine.denoise_stream(job, preview=True)]
+
+        *progress, result = asyncio.run(collect())
+    finally:
+        engine.stop()
+    assert [(step.step, step.total) for step in progress] == [(1, 3), (2, 3), (3, 3)]
+    assert all(isinstance(step, StepProgress) for step in progress)
+    assert progress[-1].preview is not None and progress[-1].preview.shape == (16, 16, 3)
+    assert isinstance(result, DenoiseResult) and result.latents.shape == (4, 16, 16)
+
+
+def test_closing_a_stream_early_frees_its_slot(components: Components) -> None:
+    engine = components.engine(max_batch_size=1, max_queue=1)
+    engine.start()
+    try:
+
+        async def scenario() -> DenoiseResult:
+            stream = engine.denoise_stream(components.job("long", steps=150), preview=False)
+            await anext(stream)  # running, holding the only slot
+            await stream.aclose()  # the caller went away
+            return await asyncio.wait_for(engine.denoise(components.job("next", steps=2)), 60)
+
+        assert asyncio.run(scenario()).latents.shape == (4, 16, 16)
+    finally:
+        engine.stop()
+    assert engine.stats() == EngineStats(active=0, queued=0)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_dead_engine_thread_fails_the_health_check(components: Components) -> None:
+    class Broken:
+        def observe(self, value: float, tags: dict[str, str] | None = None) -> None:
+            raise RuntimeError("a metrics backend that fails")
+
+    meter = MemoryMeter()
+    metrics = UNetMetrics.create(meter)
+    metrics.batch_size = Broken()
+    engine = ContinuousBatchingEngine(
+        components.unet,
+        components.schedulers,
+        CPU,
+        vae_scale_factor=8,
+        max_batch_size=2,
+        max_queue=2,
+        metrics=metrics,
+    )
+    with pytest.raises(RuntimeError, match="not running"):
+        engine.check_health()  # never started
+    engine.start()
+    engine.check_health()
+    engine.submit(components.job("a lamp", steps=2))  # its first step kills the thread
+
+    def unhealthy() -> bool:
+        try:
+            engine.check_health()
+        except RuntimeError:
+            return True
+        return False
+
+    assert wait_until(unhealthy, 60)

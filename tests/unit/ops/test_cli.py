@@ -1,0 +1,37 @@
+"""`sd-serving` commands that need no Ray: errors named, unreachable servers, bad settings."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from tests.helpers.local_service import LocalService
+
+
+def sd_serving(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "serving.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+
+def test_cli_reports_errors_and_unreachable_servers(local: LocalService) -> None:
+    bad = sd_serving("generate", "x", "--steps", "0", "--url", local.url)
+    assert bad.returncode == 1 and "steps" in bad.stderr and "between 1 and 150" in bad.stderr
+    gone = sd_serving("generate", "x", "--url", "http://127.0.0.1:9")
+    assert gone.returncode == 1 and "cannot reach" in gone.stderr
+    gone_grpc = sd_serving("generate", "x", "--grpc", "--grpc-target", "127.0.0.1:9")
+    assert gone_grpc.returncode == 1 and "UNAVAILABLE" in gone_grpc.stderr
+    assert "127.0.0.1:9" in gone_grpc.stderr
+
+
+def test_serve_refuses_a_variable_that_names_no_setting() -> None:
+    env = {**os.environ, "SD_UNET_MAX_BATCH_SIZE": "4"}
+    result = sd_serving("serve", env=env)
+    assert result.returncode == 2
+    assert "SD_UNET_MAX_BATCH_SIZE names no setting" in result.stderr
+    assert "SD_UNET__MAX_BATCH_SIZE" in result.stderr
