@@ -18,6 +18,7 @@ import httpx
 
 from tests.helpers.net import free_port, wait_until
 
+WEBHOOK_SECRET = "integration-webhook-secret"
 STARTUP_TIMEOUT_S = 240
 SHUTDOWN_TIMEOUT_S = 90
 

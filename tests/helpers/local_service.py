@@ -29,6 +29,9 @@ from serving.settings import Settings
 from tests.helpers.net import free_port, wait_until
 
 T = TypeVar("T")
+# What the fast tier's default service is configured with (tests/unit/conftest.py).
+WEBHOOK_SECRET = "unit-webhook-secret"
+CORS_ORIGIN = "https://app.example.com"
 
 
 @dataclass

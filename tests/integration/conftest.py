@@ -10,9 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.live_service import RunningService, start_service
-
-WEBHOOK_SECRET = "integration-webhook-secret"
+from tests.helpers.live_service import WEBHOOK_SECRET, RunningService, start_service
 
 
 @pytest.fixture(scope="session")

@@ -18,10 +18,9 @@ import pytest
 from PIL import Image
 
 from tests.helpers.images import max_pixel_difference, pixels
-from tests.helpers.live_service import RunningService
+from tests.helpers.live_service import WEBHOOK_SECRET, RunningService
 from tests.helpers.net import wait_until
 from tests.helpers.requests import job, job_events, submit
-from tests.integration.conftest import WEBHOOK_SECRET
 
 pytestmark = pytest.mark.integration
 

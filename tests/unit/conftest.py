@@ -14,10 +14,7 @@ from serving.engine.schedulers import SchedulerFactory
 from serving.engine.text import TextEncoderRunner
 from serving.models import loader
 from tests.helpers.engine import CPU, Components
-from tests.helpers.local_service import LocalService, local_service
-
-WEBHOOK_SECRET = "unit-webhook-secret"
-CORS_ORIGIN = "https://app.example.com"
+from tests.helpers.local_service import CORS_ORIGIN, WEBHOOK_SECRET, LocalService, local_service
 
 
 @pytest.fixture(scope="session")

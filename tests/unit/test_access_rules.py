@@ -14,10 +14,9 @@ import pytest
 
 from serving.client.v2 import RETRY_AFTER_METADATA
 from serving.grpc.protos import pb
-from tests.helpers.local_service import LocalService, local_service
+from tests.helpers.local_service import CORS_ORIGIN, LocalService, local_service
 from tests.helpers.net import wait_until
 from tests.helpers.v2 import MODEL, infer_request
-from tests.unit.conftest import CORS_ORIGIN
 
 KEYS = ("key-alpha", "key-beta", "key-gamma", "key-delta", "key-epsilon", "key-zeta")
 BURST = 5
