@@ -1,5 +1,5 @@
-"""`sd-serving generate` (HTTP with its progress bar, and gRPC) and the `helm test` check against
-the real service."""
+"""`sd-serving generate` (HTTP with its progress bar, and gRPC), `sd-serving gateway` and the
+`helm test` check against the real service."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.helpers.images import pixels
 from tests.helpers.live_service import RunningService
+from tests.helpers.net import free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -71,3 +73,27 @@ def test_the_helm_test_check_passes_against_the_service(service: RunningService)
     result = run("serving.smoke", "--url", service.url, "--steps", "2", "--timeout", "60")
     assert result.returncode == 0, result.stderr
     assert "OK: valid PNG 128x128 RGB" in result.stdout
+
+
+def test_the_gateway_command_forwards_to_the_service(service: RunningService) -> None:
+    port = free_port()
+    command = ["gateway", "--upstream", service.url, "--host", "127.0.0.1", "--port", str(port)]
+    gateway = subprocess.Popen([sys.executable, "-m", "serving.cli", *command])
+    url = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        try:
+            return httpx.get(url + "/v2/health/ready", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        assert wait_until(answers, timeout_s=60, interval_s=0.2), "the gateway did not start"
+        body = {"prompt": "a bridge at night", "seed": 5, "steps": 4}
+        headers = {"Accept": "image/png"}
+        direct = httpx.post(service.url + "/v1/generate", json=body, headers=headers, timeout=120)
+        via_gateway = httpx.post(url + "/v1/generate", json=body, headers=headers, timeout=120)
+        assert via_gateway.status_code == 200 and via_gateway.content == direct.content
+    finally:
+        gateway.terminate()
+        gateway.wait(timeout=30)
