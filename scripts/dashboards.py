@@ -15,6 +15,7 @@ OUT = Path(__file__).resolve().parents[1] / "charts" / "sd-serving" / "dashboard
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 RATE = "[$__rate_interval]"
 APP = 'application="sd-serving"'
+UNETS = 'deployment=~"UNetDenoiser.*"'  # one per model when several are served
 
 
 def panel(
@@ -68,6 +69,20 @@ def quantiles(metric: str, selector: str, by: str = "") -> list[tuple[str, str]]
         )
         for q in (0.5, 0.95, 0.99)
     ]
+
+
+def deployment_variable() -> dict[str, Any]:
+    """The app's deployments as Prometheus reports them (with several models, a UNetDenoiser-<model>
+    per model)."""
+    return {
+        "name": "deployment",
+        "label": "Deployment",
+        "type": "query",
+        "datasource": DATASOURCE,
+        "query": f"label_values(ray_serve_deployment_replica_healthy{{{APP}}}, deployment)",
+        "refresh": 2,
+        "current": {"text": "UNetDenoiser", "value": "UNetDenoiser"},
+    }
 
 
 def custom_variable(name: str, label: str, query: str, current: str) -> dict[str, Any]:
@@ -187,16 +202,19 @@ def scaling() -> dict[str, Any]:
             panel(
                 "UNet queue depth vs autoscaling target",
                 [
-                    ("sum(ray_sd_unet_queue_depth)", "waiting for a slot"),
-                    ("sum(ray_sd_unet_active_requests)", "in the running batch"),
+                    ("sum by (deployment) (ray_sd_unet_queue_depth)", "{{deployment}} waiting"),
                     (
-                        f'sum(ray_serve_deployment_replica_healthy{{{APP},deployment="UNetDenoiser"}}) * '
-                        f'max(ray_serve_autoscaling_target_ongoing_requests{{{APP},deployment="UNetDenoiser"}})',
-                        "autoscaling target (replicas x target ongoing)",
+                        "sum by (deployment) (ray_sd_unet_active_requests)",
+                        "{{deployment}} in the running batch",
+                    ),
+                    (
+                        f"sum by (deployment) (ray_serve_deployment_replica_healthy{{{APP},{UNETS}}}) * "
+                        f"max by (deployment) (ray_serve_autoscaling_target_ongoing_requests{{{APP},{UNETS}}})",
+                        "{{deployment}} autoscaling target (replicas x target ongoing)",
                     ),
                 ],
                 description="Ray Serve adds UNet replicas when ongoing requests per replica exceed "
-                "the target.",
+                "the target; with several models, each model's UNet deployment has its own line.",
             ),
             panel(
                 "UNet batch occupancy",
@@ -329,12 +347,7 @@ def drilldown() -> dict[str, Any]:
         ],
         [
             custom_variable("stage", "Stage", "text_encoder,unet,vae,encode", "unet"),
-            custom_variable(
-                "deployment",
-                "Deployment",
-                "Ingress,TextEncoder,UNetDenoiser,VAEDecoder",
-                "UNetDenoiser",
-            ),
+            deployment_variable(),
         ],
     )
 

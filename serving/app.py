@@ -2,7 +2,11 @@
 
 serve run serving.app:build_app model=/models/sd15
 # RayService: importPath: serving.app:build_app
-#             args: {model: /mnt/models, unet: {max_batch_size: 4}}
+#             args: {models: {sd15: {source: /mnt/models/sd15}, sdxl: {source: ...}}}
+
+Each served model gets its own TextEncoder, UNetDenoiser and VAEDecoder deployments (own replicas,
+autoscaling, GPU share and node pool); one Ingress routes every request by model name, and one
+ResultStore keeps what the ingress replicas share.
 """
 
 from __future__ import annotations
@@ -19,28 +23,48 @@ from serving.deployments.result_store import ResultStore
 from serving.deployments.text_encoder import TextEncoder
 from serving.deployments.unet import UNetDenoiser
 from serving.deployments.vae import VAEDecoder
-from serving.settings import Settings, StageSettings
+from serving.settings import Settings, Stage, StageSettings
 
 logger = logging.getLogger(__name__)
+MODEL_STAGES: dict[Stage, Any] = {
+    "text_encoder": TextEncoder,
+    "unet": UNetDenoiser,
+    "vae": VAEDecoder,
+}
 
 
-def _configured(deployment: Any, stage: StageSettings) -> Deployment:
+def deployment_name(stage_class: str, model: str, settings: Settings) -> str:
+    """`UNetDenoiser` when one model is served, `UNetDenoiser-<model>` for each of several."""
+    return stage_class if len(settings.served_models()) == 1 else f"{stage_class}-{model}"
+
+
+def _configured(deployment: Any, stage: StageSettings, name: str | None = None) -> Deployment:
     # `Any`: mypy sees a @serve.deployment class as the plain class, not as a Deployment.
     options: dict[str, Any] = {
         "autoscaling_config": stage.autoscaling_config(),
         "ray_actor_options": stage.ray_actor_options(),
         "max_ongoing_requests": stage.max_ongoing_requests,
     }
-    logger.info("%s options:\n%s", deployment.name, pprint.pformat(options))
+    if name is not None:
+        options["name"] = name
+    logger.info("%s options:\n%s", name or deployment.name, pprint.pformat(options))
     return deployment.options(**options)
 
 
 def build_app(args: dict[str, Any] | Settings | None = None) -> Application:
-    """The application (ingress, three model stages, result store); `args` are Settings fields
-    overriding SD_* variables."""
+    """The application (ingress, each model's three stages, result store); `args` are Settings
+    fields overriding SD_* variables."""
     settings = args if isinstance(args, Settings) else Settings(**(args or {}))
-    text_encoder = _configured(TextEncoder, settings.text_encoder).bind(settings)
-    unet = _configured(UNetDenoiser, settings.unet).bind(settings)
-    vae = _configured(VAEDecoder, settings.vae).bind(settings)
+    stages = {
+        model: {
+            stage: _configured(
+                deployment,
+                settings.stage(stage, model),
+                deployment_name(deployment.name, model, settings),
+            ).bind(settings, model)
+            for stage, deployment in MODEL_STAGES.items()
+        }
+        for model in settings.served_models()
+    }
     results = _configured(ResultStore, settings.result_store).bind(settings)
-    return _configured(Ingress, settings.ingress).bind(settings, text_encoder, unet, vae, results)
+    return _configured(Ingress, settings.ingress).bind(settings, stages, results)

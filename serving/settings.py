@@ -20,7 +20,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-SchedulerName = Literal["ddim", "euler", "euler_a", "dpmpp_2m", "pndm"]
+# `default` is the scheduler the model ships with (its class and configuration).
+SchedulerName = Literal[
+    "default", "ddim", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "pndm", "unipc", "lcm"
+]
+Stage = Literal["ingress", "text_encoder", "unet", "vae"]
 OutputFormat = Literal["png", "jpeg", "webp"]
 
 
@@ -140,14 +144,44 @@ class Limits(BaseModel):
 
 
 class Defaults(BaseModel):
-    """Values used when a request leaves a field out. Size defaults to the model's native size."""
+    """Values used when a request leaves a field out; unset ones are the model's own (its native
+    size and shipped scheduler; steps and guidance by its family, see README's family table)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    steps: int = 20
-    guidance_scale: float = 7.5
-    scheduler: SchedulerName = "dpmpp_2m"
+    steps: int | None = Field(None, ge=1)
+    guidance_scale: float | None = Field(None, ge=0)
+    scheduler: SchedulerName | None = None
     output_format: OutputFormat = "png"
+
+
+class ModelDefaults(BaseModel):
+    """One model's own defaults, over the family's and the service-wide ones."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int | None = Field(None, ge=1)
+    guidance_scale: float | None = Field(None, ge=0)
+    scheduler: SchedulerName | None = None
+    size: int | None = Field(None, ge=64, description="width and height when a request gives none")
+    max_steps: int | None = Field(None, ge=1, description="tighter than limits.max_steps")
+
+
+class ModelSpec(BaseModel):
+    """One served model: where it comes from, its defaults, and its stages' placement and
+    scaling over the service-wide stage settings (e.g. {"unet": {"num_gpus": 1}})."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(
+        "embedded",
+        description="'embedded' (or embedded-sd-v, -sd-turbo, -lcm, -sdxl, -sdxl-turbo: models "
+        "built by this project), a local diffusers directory, or a Hugging Face Hub id",
+    )
+    defaults: ModelDefaults = ModelDefaults()
+    text_encoder: dict[str, Any] = Field(default_factory=dict)
+    unet: dict[str, Any] = Field(default_factory=dict)
+    vae: dict[str, Any] = Field(default_factory=dict)
 
 
 class Settings(BaseSettings):
@@ -155,13 +189,21 @@ class Settings(BaseSettings):
         env_prefix="SD_", env_nested_delimiter="__", extra="forbid", frozen=True
     )
 
-    # -- model
+    # -- models
     model: str = Field(
         "embedded",
-        description="'embedded' (built offline by this project), a local diffusers directory, "
-        "or a Hugging Face Hub id. /mnt/models is used when present and model is 'embedded'.",
+        description="one model's source (when `models` is empty): 'embedded' (built offline by "
+        "this project), a local diffusers directory, or a Hugging Face Hub id. /mnt/models is "
+        "used when present and model is 'embedded'.",
     )
-    model_name: str = Field("sd-embedded", description="name the API reports for the model")
+    model_name: str = Field("sd-embedded", description="name the API reports for that model")
+    models: dict[str, ModelSpec] = Field(
+        default_factory=dict,
+        description="several models by name (SD_MODELS as JSON), each with its own stages",
+    )
+    default_model: str | None = Field(
+        None, description="the model of requests that name none (default: the first)"
+    )
     kserve_model_dir: Path = Path("/mnt/models")
     cache_dir: Path = Field(default_factory=_default_cache_dir)
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -244,6 +286,33 @@ class Settings(BaseSettings):
     def _every_variable_names_a_setting(cls, data: Any) -> Any:
         check_environment(os.environ)
         return data
+
+    @model_validator(mode="after")
+    def _models_are_consistent(self) -> Settings:
+        names = list(self.served_models())
+        if self.default_model is not None and self.default_model not in names:
+            raise ValueError(
+                f"default_model {self.default_model!r} is not a served model ({', '.join(names)})"
+            )
+        for name in names:
+            for stage in ("text_encoder", "unet", "vae"):
+                self.stage(stage, name)  # a bad per-model override fails the start
+        return self
+
+    def served_models(self) -> dict[str, ModelSpec]:
+        """The models by name: `models`, or the one that `model` and `model_name` describe."""
+        return dict(self.models) or {self.model_name: ModelSpec(source=self.model)}
+
+    def default_model_name(self) -> str:
+        return self.default_model or next(iter(self.served_models()))
+
+    def stage(self, stage: Stage, model: str | None = None) -> StageSettings:
+        """A stage's settings, with the model's own overrides on top of the service-wide ones."""
+        base: StageSettings = getattr(self, stage)
+        overrides = {} if model is None else getattr(self.served_models()[model], stage, {})
+        if not overrides:
+            return base
+        return type(base).model_validate({**base.model_dump(exclude_unset=True), **overrides})
 
     def http_url(self) -> str:
         return f"http://{self.http_host}:{self.http_port}"

@@ -75,7 +75,10 @@ def run_local(settings: Settings, announce: Callable[[str], None] = print) -> in
             start_serve(settings)
             if not stop.is_set():
                 serve.run(build_app(settings), name=settings.app_name, route_prefix="/")
-                announce(f"sd-serving ready at {settings.http_url()} (model: {settings.model})")
+                served = ", ".join(
+                    f"{name}: {spec.source}" for name, spec in settings.served_models().items()
+                )
+                announce(f"sd-serving ready at {settings.http_url()} (models: {served})")
                 stop.wait()
             announce("sd-serving shutting down")
             serve.shutdown()

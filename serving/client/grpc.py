@@ -19,7 +19,7 @@ import numpy as np
 
 from serving.client import open_inference_pb2 as pb
 from serving.client.types import ClientError, Generation, Image
-from serving.client.v2 import DECLARED_INPUTS, FIELD_METADATA
+from serving.client.v2 import DECLARED_INPUTS, FIELD_METADATA, input_shape
 
 SERVICE = "/inference.GRPCInferenceService/"
 MODEL_INFER = SERVICE + "ModelInfer"
@@ -28,20 +28,22 @@ Tensor = pb.ModelInferRequest.InferInputTensor
 
 
 def _tensor(name: str, value: Any) -> Tensor:
-    """One-element input tensor with its value in `contents`, typed as the model declares it."""
+    """An input tensor with its value in `contents`, typed and shaped as the model declares it."""
     datatype = DECLARED_INPUTS.get(name)
     if datatype is None:
         raise TypeError(f"unknown field {name!r}; the model takes {', '.join(DECLARED_INPUTS)}")
+    shape = input_shape(name)
+    values = list(value) if shape == [2] else [value]
     contents = pb.InferTensorContents()
     if datatype == "BYTES":
-        contents.bytes_contents.append(str(value).encode())
+        contents.bytes_contents.extend(str(item).encode() for item in values)
     elif datatype == "INT64":
-        contents.int64_contents.append(int(value))
+        contents.int64_contents.extend(int(item) for item in values)
     elif datatype.startswith("INT"):
-        contents.int_contents.append(int(value))
+        contents.int_contents.extend(int(item) for item in values)
     else:
-        contents.fp32_contents.append(float(value))
-    return Tensor(name=name, datatype=datatype, shape=[1], contents=contents)
+        contents.fp32_contents.extend(float(item) for item in values)
+    return Tensor(name=name, datatype=datatype, shape=shape, contents=contents)
 
 
 def infer_request(model: str, prompt: str, fields: dict[str, Any]) -> pb.ModelInferRequest:

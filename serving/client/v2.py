@@ -5,7 +5,8 @@ requests; it imports nothing, so the client library stays free of server code.""
 
 from __future__ import annotations
 
-# Inputs are one-element tensors. Integer inputs take any INT/UINT type, floats any FP or INT.
+# Inputs are one-element tensors but for the pairs below. Integer inputs take any INT/UINT type,
+# floats any FP or INT.
 DECLARED_INPUTS: dict[str, str] = {
     "prompt": "BYTES",
     "negative_prompt": "BYTES",
@@ -16,7 +17,20 @@ DECLARED_INPUTS: dict[str, str] = {
     "num_images": "INT32",
     "seed": "INT64",
     "guidance_scale": "FP32",
+    "guidance_rescale": "FP32",
+    "original_size": "INT32",
+    "crops_coords_top_left": "INT32",
+    "target_size": "INT32",
 }
+# Two-element inputs ([height, width], [top, left]): SDXL's size conditioning, which only SDXL
+# models declare.
+PAIR_INPUTS = ("original_size", "crops_coords_top_left", "target_size")
+
+
+def input_shape(name: str) -> list[int]:
+    return [2] if name in PAIR_INPUTS else [1]
+
+
 # name -> (datatype, shape); -1 is a dimension that varies.
 OUTPUTS: dict[str, tuple[str, list[int]]] = {
     "image": ("UINT8", [-1, -1, -1, 3]),

@@ -306,7 +306,10 @@ class JobRunner:
         job_id = uuid.uuid4().hex
         request = prepared.request
         view = await self._store.create_job(
-            job_id, request.model_dump(), request.steps * request.num_images, webhook_url
+            job_id,
+            request.model_dump(),
+            prepared.denoising_steps * request.num_images,
+            webhook_url,
         )
         task = asyncio.create_task(self._run(job_id, prepared, preview, webhook_url))
         self._running[job_id] = task

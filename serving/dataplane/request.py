@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, Field
 
 from serving.errors import InvalidArgument
-from serving.settings import Defaults, Limits, OutputFormat, SchedulerName
+from serving.settings import Limits, OutputFormat, SchedulerName
 
 SCHEDULER_NAMES: tuple[str, ...] = SchedulerName.__args__  # type: ignore[attr-defined]
 OUTPUT_FORMATS: tuple[str, ...] = OutputFormat.__args__  # type: ignore[attr-defined]
@@ -20,11 +20,16 @@ MAX_SEED = 2**32 - 1
 TIMEOUT_HEADER = "x-timeout-s"
 
 
+Pair = tuple[int, int]
+SIZE_CONDITIONING = ("original_size", "crops_coords_top_left", "target_size")
+
+
 class GenerateParams(BaseModel):
     """What a client may send. Types are checked here; ranges in `resolve` against the limits."""
 
     model_config = ConfigDict(extra="forbid")
 
+    model: str | None = Field(None, description="a served model's name (default: the default)")
     prompt: str = Field(description="what to draw (at most 77 CLIP tokens)")
     negative_prompt: str = Field("", description="what to steer away from")
     num_images: int = Field(1, description="images to make; image i uses seed + i")
@@ -33,8 +38,20 @@ class GenerateParams(BaseModel):
     steps: int | None = Field(None, description="denoising steps")
     guidance_scale: float | None = Field(None, description="classifier-free guidance (≤ 1: off)")
     seed: int | None = Field(None, description="0 to 2**32 - 1; random when left out")
-    scheduler: str | None = Field(None, description=f"one of {', '.join(SCHEDULER_NAMES)}")
+    scheduler: str | None = Field(
+        None, description="a sampler the model takes (`default`: the one it ships with)"
+    )
     output_format: str | None = Field(None, description=f"one of {', '.join(OUTPUT_FORMATS)}")
+    guidance_rescale: float | None = Field(
+        None, description="0 to 1: rescales guided noise (zero-terminal-SNR models); 0 is off"
+    )
+    original_size: Pair | None = Field(
+        None, description="SDXL: [height, width] the image seems to come from (default: its size)"
+    )
+    crops_coords_top_left: Pair | None = Field(
+        None, description="SDXL: [top, left] of the seeming crop (default: [0, 0])"
+    )
+    target_size: Pair | None = Field(None, description="SDXL: [height, width] (default: its size)")
 
 
 class GenerationRequest(BaseModel):
@@ -42,6 +59,7 @@ class GenerationRequest(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
+    model: str
     prompt: str
     negative_prompt: str
     num_images: int
@@ -52,6 +70,11 @@ class GenerationRequest(BaseModel):
     seed: int = Field(description="seed of the first image; image i uses seed + i")
     scheduler: SchedulerName
     output_format: OutputFormat
+    guidance_rescale: float = 0.0
+    # SDXL's size conditioning; None for models without it.
+    original_size: Pair | None = None
+    crops_coords_top_left: Pair | None = None
+    target_size: Pair | None = None
 
     def seeds(self) -> list[int]:
         return [(self.seed + i) % (MAX_SEED + 1) for i in range(self.num_images)]
@@ -61,10 +84,24 @@ class GenerationRequest(BaseModel):
         return self.guidance_scale > 1.0
 
 
-def resolve(
-    params: GenerateParams, limits: Limits, defaults: Defaults, native_size: int
-) -> GenerationRequest:
-    """Apply defaults and check every field against the limits."""
+@dataclass(frozen=True)
+class ModelProfile:
+    """What requests to one served model default to, and may ask for."""
+
+    name: str
+    kind: str  # sd, sd-v, sd-turbo, lcm, sdxl, sdxl-turbo
+    size: int
+    steps: int
+    guidance_scale: float
+    scheduler: str
+    max_steps: int
+    samplers: tuple[str, ...]
+    size_conditioning: bool  # SDXL: original_size, crops_coords_top_left, target_size
+    output_format: str
+
+
+def resolve(params: GenerateParams, limits: Limits, model: ModelProfile) -> GenerationRequest:
+    """Apply the model's defaults and check every field against the limits."""
     if not params.prompt.strip():
         raise InvalidArgument("prompt", "must not be empty")
     for field in ("prompt", "negative_prompt"):
@@ -74,29 +111,33 @@ def resolve(
                 field, f"is {length} characters; the limit is {limits.max_prompt_chars}"
             )
     _check_range("num_images", params.num_images, 1, limits.max_num_images)
-    width = params.width if params.width is not None else native_size
-    height = params.height if params.height is not None else native_size
+    width = params.width if params.width is not None else model.size
+    height = params.height if params.height is not None else model.size
     _check_size("width", width, limits.min_size, limits.max_width)
     _check_size("height", height, limits.min_size, limits.max_height)
-    steps = params.steps if params.steps is not None else defaults.steps
-    _check_range("steps", steps, limits.min_steps, limits.max_steps)
-    guidance = (
-        params.guidance_scale if params.guidance_scale is not None else defaults.guidance_scale
-    )
+    steps = params.steps if params.steps is not None else model.steps
+    _check_range("steps", steps, limits.min_steps, min(limits.max_steps, model.max_steps))
+    guidance = params.guidance_scale if params.guidance_scale is not None else model.guidance_scale
     if not 0.0 <= guidance <= limits.max_guidance_scale:
         raise InvalidArgument(
             "guidance_scale", f"must be between 0 and {limits.max_guidance_scale} (got {guidance})"
         )
-    scheduler = params.scheduler or defaults.scheduler
-    if scheduler not in SCHEDULER_NAMES:
+    rescale = params.guidance_rescale or 0.0
+    if not 0.0 <= rescale <= 1.0:
+        raise InvalidArgument("guidance_rescale", f"must be between 0 and 1 (got {rescale})")
+    scheduler = params.scheduler or model.scheduler
+    if scheduler not in model.samplers:
         raise InvalidArgument(
             "scheduler",
-            f"unknown scheduler {scheduler!r}; choose one of {', '.join(SCHEDULER_NAMES)}",
+            f"unknown scheduler {scheduler!r} for {model.name} ({model.kind}); choose one of "
+            f"{', '.join(model.samplers)}",
         )
-    output_format = normalize_format(params.output_format or defaults.output_format)
+    output_format = normalize_format(params.output_format or model.output_format)
     seed = params.seed if params.seed is not None else secrets.randbelow(MAX_SEED + 1)
     _check_range("seed", seed, 0, MAX_SEED)
+    sizes = size_conditioning(params, model, height, width)
     return GenerationRequest(
+        model=model.name,
         prompt=params.prompt,
         negative_prompt=params.negative_prompt,
         num_images=params.num_images,
@@ -105,9 +146,37 @@ def resolve(
         steps=steps,
         guidance_scale=guidance,
         seed=seed,
-        scheduler=scheduler,  # checked against SCHEDULER_NAMES above
+        scheduler=scheduler,  # checked against the model's samplers above
         output_format=output_format,  # checked against OUTPUT_FORMATS
+        guidance_rescale=rescale,
+        **sizes,
     )
+
+
+def size_conditioning(
+    params: GenerateParams, model: ModelProfile, height: int, width: int
+) -> dict[str, Pair]:
+    """SDXL's original_size, crops_coords_top_left and target_size, with the defaults
+    StableDiffusionXLPipeline uses; refused by models that take none."""
+    given = {name: getattr(params, name) for name in SIZE_CONDITIONING}
+    if not model.size_conditioning:
+        for name, value in given.items():
+            if value is not None:
+                raise InvalidArgument(
+                    name, f"{model.name} ({model.kind}) takes no size conditioning; it is SDXL's"
+                )
+        return {}
+    defaults = {
+        "original_size": (height, width),
+        "crops_coords_top_left": (0, 0),
+        "target_size": (height, width),
+    }
+    sizes = {name: value or defaults[name] for name, value in given.items()}
+    for name, (first, second) in sizes.items():
+        low = 0 if name == "crops_coords_top_left" else 1
+        for value in (first, second):
+            _check_range(name, value, low, 16384)
+    return sizes
 
 
 def normalize_format(value: str, field: str = "output_format") -> str:

@@ -23,9 +23,15 @@ from serving.dataplane.codecs import MEDIA_TYPES, decode_image, encode_image
 from serving.dataplane.model import ServedModel
 from serving.dataplane.request import GenerateParams, GenerationRequest, RequestContext, resolve
 from serving.dataplane.results import StoredImage, request_key
-from serving.dataplane.stages import DenoiseJob, DenoiseResult, StageClient, StepProgress
+from serving.dataplane.stages import (
+    DenoiseJob,
+    DenoiseResult,
+    StageClient,
+    StepProgress,
+    TextEmbedding,
+)
 from serving.dataplane.store import Store
-from serving.errors import DeadlineExceeded
+from serving.errors import DeadlineExceeded, NotFound
 from serving.metrics import IngressMetrics
 from serving.settings import Settings
 
@@ -41,6 +47,7 @@ class PreparedRequest:
     request: GenerationRequest
     determined: bool  # the client chose the seed: the result may come from the result cache
     warnings: list[str]
+    denoising_steps: int  # per image: what progress counts (PNDM runs one more than `steps`)
 
 
 @dataclass(frozen=True)
@@ -67,34 +74,62 @@ class GenerationResult:
         return MEDIA_TYPES[self.request.output_format]
 
 
+@dataclass(frozen=True)
+class ModelRoute:
+    """A served model and the stages that run it."""
+
+    model: ServedModel
+    stages: StageClient
+
+
 class DataPlane:
     def __init__(
         self,
         settings: Settings,
-        model: ServedModel,
-        stages: StageClient,
+        routes: dict[str, ModelRoute],
         store: Store,
         metrics: IngressMetrics,
     ) -> None:
         self.settings = settings
-        self.model = model
         self.store = store
         self.metrics = metrics
-        self._stages = stages
+        self._routes = routes
+        self._default = settings.default_model_name()
         self._readiness: dict[str, bool] = {}
         self._readiness_at = -READINESS_TTL_S
         self._probe: asyncio.Task[dict[str, bool]] | None = None
+
+    @property
+    def models(self) -> list[ServedModel]:
+        """The served models, the default first."""
+        routes = sorted(self._routes.values(), key=lambda route: route.model.name != self._default)
+        return [route.model for route in routes]
+
+    def model(self, name: str | None = None) -> ServedModel:
+        """A served model by name (the default for None); NotFound naming the served ones."""
+        return self._route(name).model
+
+    def _route(self, name: str | None) -> ModelRoute:
+        route = self._routes.get(name or self._default)
+        if route is None:
+            served = ", ".join(repr(model.name) for model in self.models)
+            raise NotFound(f"model {name!r} is not served here; this service serves {served}")
+        return route
 
     # -- the generation call
 
     def prepare(self, params: GenerateParams) -> PreparedRequest:
         """Defaults applied and every limit and the prompt's token count checked; raises
-        InvalidArgument naming the field."""
-        request = resolve(
-            params, self.settings.limits, self.settings.defaults, self.model.native_size
+        InvalidArgument naming the field (NotFound for a model not served)."""
+        model = self.model(params.model)
+        request = resolve(params, self.settings.limits, model.profile)
+        warnings = model.guard.check(request, self.settings.limits)
+        return PreparedRequest(
+            request,
+            determined=params.seed is not None,
+            warnings=warnings,
+            denoising_steps=model.denoising_steps(request),
         )
-        warnings = self.model.guard.check(request, self.settings.limits)
-        return PreparedRequest(request, determined=params.seed is not None, warnings=warnings)
 
     async def generate(
         self,
@@ -147,7 +182,8 @@ class DataPlane:
         started = time.perf_counter()
         request = prepared.request
         # 1. The result cache, for a determined request.
-        key = request_key(self.model.id, request) if prepared.determined else None
+        route = self._route(request.model)
+        key = request_key(route.model.id, request) if prepared.determined else None
         if key is not None:
             hit = await self.store.lookup_result(key)
             self.metrics.record_result_lookup(hit is not None)
@@ -165,7 +201,7 @@ class DataPlane:
                     pixels=[decode_image(image.data) for image in stored] if pixels else None,
                 )
         # 2. Text encoder, UNet, VAE.
-        rendered, timings = await self._render(request, progress, preview)
+        rendered, timings = await self._render(route, request, progress, preview)
         # 3. Encode, then store the images (and remember a determined request's result).
         before = time.perf_counter()
         encoded = [encode_image(image, request.output_format) for image in rendered]
@@ -184,36 +220,57 @@ class DataPlane:
         )
 
     async def _render(
-        self, request: GenerationRequest, progress: ProgressSink | None, preview: bool
+        self,
+        route: ModelRoute,
+        request: GenerationRequest,
+        progress: ProgressSink | None,
+        preview: bool,
     ) -> tuple[list[np.ndarray], dict[str, float]]:
-        """Pixels from the three stages, and the time each took."""
+        """Pixels from the model's three stages, and the time each took."""
         started = time.perf_counter()
-        texts = [request.prompt, request.negative_prompt] if request.guided else [request.prompt]
-        embeds = await all_or_none([self._stages.encode_text(text) for text in texts])
+        stages, info = route.stages, route.model.info
+        # Guidance as CFG rows (an LCM-style model takes it as an embedding instead); SDXL's
+        # empty negative prompt is zeros, as its pipeline does (force_zeros_for_empty_prompt).
+        guided = request.guided and not info.guidance_embedding
+        zero_negative = info.force_zeros_for_empty_prompt and not request.negative_prompt
+        texts = [request.prompt]
+        if guided and not zero_negative:
+            texts.append(request.negative_prompt)
+        embeddings = await all_or_none([stages.encode_text(text) for text in texts])
         encoded = time.perf_counter()
 
+        positive = conditioning(embeddings[0], request)
+        negative = None
+        if guided and zero_negative:
+            negative = conditioning(embeddings[0], request, zeros=True)
+        elif guided:
+            negative = conditioning(embeddings[1], request)
         jobs = [
             DenoiseJob(
-                prompt_embeds=embeds[0],
-                negative_embeds=embeds[1] if request.guided else None,
+                conditioning=positive,
+                negative_conditioning=negative,
                 height=request.height,
                 width=request.width,
                 steps=request.steps,
                 guidance_scale=request.guidance_scale,
+                guidance_rescale=request.guidance_rescale,
                 seed=seed,
                 scheduler=request.scheduler,
             )
             for seed in request.seeds()
         ]
         if progress is None:
-            denoised = await all_or_none([self._stages.denoise(job) for job in jobs])
+            denoised = await all_or_none([stages.denoise(job) for job in jobs])
         else:
             denoised = await all_or_none(
-                [self._denoise_reporting(job, i, progress, preview) for i, job in enumerate(jobs)]
+                [
+                    self._denoise_reporting(stages, job, i, progress, preview)
+                    for i, job in enumerate(jobs)
+                ]
             )
         denoise_done = time.perf_counter()
 
-        images = await all_or_none([self._stages.decode(result.latents) for result in denoised])
+        images = await all_or_none([stages.decode(result.latents) for result in denoised])
         timings = {
             "text_encoder": (encoded - started) * 1000,
             "unet_queue": max(result.queued_ms for result in denoised),
@@ -223,9 +280,14 @@ class DataPlane:
         return images, timings
 
     async def _denoise_reporting(
-        self, job: DenoiseJob, index: int, progress: ProgressSink, preview: bool
+        self,
+        stages: StageClient,
+        job: DenoiseJob,
+        index: int,
+        progress: ProgressSink,
+        preview: bool,
     ) -> DenoiseResult:
-        async with aclosing(self._stages.denoise_stream(job, preview)) as stream:
+        async with aclosing(stages.denoise_stream(job, preview)) as stream:
             async for item in stream:
                 if isinstance(item, DenoiseResult):
                     return item
@@ -255,16 +317,45 @@ class DataPlane:
         return all((await self.readiness()).values())
 
     async def _probe_stages(self) -> dict[str, bool]:
+        """Stages by name (`unet`), or by model and name (`sdxl/unet`) when several models are
+        served; and the shared store."""
+
         async def store_ready() -> bool:
             try:
                 return await asyncio.wait_for(self.store.ready(), 2.0)
             except Exception:
                 return False
 
-        stages, store = await asyncio.gather(self._stages.readiness(), store_ready())
-        self._readiness = {**stages, "result_store": store}
+        names = list(self._routes)
+        answers, store = await asyncio.gather(
+            asyncio.gather(*(self._routes[name].stages.readiness() for name in names)),
+            store_ready(),
+        )
+        readiness: dict[str, bool] = {}
+        for name, stages in zip(names, answers, strict=True):
+            prefix = f"{name}/" if len(names) > 1 else ""
+            readiness.update({prefix + stage: ready for stage, ready in stages.items()})
+        self._readiness = {**readiness, "result_store": store}
         self._readiness_at = time.monotonic()
         return self._readiness
+
+
+def conditioning(
+    embedding: TextEmbedding, request: GenerationRequest, *, zeros: bool = False
+) -> dict[str, np.ndarray]:
+    """One denoiser row's conditioning, by the names the denoiser takes: the prompt's hidden
+    states and, for SDXL, its pooled embedding and the time ids (original size, crop, target
+    size) as StableDiffusionXLPipeline builds them. `zeros`: the empty negative prompt."""
+    hidden = np.zeros_like(embedding.hidden) if zeros else embedding.hidden
+    row = {"encoder_hidden_states": hidden}
+    if request.original_size is not None:
+        assert embedding.pooled is not None, "an SDXL model's text encoder pools"
+        assert request.crops_coords_top_left is not None and request.target_size is not None
+        pooled = np.zeros_like(embedding.pooled) if zeros else embedding.pooled
+        time_ids = (*request.original_size, *request.crops_coords_top_left, *request.target_size)
+        row["text_embeds"] = pooled
+        row["time_ids"] = np.asarray(time_ids, dtype=np.float32)
+    return row
 
 
 async def all_or_none(calls: Sequence[Coroutine[Any, Any, T]]) -> list[T]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from serving.dataplane.access import AccessPolicy
 from serving.dataplane.jobs import JobRunner
 from serving.dataplane.model import ServedModel
-from serving.dataplane.service import DataPlane
+from serving.dataplane.service import DataPlane, ModelRoute
 from serving.dataplane.stages import StageClient
 from serving.dataplane.store import Store
 from serving.dataplane.v2 import ServingKServeDataPlane
@@ -34,20 +34,15 @@ class Services:
 
 
 def build_services(
-    settings: Settings,
-    stages: StageClient,
-    store: Store,
-    meter: Meter,
-    model: ServedModel | None = None,
+    settings: Settings, stages: dict[str, StageClient], store: Store, meter: Meter
 ) -> Services:
-    """`model` defaults to the one the settings name (its tokenizer and configs are read)."""
-    data_plane = DataPlane(
-        settings,
-        model or ServedModel.load(settings),
-        stages,
-        store,
-        IngressMetrics.create(meter),
-    )
+    """`stages`: each served model's StageClient, by model name (their configs and tokenizers
+    are read here)."""
+    routes = {
+        name: ModelRoute(ServedModel.load(settings, name, spec), stages[name])
+        for name, spec in settings.served_models().items()
+    }
+    data_plane = DataPlane(settings, routes, store, IngressMetrics.create(meter))
     secret = settings.webhook_secret
     webhooks = None
     if secret is not None:

@@ -19,17 +19,33 @@ import numpy as np
 
 
 @dataclass(frozen=True)
-class DenoiseJob:
-    """One image to denoise. Embeddings are [tokens, dim]; guidance > 1 needs `negative_embeds`."""
+class TextEmbedding:
+    """A prompt as the denoiser sees it: hidden states [tokens, dim] and, for models with added
+    text conditioning (SDXL), the pooled embedding [dim]."""
 
-    prompt_embeds: np.ndarray
-    negative_embeds: np.ndarray | None
+    hidden: np.ndarray
+    pooled: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class DenoiseJob:
+    """One image to denoise. The conditioning is a bag of per-row tensors named as the denoiser
+    takes them (`encoder_hidden_states` [tokens, dim]; SDXL adds `text_embeds` [dim] and
+    `time_ids` [6]); with guidance on, `negative_conditioning` holds the unconditional row's."""
+
+    conditioning: dict[str, np.ndarray]
+    negative_conditioning: dict[str, np.ndarray] | None
     height: int
     width: int
     steps: int
     guidance_scale: float
     seed: int
     scheduler: str
+    guidance_rescale: float = 0.0
+
+    @property
+    def guided(self) -> bool:
+        return self.negative_conditioning is not None
 
 
 @dataclass(frozen=True)
@@ -52,8 +68,8 @@ class DenoiseResult:
 
 
 class StageClient(Protocol):
-    async def encode_text(self, text: str) -> np.ndarray:
-        """[tokens, dim] float32 embeddings of one prompt."""
+    async def encode_text(self, text: str) -> TextEmbedding:
+        """One prompt's embeddings (float32)."""
         ...
 
     async def denoise(self, job: DenoiseJob) -> DenoiseResult: ...

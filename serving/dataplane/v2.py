@@ -20,7 +20,8 @@ from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady, ServerNotR
 from kserve.protocol.dataplane import DataPlane as KServeDataPlane
 from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, InferResponse
 
-from serving.client.v2 import DECLARED_INPUTS, OUTPUTS, accepted_datatypes
+from serving.client.v2 import DECLARED_INPUTS, OUTPUTS, PAIR_INPUTS, accepted_datatypes, input_shape
+from serving.dataplane.model import ServedModel
 from serving.dataplane.request import GenerateParams, RequestContext, normalize_format
 from serving.dataplane.service import DataPlane, GenerationResult
 from serving.errors import (
@@ -37,16 +38,25 @@ def _tensor(name: str, datatype: str, shape: list[int]) -> dict[str, Any]:
     return {"name": name, "datatype": datatype, "shape": shape}
 
 
-INPUT_METADATA = [_tensor(name, datatype, [1]) for name, datatype in DECLARED_INPUTS.items()]
 OUTPUT_METADATA = [_tensor(name, datatype, shape) for name, (datatype, shape) in OUTPUTS.items()]
 
 
-class StableDiffusionModel(Model):
-    """The served model as kserve sees it. Every inference goes through DataPlane.generate."""
+def input_metadata(model: ServedModel) -> list[dict[str, Any]]:
+    """The model's inputs: every declared one, SDXL's size conditioning only for SDXL."""
+    return [
+        _tensor(name, datatype, input_shape(name))
+        for name, datatype in DECLARED_INPUTS.items()
+        if name not in PAIR_INPUTS or model.profile.size_conditioning
+    ]
 
-    def __init__(self, data_plane: DataPlane) -> None:
-        super().__init__(data_plane.model.name)
+
+class StableDiffusionModel(Model):
+    """A served model as kserve sees it. Every inference goes through DataPlane.generate."""
+
+    def __init__(self, data_plane: DataPlane, model: ServedModel) -> None:
+        super().__init__(model.name)
         self._data_plane = data_plane
+        self._inputs = input_metadata(model)
         self.ready = True
 
     async def healthy(self) -> bool:
@@ -56,7 +66,7 @@ class StableDiffusionModel(Model):
         return True
 
     def get_input_types(self) -> list[dict[str, Any]]:
-        return INPUT_METADATA
+        return self._inputs
 
     def get_output_types(self) -> list[dict[str, Any]]:
         return OUTPUT_METADATA
@@ -68,7 +78,7 @@ class StableDiffusionModel(Model):
             raise MalformedRequest("expected a v2 inference request with `inputs`")
         context = RequestContext.from_headers(headers or {}, address=None)
         with fields_renamed(v2_field_name):
-            params = params_from_infer_request(payload)
+            params = params_from_infer_request(payload).model_copy(update={"model": self.name})
             wanted = requested_outputs(payload, params.output_format)
             if "image" in wanted:
                 params = params.model_copy(update={"output_format": "png"})
@@ -86,7 +96,7 @@ def v2_field_name(field: str) -> str:
 
 
 def params_from_infer_request(payload: InferRequest) -> GenerateParams:
-    values: dict[str, Any] = {tensor.name: _scalar(tensor) for tensor in payload.inputs}
+    values: dict[str, Any] = {tensor.name: _value(tensor) for tensor in payload.inputs}
     if "prompt" not in values:
         raise InvalidArgument("inputs", "a BYTES input named `prompt` is required")
     output_format = parameter_value(payload.parameters, "output_format")
@@ -102,7 +112,7 @@ def params_from_infer_request(payload: InferRequest) -> GenerateParams:
         raise InvalidArgument("inputs", str(error)) from None
 
 
-def _scalar(tensor: InferInput) -> Any:
+def _value(tensor: InferInput) -> Any:
     name, datatype = tensor.name, tensor.datatype
     field = f"inputs[{name}]"
     if name not in DECLARED_INPUTS:
@@ -113,16 +123,19 @@ def _scalar(tensor: InferInput) -> Any:
         raise InvalidArgument(
             f"{field}.datatype", f"must be {' or '.join(sorted(expected))} (got {datatype})"
         )
-    if int(np.prod(tensor.shape)) != 1:
-        raise InvalidArgument(
-            f"{field}.shape", f"must hold exactly one element, e.g. [1] (got {tensor.shape})"
-        )
+    count = input_shape(name)[0]
+    if int(np.prod(tensor.shape)) != count:
+        elements = "exactly one element, e.g. [1]" if count == 1 else "two elements, [2]"
+        raise InvalidArgument(f"{field}.shape", f"must hold {elements} (got {tensor.shape})")
     try:
-        value = tensor.as_numpy().reshape(-1)[0]
+        values = tensor.as_numpy().reshape(-1)
+        value = values[0]
     except (ValueError, TypeError, IndexError) as error:
         detail = f"does not match its shape and datatype: {error}"
         raise InvalidArgument(f"{field}.data", detail) from None
     declared = DECLARED_INPUTS[name]
+    if count == 2:
+        return (int(values[0]), int(values[1]))
     if declared == "BYTES":
         if isinstance(value, bytes | np.bytes_):
             try:
@@ -224,12 +237,24 @@ class ServingKServeDataPlane(KServeDataPlane):
 
     def __init__(self, data_plane: DataPlane) -> None:
         repository = ModelRepository()
-        repository.update(StableDiffusionModel(data_plane))
+        for model in data_plane.models:
+            repository.update(StableDiffusionModel(data_plane, model))
         super().__init__(model_registry=repository)
         self._serving = data_plane
 
     async def ready(self) -> bool:
         return await self._serving.ready()
+
+    def describe(self, model_name: str) -> dict[str, Any]:
+        """The model's family, request defaults and limits, samplers."""
+        return self._serving.model(model_name).describe()
+
+    async def model_metadata(self, model_name: str) -> dict[str, Any]:
+        """kserve's metadata, with the platform naming the family (gRPC has no other field for
+        it); REST adds the model's defaults and limits (serving/http/kserve_v2.py)."""
+        metadata: dict[str, Any] = await super().model_metadata(model_name)
+        metadata["platform"] = f"diffusers/{self._serving.model(model_name).profile.kind}"
+        return metadata
 
 
 KSERVE_ERRORS: tuple[type[Exception], ...] = (

@@ -11,7 +11,7 @@ from ray.serve import metrics as serve_metrics
 from serving.metrics import Counter, Gauge, Histogram
 from serving.models import loader
 from serving.models.device import Placement, choose_placement, configure_threads
-from serving.settings import Settings, StageSettings
+from serving.settings import Settings, Stage, StageSettings
 
 
 class RayMeter:
@@ -36,10 +36,15 @@ def _tags(keys: Sequence[str]) -> tuple[str]:
     return cast(tuple[str], tuple(keys))
 
 
-def prepare_replica(settings: Settings, stage: StageSettings) -> tuple[Placement, str]:
-    """Torch threads for this stage, where it runs, and the model directory it loads from."""
-    configure_threads(settings, stage)
-    return choose_placement(settings), loader.resolve_model_source(settings)
+def prepare_replica(
+    settings: Settings, stage: Stage, model: str
+) -> tuple[StageSettings, Placement, str]:
+    """The stage's settings for this model, torch threads set from them, where the replica runs
+    and the model directory it loads from."""
+    stage_settings = settings.stage(stage, model)
+    configure_threads(settings, stage_settings)
+    source = loader.resolve_source(settings.served_models()[model].source, settings)
+    return stage_settings, choose_placement(settings), source
 
 
 class _TunableBatch(Protocol):

@@ -13,7 +13,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from serving.dataplane.jobs import JobEvent, JobEventKind, JobResult, JobStatus, JobView
 from serving.dataplane.results import StoredImage
-from serving.dataplane.stages import DenoiseJob, DenoiseResult, StepProgress
+from serving.dataplane.stages import DenoiseJob, DenoiseResult, StepProgress, TextEmbedding
 from serving.dataplane.store import ResultHit
 from serving.errors import ErrorDetail
 
@@ -47,7 +47,7 @@ class RayStages:
         self._unet = unet
         self._vae = vae
 
-    async def encode_text(self, text: str) -> np.ndarray:
+    async def encode_text(self, text: str) -> TextEmbedding:
         return await answer(self._text_encoder.encode.remote(text))
 
     async def denoise(self, job: DenoiseJob) -> DenoiseResult:

@@ -1,6 +1,6 @@
-"""The Ingress deployment, the app's composition root: the stages and the store behind their
-handles, the one data plane over them, and both transports on top (the FastAPI app mounted with
-`serve.ingress`; the v2 gRPC methods Ray's gRPC proxy calls by name)."""
+"""The Ingress deployment, the app's composition root: each model's stages and the store behind
+their handles, the one data plane over them, and both transports on top (the FastAPI app mounted
+with `serve.ingress`; the v2 gRPC methods Ray's gRPC proxy calls by name)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serving.dataplane.services import build_services
+from serving.dataplane.stages import StageClient
 from serving.deployments._replica import RayMeter, keep_publishing
 from serving.deployments.handles import RayStages, RayStore
 from serving.grpc.methods import InferenceRPC, InferenceServiceMethods
 from serving.http.app import create_http_app
 from serving.metrics import max_replicas_publisher
-from serving.settings import Settings
+from serving.settings import Settings, Stage
 
 
 @serve.deployment(name="Ingress")
@@ -26,22 +27,20 @@ class Ingress(InferenceServiceMethods):
     def __init__(
         self,
         settings: Settings,
-        text_encoder: DeploymentHandle,
-        unet: DeploymentHandle,
-        vae: DeploymentHandle,
+        stages: dict[str, dict[Stage, DeploymentHandle]],
         results: DeploymentHandle,
     ) -> None:
         meter = RayMeter()
-        self._services = build_services(
-            settings, RayStages(text_encoder, unet, vae), RayStore(results), meter
-        )
-        self._rpc = InferenceRPC(self._services)
-        ceilings = {
-            "Ingress": settings.ingress.max_replicas,
-            "TextEncoder": settings.text_encoder.max_replicas,
-            "UNetDenoiser": settings.unet.max_replicas,
-            "VAEDecoder": settings.vae.max_replicas,
+        clients: dict[str, StageClient] = {
+            model: RayStages(handles["text_encoder"], handles["unet"], handles["vae"])
+            for model, handles in stages.items()
         }
+        self._services = build_services(settings, clients, RayStore(results), meter)
+        self._rpc = InferenceRPC(self._services)
+        ceilings = {"Ingress": settings.ingress.max_replicas}
+        for model, handles in stages.items():
+            for stage, handle in handles.items():
+                ceilings[handle.deployment_name] = settings.stage(stage, model).max_replicas
         self._stop_publishing = keep_publishing(max_replicas_publisher(meter, ceilings))
 
     def __serve_build_asgi_app__(self) -> FastAPI:

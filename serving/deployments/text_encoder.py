@@ -4,27 +4,27 @@ from __future__ import annotations
 
 import asyncio
 
-import numpy as np
 from ray import serve
 
+from serving.dataplane.stages import TextEmbedding
 from serving.deployments._replica import RayMeter, prepare_replica, tune_batching
 from serving.engine.text import TextEncoderRunner
 from serving.metrics import cache_lookups
-from serving.settings import Settings
+from serving.settings import Settings, TextEncoderStage
 
 
 @serve.deployment(name="TextEncoder")
 class TextEncoder:
-    def __init__(self, settings: Settings) -> None:
-        stage = settings.text_encoder
-        placement, source = prepare_replica(settings, stage)
+    def __init__(self, settings: Settings, model: str) -> None:
+        stage, placement, source = prepare_replica(settings, "text_encoder", model)
+        assert isinstance(stage, TextEncoderStage)
         self._runner = TextEncoderRunner.load(
             source, placement, cache_size=stage.cache_size, lookups=cache_lookups(RayMeter())
         )
         tune_batching(self.encode, stage.max_batch_size, stage.batch_wait_s)
 
     @serve.batch
-    async def encode(self, texts: list[str]) -> list[np.ndarray]:
+    async def encode(self, texts: list[str]) -> list[TextEmbedding]:
         # One batch at a time (serve.batch's default), so the cache needs no lock.
         return await asyncio.to_thread(self._runner.encode, texts)
 

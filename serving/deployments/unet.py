@@ -10,14 +10,14 @@ from serving.dataplane.stages import DenoiseJob, DenoiseResult, StepProgress
 from serving.deployments._replica import RayMeter, keep_publishing, prepare_replica
 from serving.engine.denoiser import ContinuousBatchingEngine
 from serving.metrics import UNetMetrics
-from serving.settings import Settings
+from serving.settings import Settings, UNetStage
 
 
 @serve.deployment(name="UNetDenoiser")
 class UNetDenoiser:
-    def __init__(self, settings: Settings) -> None:
-        stage = settings.unet
-        placement, source = prepare_replica(settings, stage)
+    def __init__(self, settings: Settings, model: str) -> None:
+        stage, placement, source = prepare_replica(settings, "unet", model)
+        assert isinstance(stage, UNetStage)
         self._engine = ContinuousBatchingEngine.load(
             source,
             placement,

@@ -9,14 +9,14 @@ from ray import serve
 
 from serving.deployments._replica import prepare_replica, tune_batching
 from serving.engine.decoder import VaeDecoderRunner
-from serving.settings import Settings
+from serving.settings import Settings, VAEStage
 
 
 @serve.deployment(name="VAEDecoder")
 class VAEDecoder:
-    def __init__(self, settings: Settings) -> None:
-        stage = settings.vae
-        placement, source = prepare_replica(settings, stage)
+    def __init__(self, settings: Settings, model: str) -> None:
+        stage, placement, source = prepare_replica(settings, "vae", model)
+        assert isinstance(stage, VAEStage)
         self._runner = VaeDecoderRunner.load(source, placement)
         tune_batching(self.decode, stage.max_batch_size, stage.batch_wait_s)
 

@@ -1,4 +1,4 @@
-"""Latents → uint8 RGB images, as StableDiffusionPipeline's VAE decode and postprocess."""
+"""Latents → uint8 RGB images, as the diffusers pipelines' VAE decode and postprocess."""
 
 from __future__ import annotations
 
@@ -14,11 +14,21 @@ class VaeDecoderRunner:
     def __init__(self, vae: AutoencoderKL, placement: Placement) -> None:
         self._vae = vae
         self._placement = placement
-        self._scaling = float(vae.config.scaling_factor)
+        config = vae.config
+        self._scaling = float(config.scaling_factor)
+        # Models whose latents are normalised per channel (not SD 1.x/2.x or SDXL) say so.
+        mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+        self._mean_std = None
+        if mean is not None and std is not None:
+            channels = len(mean)
+            self._mean_std = (
+                torch.tensor(mean).view(1, channels, 1, 1),
+                torch.tensor(std).view(1, channels, 1, 1),
+            )
 
     @classmethod
     def load(cls, source: str, placement: Placement) -> VaeDecoderRunner:
-        """The VAE of a diffusers directory."""
+        """The VAE of a diffusers directory (in float32 where the model needs it)."""
         return cls(loader.load_vae(source, placement), placement)
 
     @torch.inference_mode()
@@ -30,8 +40,13 @@ class VaeDecoderRunner:
             by_shape.setdefault(item.shape, []).append(index)
         for indices in by_shape.values():
             batch = torch.from_numpy(np.stack([latents[i] for i in indices]))
-            batch = batch.to(device=self._placement.device, dtype=self._placement.dtype)
-            decoded = self._vae.decode(batch / self._scaling, return_dict=False)[0]
+            batch = batch.to(device=self._placement.device, dtype=self._vae.dtype)
+            if self._mean_std is None:
+                batch = batch / self._scaling
+            else:
+                mean, std = (t.to(batch.device, batch.dtype) for t in self._mean_std)
+                batch = batch * std / self._scaling + mean
+            decoded = self._vae.decode(batch, return_dict=False)[0]
             # VaeImageProcessor.postprocess: denormalize, to numpy, round to uint8.
             pixels = (decoded / 2 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).float().numpy()
             as_uint8 = (pixels * 255).round().astype(np.uint8)

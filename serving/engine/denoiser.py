@@ -1,10 +1,13 @@
-"""Step-level continuous batching for the UNet: plain torch, no Ray inside.
+"""Step-level continuous batching for the denoiser: plain torch, no Ray inside.
 
 Every request owns its scheduler, generator and latents. One iteration takes the active requests
-that share a latent shape, runs ONE batched UNet forward with a per-sample timestep tensor
+that share a latent shape, runs ONE batched denoiser forward with a per-sample timestep tensor
 (classifier-free guidance doubles a request's rows), then steps each request's scheduler on its
 own slice. Requests join at any step boundary and leave when done or cancelled, so a short job
-never waits for a long one to finish. The arithmetic per request is StableDiffusionPipeline's.
+never waits for a long one to finish. Conditioning travels as per-row tensors by name, so one
+batch mixes samplers, step counts, guidance on and off and (SDXL) size conditioning. The
+arithmetic per request is the family's diffusers pipeline's (StableDiffusionPipeline,
+StableDiffusionXLPipeline, LatentConsistencyModelPipeline).
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import UNet2DConditionModel
+from diffusers import LatentConsistencyModelPipeline, UNet2DConditionModel
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -58,6 +62,42 @@ class Ticket:
         return self.future.cancel()
 
 
+class UNetCall:
+    """The only UNet-shaped code: the per-row conditioning, by name, onto a UNet2DConditionModel's
+    arguments. Another denoiser (a transformer) gets a call of its own with the same shape."""
+
+    ADDED = ("text_embeds", "time_ids")  # SDXL's added conditioning
+
+    def __init__(self, unet: UNet2DConditionModel) -> None:
+        self._unet = unet
+        self.latent_channels = int(unet.config.in_channels)
+        # LCM-style models take guidance as an embedding (timestep_cond), never as CFG rows.
+        self.guidance_embedding_dim: int | None = unet.config.time_cond_proj_dim
+
+    def __call__(
+        self, sample: torch.Tensor, timesteps: torch.Tensor, conditioning: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        added = {key: conditioning[key] for key in self.ADDED if key in conditioning}
+        output: torch.Tensor = self._unet(
+            sample,
+            timesteps,
+            encoder_hidden_states=conditioning["encoder_hidden_states"],
+            timestep_cond=conditioning.get("timestep_cond"),
+            added_cond_kwargs=added or None,
+            return_dict=False,
+        )[0]
+        return output
+
+
+def guidance_embedding(guidance_scale: float, dim: int) -> torch.Tensor:
+    """LatentConsistencyModelPipeline's embedding of w = guidance_scale - 1, shape [1, dim]."""
+    w = torch.tensor([guidance_scale - 1.0])
+    embedding: torch.Tensor = LatentConsistencyModelPipeline.get_guidance_scale_embedding(
+        None, w, embedding_dim=dim
+    )
+    return embedding
+
+
 @dataclass
 class _Active:
     ticket: Ticket
@@ -65,7 +105,7 @@ class _Active:
     scheduler: SchedulerMixin
     timesteps: torch.Tensor
     latents: torch.Tensor
-    conditioning: torch.Tensor
+    conditioning: dict[str, torch.Tensor]  # [rows, ...] per name
     guided: bool
     extra: dict[str, Any]
     index: int = 0
@@ -93,14 +133,13 @@ class ContinuousBatchingEngine:
         max_queue: int,
         metrics: UNetMetrics | None = None,
     ) -> None:
-        self._unet = unet
+        self._denoiser = UNetCall(unet)
         self._schedulers = schedulers
         self._placement = placement
         self._scale = vae_scale_factor
         self._max_batch = max_batch_size
         self._max_queue = max_queue
         self._metrics = metrics
-        self._guidance_disabled = unet.config.time_cond_proj_dim is not None
         self._ids = itertools.count()
         self._pending: deque[tuple[DenoiseJob, Ticket]] = deque()
         self._active: list[_Active] = []
@@ -281,20 +320,23 @@ class ContinuousBatchingEngine:
         generator = torch.Generator("cpu").manual_seed(job.seed)
         shape = (
             1,
-            int(self._unet.config.in_channels),
+            self._denoiser.latent_channels,
             job.height // self._scale,
             job.width // self._scale,
         )
-        # Same draw as StableDiffusionPipeline.prepare_latents for one image and this generator.
+        # Same draw as the pipelines' prepare_latents for one image and this generator.
         latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
         latents = latents * scheduler.init_noise_sigma
-        guided = job.guidance_scale > 1.0 and not self._guidance_disabled
-        embeds = [job.prompt_embeds]
-        if guided:
-            if job.negative_embeds is None:
-                raise ValueError("guidance_scale > 1 needs negative_embeds")
-            embeds.insert(0, job.negative_embeds)
-        conditioning = torch.from_numpy(np.stack(embeds)).to(device=device, dtype=dtype)
+        embedding_dim = self._denoiser.guidance_embedding_dim
+        guided = job.negative_conditioning is not None and embedding_dim is None
+        rows = [job.negative_conditioning, job.conditioning] if guided else [job.conditioning]
+        conditioning = {
+            name: torch.from_numpy(np.stack([row[name] for row in rows if row is not None]))
+            for name in job.conditioning
+        }
+        if embedding_dim is not None:
+            conditioning["timestep_cond"] = guidance_embedding(job.guidance_scale, embedding_dim)
+        conditioning = {k: v.to(device=device, dtype=dtype) for k, v in conditioning.items()}
         ticket.total_steps = len(scheduler.timesteps)
         ticket.started_at = time.monotonic()
         return _Active(
@@ -321,23 +363,21 @@ class ContinuousBatchingEngine:
 
     @torch.inference_mode()
     def _denoise_once(self, group: list[_Active]) -> int:
-        samples, conditioning, timesteps = [], [], []
+        samples, timesteps = [], []
         for request in group:
             t = request.timesteps[request.index]
             sample = torch.cat([request.latents] * 2) if request.guided else request.latents
             sample = request.scheduler.scale_model_input(sample, t)
             samples.append(sample)
-            conditioning.append(request.conditioning)
             # Float timesteps (Euler) and integer ones (DDIM) stack as float32: the UNet's
             # sinusoidal embedding converts to float anyway, so this is exact.
             timesteps.append(t.to(torch.float32).reshape(1).expand(sample.shape[0]))
         batch = torch.cat(samples)
-        noise = self._unet(
-            batch,
-            torch.cat(timesteps).to(batch.device),
-            encoder_hidden_states=torch.cat(conditioning),
-            return_dict=False,
-        )[0]
+        conditioning = {
+            name: torch.cat([request.conditioning[name] for request in group])
+            for name in group[0].conditioning
+        }
+        noise = self._denoiser(batch, torch.cat(timesteps).to(batch.device), conditioning)
         offset = 0
         for request in group:
             rows = 2 if request.guided else 1
@@ -347,6 +387,10 @@ class ContinuousBatchingEngine:
                 unconditional, conditional = prediction.chunk(2)
                 scale = request.job.guidance_scale
                 prediction = unconditional + scale * (conditional - unconditional)
+                if request.job.guidance_rescale > 0.0:
+                    prediction = rescale_noise_cfg(
+                        prediction, conditional, guidance_rescale=request.job.guidance_rescale
+                    )
             t = request.timesteps[request.index]
             request.latents = request.scheduler.step(
                 prediction, t, request.latents, **request.extra, return_dict=False

@@ -10,13 +10,14 @@ from typing import TypeVar
 
 import numpy as np
 
-from serving.dataplane.stages import DenoiseJob, DenoiseResult, StepProgress
+from serving.dataplane.stages import DenoiseJob, DenoiseResult, StepProgress, TextEmbedding
 from serving.engine.decoder import VaeDecoderRunner
 from serving.engine.denoiser import ContinuousBatchingEngine, EngineStats
 from serving.engine.text import TextEncoderRunner
 from serving.metrics import Meter, UNetMetrics, cache_lookups
+from serving.models import loader
 from serving.models.device import choose_placement
-from serving.settings import Settings
+from serving.settings import Settings, TextEncoderStage, UNetStage
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -37,29 +38,30 @@ class InProcessStages:
         engine.start()
 
     @classmethod
-    def load(cls, settings: Settings, source: str, meter: Meter) -> InProcessStages:
-        """The stages of the diffusers directory `source`, sized by the settings."""
+    def load(cls, settings: Settings, model: str, meter: Meter) -> InProcessStages:
+        """The stages of a served model, sized by its stage settings."""
         placement = choose_placement(settings)
+        source = loader.resolve_source(settings.served_models()[model].source, settings)
+        text_encoder = settings.stage("text_encoder", model)
+        unet = settings.stage("unet", model)
+        assert isinstance(text_encoder, TextEncoderStage) and isinstance(unet, UNetStage)
         return cls(
             TextEncoderRunner.load(
-                source,
-                placement,
-                cache_size=settings.text_encoder.cache_size,
-                lookups=cache_lookups(meter),
+                source, placement, cache_size=text_encoder.cache_size, lookups=cache_lookups(meter)
             ),
             ContinuousBatchingEngine.load(
                 source,
                 placement,
-                max_batch_size=settings.unet.max_batch_size,
-                max_queue=settings.unet.max_queue,
+                max_batch_size=unet.max_batch_size,
+                max_queue=unet.max_queue,
                 metrics=UNetMetrics.create(meter),
             ),
             VaeDecoderRunner.load(source, placement),
         )
 
-    async def encode_text(self, text: str) -> np.ndarray:
-        (embeds,) = await _on(self._text_thread, self._text.encode, [text])
-        return embeds
+    async def encode_text(self, text: str) -> TextEmbedding:
+        (embedding,) = await _on(self._text_thread, self._text.encode, [text])
+        return embedding
 
     async def denoise(self, job: DenoiseJob) -> DenoiseResult:
         return await self._engine.denoise(job)

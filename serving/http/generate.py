@@ -100,7 +100,7 @@ def raw_image_response(data_plane: DataPlane, result: GenerationResult) -> Respo
 def generate_response(data_plane: DataPlane, result: GenerationResult) -> GenerateResponse:
     request = result.request
     return GenerateResponse(
-        model=data_plane.model.name,
+        model=request.model,
         created=int(time.time()),
         images=[
             ImageOut(

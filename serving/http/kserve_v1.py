@@ -8,8 +8,8 @@ import functools
 
 from fastapi import APIRouter
 
-from serving.dataplane.service import DataPlane, all_or_none
-from serving.errors import NotFound, fields_renamed
+from serving.dataplane.service import all_or_none
+from serving.errors import fields_renamed
 from serving.http.dependencies import ContextDep, DataPlaneDep
 from serving.http.models import (
     ERRORS,
@@ -23,32 +23,27 @@ from serving.http.models import (
 router = APIRouter(tags=["KServe v1"])
 
 
-def check_model(data_plane: DataPlane, model: str) -> None:
-    name = data_plane.model.name
-    if model != name:
-        raise NotFound(f"model {model!r} is not served here; this service serves {name!r}")
-
-
 @router.get("/v1/models")
 async def models(data_plane: DataPlaneDep) -> V1Models:
-    return V1Models(models=[data_plane.model.name])
+    """The served models, the default first."""
+    return V1Models(models=[model.name for model in data_plane.models])
 
 
 @router.get("/v1/models/{model}", responses=ERRORS)
 async def model_status(model: str, data_plane: DataPlaneDep) -> V1ModelStatus:
-    check_model(data_plane, model)
-    return V1ModelStatus(name=model, ready=await data_plane.ready())
+    served = data_plane.model(model)
+    return V1ModelStatus(name=model, ready=await data_plane.ready(), parameters=served.describe())
 
 
 @router.post("/v1/models/{model}:predict", responses=ERRORS)
 async def predict(
     model: str, body: V1PredictRequest, data_plane: DataPlaneDep, context: ContextDep
 ) -> V1PredictResponse:
-    check_model(data_plane, model)
+    data_plane.model(model)  # NotFound unless served
     prepared = []
     for index, instance in enumerate(body.instances):  # every instance checked before any runs
         with fields_renamed(functools.partial("instances[{}].{}".format, index)):
-            prepared.append(data_plane.prepare(instance))
+            prepared.append(data_plane.prepare(instance.model_copy(update={"model": model})))
     results = await all_or_none([data_plane.run(item, context) for item in prepared])
     return V1PredictResponse(
         predictions=[

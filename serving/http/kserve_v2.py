@@ -38,12 +38,23 @@ def install_v2(app: FastAPI, data_plane: ServingKServeDataPlane, respond: ErrorR
     app.include_router(v2_router(data_plane))
 
 
+class ModelMetadata(ModelMetadataResponse):
+    """kserve's model metadata, and the model's family, request defaults and limits."""
+
+    parameters: dict[str, Any]
+
+
 def v2_router(data_plane: ServingKServeDataPlane) -> APIRouter:
     endpoints = V2Endpoints(data_plane, model_repository_extension=None)
+
+    async def model_metadata(model_name: str) -> ModelMetadata:
+        metadata = await endpoints.model_metadata(model_name)
+        return ModelMetadata(**metadata.model_dump(), parameters=data_plane.describe(model_name))
+
     routes: list[tuple[str, str, Callable[..., Any], type[BaseModel] | None]] = [
         ("GET", "", endpoints.metadata, ServerMetadataResponse),
         ("GET", "/models", endpoints.models, ListModelsResponse),
-        ("GET", "/models/{model_name}", endpoints.model_metadata, ModelMetadataResponse),
+        ("GET", "/models/{model_name}", model_metadata, ModelMetadata),
         ("GET", "/models/{model_name}/ready", endpoints.model_ready, ModelReadyResponse),
         ("POST", "/models/{model_name}/infer", endpoints.infer, None),
     ]

@@ -102,6 +102,9 @@ class V1Models(BaseModel):
 class V1ModelStatus(BaseModel):
     name: str
     ready: bool
+    parameters: dict[str, Any] = Field(
+        default_factory=dict, description="family, request defaults and limits, samplers"
+    )
 
 
 # -- jobs

@@ -14,7 +14,7 @@ import time
 from fastapi import APIRouter
 
 from serving.dataplane.request import GenerateParams
-from serving.errors import InvalidArgument, NotFound
+from serving.errors import InvalidArgument
 from serving.http.dependencies import ContextDep, DataPlaneDep
 from serving.http.models import ERRORS, OpenAIImage, OpenAIImageRequest, OpenAIImagesResponse
 
@@ -40,13 +40,10 @@ def parse_size(size: str | None) -> tuple[int | None, int | None]:
     return int(width), int(height)
 
 
-def to_params(body: OpenAIImageRequest, model_name: str) -> GenerateParams:
-    if body.model not in (None, model_name):
-        raise NotFound(
-            f"model {body.model!r} is not served here; this service serves {model_name!r}"
-        )
+def to_params(body: OpenAIImageRequest) -> GenerateParams:
     width, height = parse_size(body.size)
     return GenerateParams(
+        model=body.model,
         prompt=body.prompt,
         negative_prompt=body.negative_prompt,
         num_images=body.n,
@@ -69,7 +66,7 @@ def to_params(body: OpenAIImageRequest, model_name: str) -> GenerateParams:
 async def generations(
     body: OpenAIImageRequest, data_plane: DataPlaneDep, context: ContextDep
 ) -> OpenAIImagesResponse:
-    params = to_params(body, data_plane.model.name)
+    params = to_params(body)
     try:
         result = await data_plane.generate(params, context)
     except InvalidArgument as error:

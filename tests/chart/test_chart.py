@@ -275,7 +275,7 @@ def test_keda_scales_the_predictor_on_unet_queue_depth() -> None:
     assert trigger["type"] == "prometheus"
     query = trigger["metadata"]["query"]
     assert "ray_serve_deployment_queued_queries" in query
-    assert 'deployment="UNetDenoiser"' in query
+    assert 'deployment=~"UNetDenoiser.*"' in query  # every model's UNet
     assert f'namespace="{NAMESPACE}"' in query and f"{FULLNAME}-predictor-.*" in query
     assert trigger["metadata"]["threshold"] == "4"
     assert "HorizontalPodAutoscaler" not in kinds("keda-autoscaling")
@@ -343,6 +343,124 @@ def test_kuberay_gateway_forwards_to_the_canary_during_a_rollout() -> None:
     assert head["containers"][0]["image"].endswith(":0.2.0")
     args = yaml.safe_load(canary["spec"]["serveConfigV2"])["applications"][0]["args"]
     assert args["model_name"] == "sd15-finetune-2026-11"
+
+
+# -- several models
+
+
+def _refusal(profile: str, *extra: str) -> str:
+    result = subprocess.run(
+        [helm(), "template", RELEASE, str(CHART), *helm_args(profile, *extra)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0, extra
+    return result.stderr
+
+
+def test_two_models_in_one_embedded_pod_each_with_its_own_stages() -> None:
+    predictor = find("two-models-embedded", "InferenceService")["spec"]["predictor"]
+    (container,) = predictor["containers"]
+    env = env_of(container)
+    assert "SD_MODEL" not in env and "SD_MODEL_NAME" not in env
+    settings = Settings(models=json.loads(env["SD_MODELS"]), default_model=env["SD_DEFAULT_MODEL"])
+    assert list(settings.served_models()) == ["sd15", "sdxl"]
+    assert settings.default_model_name() == "sdxl"
+    # SD 1.5 comes through KServe's storage initializer, SDXL from its own claim.
+    assert env["STORAGE_URI"] == "s3://models/stable-diffusion-v1-5"
+    assert settings.models["sd15"].source == "/mnt/models"
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in predictor["volumes"]}
+    sdxl_volume = volumes[mounts[settings.models["sdxl"].source]]
+    assert sdxl_volume["persistentVolumeClaim"]["claimName"] == "sdxl-base-1.0"
+    # Each model's stages share the pod's one GPU by their own fractions.
+    assert settings.stage("unet", "sd15").num_gpus == 0.3
+    assert settings.stage("unet", "sdxl").num_gpus == 0.45
+    assert settings.stage("unet", "sdxl").max_ongoing_requests == 48
+    assert settings.stage("vae", "sdxl").max_replicas == 4  # the service-wide value
+    assert settings.models["sdxl"].defaults.steps == 30
+    assert predictor["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+def test_two_models_on_kuberay_are_each_placed_on_their_own_pools() -> None:
+    service = find("two-models-kuberay", "RayService")
+    (app,) = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]
+    settings = Settings(**app["args"])  # what build_app will receive
+    assert settings.default_model_name() == "sdxl"
+    assert settings.models["sdxl"].source == "/mnt/sd-models/sdxl"
+    assert settings.models["turbo"].source == "stabilityai/sd-turbo"  # fetched by the pods
+    assert settings.models["turbo"].defaults.steps == 2
+    assert settings.stage("unet", "sdxl").resources == {"pool-gpu-unet": 0.001}
+    assert settings.stage("unet", "turbo").resources == {"pool-gpu-small": 0.001}
+    assert settings.stage("text_encoder", "sdxl").resources == {"pool-gpu-small": 0.001}
+    assert settings.stage("unet", "sdxl").max_replicas == 32
+    assert settings.ingress.resources == {"pool-cpu-small": 0.001}
+    groups = service["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    worker = next(g for g in groups if g["groupName"] == "gpu-unet")["template"]["spec"]
+    claims = {
+        v["persistentVolumeClaim"]["claimName"]
+        for v in worker["volumes"]
+        if "persistentVolumeClaim" in v
+    }
+    assert claims == {"sdxl-base-1.0"}
+    assert "STORAGE_URI" not in json.dumps(find("two-models-kuberay", "InferenceService"))
+
+
+@pytest.mark.parametrize(
+    ("profile", "extra", "message"),
+    [
+        (
+            "two-models-kuberay",
+            ["--set", "models.turbo.stages.unet.pool=gpu-large"],
+            'models.turbo.stages.unet.pool is "gpu-large", which is not an enabled nodePools entry',
+        ),
+        (
+            "two-models-embedded",
+            ["--set", "models.sdxl.source=storageUri", "--set", "models.sdxl.storageUri=gs://m/xl"],
+            "models sd15, sdxl: KServe's storage initializer fetches one storageUri per pod",
+        ),
+        (
+            "two-models-kuberay",
+            ["--set", "models.turbo.storageUri=s3://models/sd-turbo"],
+            "models.turbo: kuberay mode has no storage initializer",
+        ),
+        (
+            "two-models-embedded",
+            ["--set", "defaultModel=sd21"],
+            'defaultModel "sd21" is not a key of models (sd15, sdxl)',
+        ),
+        (
+            "two-models-embedded",
+            ["--set", "models.sdxl.stages.unet.minReplicas=2"],
+            "add up to 1.45 GPUs, more than the predictor pod's embedded.gpus=1",
+        ),
+        (
+            "two-models-kuberay",
+            [
+                "--set",
+                "kuberay.canary.enabled=true",
+                "--set",
+                "kuberay.canary.imageTag=0.3",
+                "--set",
+                "kuberay.canary.modelName=other",
+            ],
+            "with `models`, the canary serves the same models",
+        ),
+    ],
+)
+def test_inconsistent_model_values_are_refused(
+    profile: str, extra: list[str], message: str
+) -> None:
+    assert message in _refusal(profile, *extra)
+
+
+def test_model_names_and_fields_are_checked_by_the_values_schema() -> None:
+    for bad in (
+        ["--set", "models.SDXL.source=embedded"],
+        ["--set", "models.sdxl.source=embedded", "--set", "models.sdxl.family=flux"],
+        ["--set", "models.sdxl.source=embedded", "--set", "models.sdxl.stages.unet.numGPUs=1"],
+    ):
+        assert "values don't meet the specifications of the schema" in _refusal("default", *bad)
 
 
 def test_karpenter_node_pool_per_enabled_pool() -> None:
@@ -474,5 +592,5 @@ def _env_names(node: Any) -> set[str]:
 @pytest.mark.parametrize("profile", PROFILES)
 def test_every_sd_variable_the_chart_sets_names_a_setting(profile: str) -> None:
     names = {name for doc in rendered(profile) for name in _env_names(doc)}
-    assert "SD_MODEL_NAME" in names
+    assert "SD_HTTP_PORT" in names
     check_environment(dict.fromkeys(names, "x"))  # raises naming the variable and its fix

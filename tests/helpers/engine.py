@@ -49,10 +49,12 @@ class Components:
         scheduler: str = "ddim",
         size: tuple[int, int] = (128, 128),
     ) -> DenoiseJob:
-        positive, negative_embeds = self.text.encode([prompt, negative])
+        positive, negative_embedding = self.text.encode([prompt, negative])
         return DenoiseJob(
-            prompt_embeds=positive,
-            negative_embeds=negative_embeds if guidance > 1 else None,
+            conditioning={"encoder_hidden_states": positive.hidden},
+            negative_conditioning=(
+                {"encoder_hidden_states": negative_embedding.hidden} if guidance > 1 else None
+            ),
             height=size[0],
             width=size[1],
             steps=steps,

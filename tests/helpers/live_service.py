@@ -18,7 +18,9 @@ import httpx
 
 from tests.helpers.net import free_port, wait_until
 
+# What the integration tier's service is configured with (tests/integration/conftest.py).
 WEBHOOK_SECRET = "integration-webhook-secret"
+DEFAULT_MODEL, SDXL_MODEL = "sd-embedded", "sdxl"
 STARTUP_TIMEOUT_S = 240
 SHUTDOWN_TIMEOUT_S = 90
 

@@ -39,9 +39,14 @@ class LocalService:
     url: str
     grpc_target: str
     services: Services
-    stages: InProcessStages
+    stages_by_model: dict[str, InProcessStages]
     meter: MemoryMeter
     loop: asyncio.AbstractEventLoop
+
+    @property
+    def stages(self) -> InProcessStages:
+        """The default model's stages."""
+        return self.stages_by_model[self.services.data_plane.model().name]
 
     def client(self, timeout: float = 60.0, **headers: str) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=timeout, headers=headers)
@@ -55,12 +60,15 @@ class LocalService:
 
 
 @contextlib.contextmanager
-def local_service(model_dir: Path, **settings: Any) -> Iterator[LocalService]:
-    """The service over the model in `model_dir`, with `settings` on top of the defaults."""
-    config = Settings(model=str(model_dir), **settings)
+def local_service(model_dir: Path | None, **settings: Any) -> Iterator[LocalService]:
+    """The service over the model in `model_dir` (or the `models` of `settings`), with
+    `settings` on top of the defaults."""
+    if model_dir is not None:
+        settings = {"model": str(model_dir), **settings}
+    config = Settings(**settings)
     meter = MemoryMeter()
-    stages = InProcessStages.load(config, str(model_dir), meter)
-    services = build_services(config, stages, InMemoryStore(config), meter)
+    stages = {name: InProcessStages.load(config, name, meter) for name in config.served_models()}
+    services = build_services(config, dict(stages), InMemoryStore(config), meter)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="local-service", daemon=True)
     thread.start()
@@ -101,4 +109,5 @@ def local_service(model_dir: Path, **settings: Any) -> Iterator[LocalService]:
         asyncio.run_coroutine_threadsafe(grpc_server.stop(None), loop).result(30)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(30)
-        stages.close()
+        for model_stages in stages.values():
+            model_stages.close()

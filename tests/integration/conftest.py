@@ -5,23 +5,40 @@ CLI. Everything else runs in the fast tier (tests/unit)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.live_service import WEBHOOK_SECRET, RunningService, start_service
+from tests.helpers.live_service import (
+    DEFAULT_MODEL,
+    SDXL_MODEL,
+    WEBHOOK_SECRET,
+    RunningService,
+    start_service,
+)
+
+# Two models side by side, each with its own three deployments; on 2 CPUs their stages ask for
+# fractions of Ray's logical CPUs so all eight replicas fit.
+SMALL = {"text_encoder": {"num_cpus": 0.1}, "unet": {"num_cpus": 0.5}, "vae": {"num_cpus": 0.1}}
 
 
 @pytest.fixture(scope="session")
 def service(
-    tmp_path_factory: pytest.TempPathFactory, embedded_model_dir: Path
+    tmp_path_factory: pytest.TempPathFactory,
+    embedded_model_dir: Path,
+    family_dirs: dict[str, Path],
 ) -> Iterator[RunningService]:
-    """The service with the defaults `make serve` uses, on the embedded model as the session
-    exported it, plus a webhook secret, and without a result cache: every request here renders
-    through the stages."""
+    """The service with the defaults `make serve` uses, serving the embedded model (the default)
+    and the embedded SDXL model as the session exported them, plus a webhook secret, and without
+    a result cache: every request here renders through the stages."""
+    models = {
+        DEFAULT_MODEL: {"source": str(embedded_model_dir), **SMALL},
+        SDXL_MODEL: {"source": str(family_dirs["sdxl"]), **SMALL},
+    }
     settings = {
-        "SD_MODEL": str(embedded_model_dir),
+        "SD_MODELS": json.dumps(models),
         "SD_WEBHOOK_SECRET": WEBHOOK_SECRET,
         "SD_RESULT_CACHE_SIZE": "0",
     }

@@ -67,8 +67,10 @@ def test_progress_streams_across_replicas_in_order_then_the_result(
     assert [int(e.id or -1) for e in received] == list(range(len(received)))
     assert received[0].kind == "status" and received[-1].kind == "result"
     progress = [e.data for e in received if e.kind == "progress"]
-    assert len(progress) == 12  # one per step per image, from the UNet replica's stream
-    assert [p["steps_done"] for p in progress] == list(range(1, 13))
+    # One per UNet step per image, from the UNet replica's stream; the model's own PNDM
+    # sampler runs 6 + 1 steps, as diffusers' pipeline does.
+    assert len(progress) == 14
+    assert [p["steps_done"] for p in progress] == list(range(1, 15))
     preview = progress[-1]["preview"]
     with Image.open(io.BytesIO(base64.b64decode(preview.split(",", 1)[1]))) as thumbnail:
         assert thumbnail.size == (16, 16)

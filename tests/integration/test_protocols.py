@@ -14,7 +14,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from serving.client import Client, GrpcClient
 from serving.client.v2 import FIELD_METADATA
 from serving.grpc.protos import pb, pb_grpc
-from tests.helpers.live_service import RunningService
+from tests.helpers.live_service import SDXL_MODEL, RunningService
 from tests.helpers.v2 import MODEL, PARAMS, PROMPT, grpc_infer, infer_request, rest_infer, run
 
 pytestmark = pytest.mark.integration
@@ -111,3 +111,30 @@ def test_grpc_errors_cross_rays_proxy_with_their_status_and_field(
         stub(service).ModelInfer(non_utf8, timeout=60)
     assert bad_text.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert stub(service).ServerLive(pb.ServerLiveRequest()).live  # ... and it carries on
+
+
+def test_each_protocol_reaches_the_second_model(service: RunningService) -> None:
+    """The SDXL model's own deployments answer on every protocol, routed by the model's name."""
+    fields = {"prompt": PROMPT, "seed": 5, "steps": 4}
+    generate = httpx.post(
+        f"{service.url}/v1/generate", json={"model": SDXL_MODEL, **fields}, timeout=120
+    ).json()
+    assert generate["model"] == SDXL_MODEL and generate["cached"] is False
+    expected = base64.b64decode(generate["images"][0]["b64_data"])
+    request = infer_request(
+        PROMPT, model=SDXL_MODEL, seed=5, steps=4, scheduler=None, guidance_scale=None
+    )
+    v2_rest = run(rest_infer(service.url, request)).get_output_by_name("image_bytes")
+    v1 = httpx.post(
+        f"{service.url}/v1/models/{SDXL_MODEL}:predict", json={"instances": [fields]}, timeout=120
+    ).json()["predictions"][0]["images"][0]
+    with GrpcClient(service.grpc_target, model=SDXL_MODEL) as client:
+        over_grpc = client.generate(PROMPT, seed=5, steps=4).images[0].data
+    answers = {
+        "v2 REST": base64.b64decode(v2_rest.as_numpy()[0]),
+        "v1": base64.b64decode(v1),
+        "gRPC": over_grpc,
+    }
+    assert {name for name, data in answers.items() if data != expected} == set()
+    unknown = httpx.post(f"{service.url}/v1/generate", json={"prompt": "x", "model": "nope"})
+    assert unknown.status_code == 404 and SDXL_MODEL in unknown.text

@@ -11,10 +11,15 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, StableDiffusionPipeline
+from diffusers import (
+    DDIMScheduler,
+    DiffusionPipeline,
+    DPMSolverMultistepScheduler,
+    StableDiffusionPipeline,
+)
 
 from tests.helpers.images import as_uint8, max_pixel_difference
-from tests.helpers.live_service import RunningService
+from tests.helpers.live_service import DEFAULT_MODEL, SDXL_MODEL, RunningService
 from tests.helpers.requests import first_image, generate
 
 pytestmark = pytest.mark.integration
@@ -26,15 +31,37 @@ def rendered(service: RunningService, **fields: Any) -> dict[str, Any]:
     return body
 
 
-def test_health_reports_every_stage_ready(service: RunningService) -> None:
+def test_health_reports_every_stage_of_every_model_ready(service: RunningService) -> None:
     with service.client() as client:
         assert client.get("/v2/health/live").json() == {"live": True}
         ready = client.get("/v2/health/ready")
+        models = client.get("/v1/models").json()
     assert ready.status_code == 200
-    assert ready.json() == {
-        "ready": True,
-        "stages": {"text_encoder": True, "unet": True, "vae": True, "result_store": True},
+    stages = {
+        f"{model}/{stage}": True
+        for model in (DEFAULT_MODEL, SDXL_MODEL)
+        for stage in ("text_encoder", "unet", "vae")
     }
+    assert ready.json() == {"ready": True, "stages": {**stages, "result_store": True}}
+    assert models == {"models": [DEFAULT_MODEL, SDXL_MODEL]}
+
+
+def test_the_sdxl_model_served_through_its_deployments_equals_its_pipeline(
+    service: RunningService, family_dirs: dict[str, Path]
+) -> None:
+    params = {"prompt": "a lighthouse", "seed": 8, "steps": 6, "negative_prompt": "fog"}
+    body = rendered(service, model=SDXL_MODEL, **params)
+    assert body["model"] == SDXL_MODEL and body["parameters"]["original_size"] == [128, 128]
+    pipeline = DiffusionPipeline.from_pretrained(str(family_dirs["sdxl"]))
+    pipeline.set_progress_bar_config(disable=True)
+    expected = pipeline(
+        params["prompt"],
+        negative_prompt=params["negative_prompt"],
+        num_inference_steps=params["steps"],
+        generator=torch.Generator().manual_seed(params["seed"]),
+        output_type="np",
+    ).images[0]
+    assert max_pixel_difference(first_image(body), as_uint8(expected)) <= 1
 
 
 @pytest.mark.parametrize(

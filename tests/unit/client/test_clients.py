@@ -39,7 +39,8 @@ def test_job_client_reports_every_step_and_gets_the_same_image(uncached: LocalSe
             steps=4,
         )
         direct = client.generate("a robot with progress", seed=13, steps=4)
-    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    # The embedded model ships PNDM, which runs one warm-up iteration more than its steps.
+    assert seen == [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]
     assert result.cached is False and direct.cached is False
     assert result.images[0].data == direct.images[0].data and result.images[0].seed == 13
 
@@ -51,6 +52,7 @@ def test_job_client_reports_every_step_and_gets_the_same_image(uncached: LocalSe
                 on_progress=lambda done, _: steps.append(done),
                 seed=14,
                 steps=3,
+                scheduler="ddim",
             )
         return steps
 

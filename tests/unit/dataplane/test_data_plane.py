@@ -13,12 +13,12 @@ import pytest
 
 from serving.dataplane.model import ServedModel
 from serving.dataplane.request import GenerateParams, RequestContext
-from serving.dataplane.service import DataPlane, all_or_none
-from serving.dataplane.stages import DenoiseJob, DenoiseResult, StepProgress
+from serving.dataplane.service import DataPlane, ModelRoute, all_or_none
+from serving.dataplane.stages import DenoiseJob, DenoiseResult, StepProgress, TextEmbedding
 from serving.dataplane.store import InMemoryStore
 from serving.errors import DeadlineExceeded, InvalidArgument, QueueFull
 from serving.metrics import IngressMetrics, MemoryMeter
-from serving.settings import Limits, Settings
+from serving.settings import Limits, ModelSpec, Settings
 
 
 @dataclass
@@ -32,9 +32,9 @@ class ScriptedStages:
     cancelled: list[int] = field(default_factory=list)
     probes: int = 0
 
-    async def encode_text(self, text: str) -> np.ndarray:
+    async def encode_text(self, text: str) -> TextEmbedding:
         self.calls.append(f"encode:{text}")
-        return np.zeros((77, 8), np.float32)
+        return TextEmbedding(np.zeros((77, 8), np.float32))
 
     async def denoise(self, job: DenoiseJob) -> DenoiseResult:
         self.calls.append(f"denoise:{job.seed}")
@@ -66,7 +66,7 @@ class ScriptedStages:
 
 @pytest.fixture(scope="module")
 def model(embedded_model_dir: Path) -> ServedModel:
-    return ServedModel.load(Settings(model=str(embedded_model_dir)))
+    return ServedModel.load(Settings(), "sd-embedded", ModelSpec(source=str(embedded_model_dir)))
 
 
 def data_plane(
@@ -74,7 +74,8 @@ def data_plane(
 ) -> tuple[DataPlane, MemoryMeter]:
     config = Settings(**settings)  # type: ignore[arg-type]
     meter = MemoryMeter()
-    plane = DataPlane(config, model, stages, InMemoryStore(config), IngressMetrics.create(meter))
+    routes = {model.name: ModelRoute(model, stages)}
+    plane = DataPlane(config, routes, InMemoryStore(config), IngressMetrics.create(meter))
     return plane, meter
 
 

@@ -34,5 +34,5 @@ def test_cached_embeddings_equal_a_fresh_forward(components: Components) -> None
     second = runner.encode(["a unique prompt for the cache test"])
     after = runner.cache.stats()
     assert after.misses - before.misses == 2 and after.hits - before.hits == 1
-    assert np.array_equal(first[0], second[0])
-    assert first[0].shape == (77, 256)
+    assert np.array_equal(first[0].hidden, second[0].hidden)
+    assert first[0].hidden.shape == (77, 256) and first[0].pooled is None

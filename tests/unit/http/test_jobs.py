@@ -18,7 +18,13 @@ from tests.helpers.requests import job, job_events, submit
 
 
 def test_progress_events_arrive_in_order_and_end_with_the_result(local: LocalService) -> None:
-    params = {"prompt": "a glass of water", "steps": 6, "num_images": 2, "seed": 5}
+    params = {
+        "prompt": "a glass of water",
+        "steps": 6,
+        "num_images": 2,
+        "seed": 5,
+        "scheduler": "ddim",
+    }
     created = submit(local.url, **params, preview=True)
     assert created["status"] == "queued" and created["links"]["events"].endswith("/events")
     received = list(job_events(local.url, created["id"]))

@@ -15,7 +15,11 @@ PARAMS = {"prompt": "a paper boat on a puddle", "seed": 31, "steps": 5, "schedul
 def test_kserve_v1_lists_the_model_and_predicts_the_same_image(uncached: LocalService) -> None:
     assert httpx.get(uncached.url + "/v1/models").json() == {"models": ["sd-embedded"]}
     status = httpx.get(uncached.url + "/v1/models/sd-embedded", timeout=30).json()
-    assert status == {"name": "sd-embedded", "ready": True}
+    assert (status["name"], status["ready"]) == ("sd-embedded", True)
+    parameters = status["parameters"]
+    assert parameters["family"] == "sd" and parameters["defaults"]["scheduler"] == "default"
+    assert parameters["defaults"]["shipped_scheduler"] == "PNDMScheduler"
+    assert "ddim" in parameters["samplers"] and "lcm" not in parameters["samplers"]
     answer = httpx.post(
         uncached.url + "/v1/models/sd-embedded:predict", json={"instances": [PARAMS]}, timeout=60
     )
