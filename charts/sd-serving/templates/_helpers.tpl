@@ -47,6 +47,88 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if eq .Values.model.source "embedded" -}}embedded{{- else -}}/mnt/models{{- end -}}
 {{- end -}}
 
+{{/* Folder-safe form of a model name (volume names are DNS labels). */}}
+{{- define "sd-serving.volumeName" -}}
+{{- printf "model-%s" (. | lower | replace "." "-" | replace "_" "-") | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+`models` as Settings.models takes it (SD_MODELS in embedded mode, build_app's `models` arg in
+kuberay mode): per model its source as the pod sees it, its defaults, and each stage's settings
+(the service-wide `stages` with the model's own `stages` on top). Call with (dict "root" $
+"pinToPool" bool); renders JSON.
+*/}}
+{{- define "sd-serving.modelsSettings" -}}
+{{- $root := .root -}}
+{{- $kuberay := eq $root.Values.mode "kuberay" -}}
+{{- $models := dict -}}
+{{- $fetched := list -}}
+{{- range $name, $model := $root.Values.models -}}
+{{- $source := "" -}}
+{{- if eq $model.source "embedded" -}}
+{{- $family := default "sd" $model.family -}}
+{{- $source = ternary "embedded" (printf "embedded-%s" $family) (eq $family "sd") -}}
+{{- else if eq $model.source "pvc" -}}
+{{- $_ := required (printf "models.%s.pvc.claimName is required when its source is pvc" $name) (dig "pvc" "claimName" "" $model) -}}
+{{- $source = printf "/mnt/sd-models/%s" $name -}}
+{{- else -}}
+{{- $uri := required (printf "models.%s.storageUri is required when its source is storageUri" $name) $model.storageUri -}}
+{{- if hasPrefix "hf://" $uri -}}
+{{- $source = trimPrefix "hf://" $uri -}}
+{{- else if $kuberay -}}
+{{- fail (printf "models.%s: kuberay mode has no storage initializer: use source=pvc, or an hf:// storageUri (a Hub id fetched by the pods)" $name) -}}
+{{- else -}}
+{{- $fetched = append $fetched $name -}}
+{{- $source = "/mnt/models" -}}
+{{- end -}}
+{{- end -}}
+{{- $spec := dict "source" $source -}}
+{{- if $model.defaults -}}
+{{- $defaults := dict -}}
+{{- range $key, $field := dict "steps" "steps" "guidanceScale" "guidance_scale" "scheduler" "scheduler" "size" "size" "maxSteps" "max_steps" -}}
+{{- if hasKey $model.defaults $key -}}
+{{- $_ := set $defaults $field (index $model.defaults $key) -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set $spec "defaults" $defaults -}}
+{{- end -}}
+{{- range $key, $field := dict "textEncoder" "text_encoder" "unet" "unet" "vae" "vae" -}}
+{{- $stage := merge (deepCopy (dig "stages" $key dict $model)) (deepCopy (index $root.Values.stages $key)) -}}
+{{- $_ := set $spec $field (include "sd-serving.stageSettings" (dict "stage" $stage "pinToPool" $.pinToPool) | fromJson) -}}
+{{- end -}}
+{{- $_ := set $models $name $spec -}}
+{{- end -}}
+{{- if gt (len $fetched) 1 -}}
+{{- fail (printf "models %s: KServe's storage initializer fetches one storageUri per pod; give the others a pvc or an hf:// storageUri" (join ", " $fetched)) -}}
+{{- end -}}
+{{- toJson $models -}}
+{{- end -}}
+
+{{/* The model requests without a model name get: defaultModel, or the first of `models`. */}}
+{{- define "sd-serving.defaultModel" -}}
+{{- if .Values.defaultModel -}}
+{{- if not (hasKey .Values.models .Values.defaultModel) -}}
+{{- fail (printf "defaultModel %q is not a key of models (%s)" .Values.defaultModel (keys .Values.models | sortAlpha | join ", ")) -}}
+{{- end -}}
+{{- .Values.defaultModel -}}
+{{- else -}}
+{{- keys .Values.models | sortAlpha | first -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The storageUri KServe's storage initializer fetches into /mnt/models ("" = none). */}}
+{{- define "sd-serving.fetchedStorageUri" -}}
+{{- if .Values.models -}}
+{{- range $name, $model := .Values.models -}}
+{{- if and (eq $model.source "storageUri") (not (hasPrefix "hf://" ($model.storageUri | default ""))) -}}
+{{- $model.storageUri -}}
+{{- end -}}
+{{- end -}}
+{{- else if eq .Values.model.source "storageUri" -}}
+{{- .Values.model.storageUri | required "model.storageUri is required when model.source=storageUri" -}}
+{{- end -}}
+{{- end -}}
+
 {{/*
 Placement on a node pool: nodeSelector, tolerations of the pool's taints, and a required node
 affinity on the accelerator label. Call with (dict "root" $ "pool" "name"); "" renders nothing.
@@ -101,8 +183,10 @@ affinity:
 
 {{/* Environment shared by every container that runs the Serve app or its settings. */}}
 {{- define "sd-serving.appEnv" -}}
+{{- if not .Values.models }}
 - name: SD_MODEL_NAME
   value: {{ .Values.model.name | quote }}
+{{- end }}
 - name: SD_HTTP_HOST
   value: "0.0.0.0"
 - name: SD_HTTP_PORT
@@ -183,11 +267,19 @@ livenessProbe:
   secret:
     secretName: {{ .Values.apiKeys.existingSecret }}
 {{- end }}
-{{- if eq .Values.model.source "pvc" }}
+{{- if and (not .Values.models) (eq .Values.model.source "pvc") }}
 - name: model
   persistentVolumeClaim:
     claimName: {{ .Values.model.pvc.claimName | required "model.pvc.claimName is required when model.source=pvc" }}
     readOnly: true
+{{- end }}
+{{- range $name, $model := .Values.models }}
+{{- if eq $model.source "pvc" }}
+- name: {{ include "sd-serving.volumeName" $name }}
+  persistentVolumeClaim:
+    claimName: {{ dig "pvc" "claimName" "" $model | required (printf "models.%s.pvc.claimName is required when its source is pvc" $name) }}
+    readOnly: true
+{{- end }}
 {{- end }}
 {{- end -}}
 
@@ -201,10 +293,43 @@ livenessProbe:
   mountPath: /etc/sd-serving/api-keys
   readOnly: true
 {{- end }}
-{{- if eq .Values.model.source "pvc" }}
+{{- if and (not .Values.models) (eq .Values.model.source "pvc") }}
 - name: model
   mountPath: /mnt/models
   subPath: {{ .Values.model.pvc.subPath | quote }}
   readOnly: true
 {{- end }}
+{{- range $name, $model := .Values.models }}
+{{- if eq $model.source "pvc" }}
+- name: {{ include "sd-serving.volumeName" $name }}
+  mountPath: /mnt/sd-models/{{ $name }}
+  subPath: {{ dig "pvc" "subPath" "" $model | quote }}
+  readOnly: true
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Embedded mode runs every stage's minimum replicas inside one predictor pod: refuse values whose
+GPU shares cannot fit there, which would otherwise leave the pod waiting forever to be ready.
+*/}}
+{{- define "sd-serving.checkEmbeddedFit" -}}
+{{- $needed := 0.0 -}}
+{{- $ingress := .Values.stages.ingress -}}
+{{- $needed = addf $needed (mulf $ingress.numGpus $ingress.minReplicas) -}}
+{{- if .Values.models -}}
+{{- range $name, $spec := include "sd-serving.modelsSettings" (dict "root" $ "pinToPool" false) | fromJson -}}
+{{- range $stage := list $spec.text_encoder $spec.unet $spec.vae -}}
+{{- $needed = addf $needed (mulf $stage.num_gpus $stage.min_replicas) -}}
+{{- end -}}
+{{- end -}}
+{{- else -}}
+{{- range $key := list "textEncoder" "unet" "vae" -}}
+{{- $stage := index $.Values.stages $key -}}
+{{- $needed = addf $needed (mulf $stage.numGpus $stage.minReplicas) -}}
+{{- end -}}
+{{- end -}}
+{{- if gt $needed (addf .Values.embedded.gpus 0.001) -}}
+{{- fail (printf "embedded mode: the stages' minReplicas x numGpus add up to %.2f GPUs, more than the predictor pod's embedded.gpus=%v" $needed .Values.embedded.gpus) -}}
+{{- end -}}
 {{- end -}}
