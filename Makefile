@@ -106,8 +106,8 @@ format: install ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix serving tests scripts loadtest
 	$(BIN)/ruff format serving tests scripts loadtest
 
-export-model: install ## write the embedded model as a diffusers directory: make export-model DIR=out/model
-	$(BIN)/sd-serving export-model $(or $(DIR),out/embedded-model)
+export-model: install ## write an embedded model as a diffusers directory: make export-model DIR=out/model [FAMILY=sdxl]
+	$(BIN)/sd-serving export-model $(or $(DIR),out/embedded-$(or $(FAMILY),sd)) --family $(or $(FAMILY),sd)
 
 clean: ## remove the virtual environment and caches
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -7,6 +7,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+# The embedded families, named here so that `--help` needs no torch import.
+FAMILY_NAMES = ("sd", "sd-v", "sd-turbo", "lcm", "sdxl", "sdxl-turbo")
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sd-serving", description=__doc__)
@@ -35,6 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument(
         "--no-progress", action="store_true", help="one synchronous request, no progress bar"
     )
+    generate.add_argument(
+        "--model",
+        help="served model to use (GET /v1/models lists them); default: the service's default "
+        "over HTTP, sd-embedded over gRPC (KServe v2 names the model in every request)",
+    )
     generate.add_argument("--api-key-file", type=Path)
     generate.add_argument("--negative-prompt")
     generate.add_argument("--num-images", type=int)
@@ -60,9 +68,16 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--slo", type=float, help="override slo_p95_s (seconds)")
 
     export = commands.add_parser(
-        "export-model", help="write the embedded model as a diffusers pipeline directory"
+        "export-model", help="write an embedded test model as a diffusers pipeline directory"
     )
     export.add_argument("directory", type=Path)
+    export.add_argument(
+        "--family",
+        default="sd",
+        choices=FAMILY_NAMES,
+        help="architecture and scheduler config: sd (the default model), sd-v (v-prediction "
+        "SD 2.x), sd-turbo, lcm, sdxl, sdxl-turbo",
+    )
     return parser
 
 
@@ -90,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "export-model":
         from serving.models.embedded import export
 
-        directory = export(args.directory)
-        print(f"embedded model written to {directory}")
+        directory = export(args.directory, args.family)
+        print(f"embedded {args.family} model written to {directory}")
         return 0
     return 2
 
@@ -162,12 +177,15 @@ def _generate(args: argparse.Namespace) -> int:
             "scheduler",
         )
     }
+    if args.model and not args.grpc:
+        fields["model"] = args.model
     suffix = args.output.suffix.lstrip(".").lower()
     fields["output_format"] = {"jpg": "jpeg"}.get(suffix, suffix) or "png"
     api_key = args.api_key_file.read_text().strip() if args.api_key_file else None
     try:
         if args.grpc:
-            with GrpcClient(args.grpc_target, api_key=api_key) as grpc_client:
+            model = {"model": args.model} if args.model else {}
+            with GrpcClient(args.grpc_target, api_key=api_key, **model) as grpc_client:
                 result = grpc_client.generate(args.prompt, **fields)
         else:
             with Client(args.url, api_key=api_key) as client:

@@ -59,6 +59,7 @@ class ServedModel:
             "family": profile.kind,
             "prediction_type": self.info.prediction_type,
             "native_size": self.info.native_size,
+            "size_multiple": profile.size_multiple,
             "defaults": {
                 "width": profile.size,
                 "height": profile.size,
@@ -101,6 +102,7 @@ def profile(name: str, info: ModelInfo, settings: Settings, spec: ModelSpec) -> 
         samplers=samplers,
         size_conditioning=info.family == "sdxl",
         output_format=shared.output_format,
+        size_multiple=info.vae_scale_factor,
     )
 
 

@@ -33,8 +33,12 @@ class GenerateParams(BaseModel):
     prompt: str = Field(description="what to draw (at most 77 CLIP tokens)")
     negative_prompt: str = Field("", description="what to steer away from")
     num_images: int = Field(1, description="images to make; image i uses seed + i")
-    width: int | None = Field(None, description="pixels, a multiple of 8 (default: the model's)")
-    height: int | None = Field(None, description="pixels, a multiple of 8 (default: the model's)")
+    width: int | None = Field(
+        None, description="pixels, a multiple of the model's VAE factor, 8 (default: the model's)"
+    )
+    height: int | None = Field(
+        None, description="pixels, a multiple of the model's VAE factor, 8 (default: the model's)"
+    )
     steps: int | None = Field(None, description="denoising steps")
     guidance_scale: float | None = Field(None, description="classifier-free guidance (≤ 1: off)")
     seed: int | None = Field(None, description="0 to 2**32 - 1; random when left out")
@@ -98,6 +102,7 @@ class ModelProfile:
     samplers: tuple[str, ...]
     size_conditioning: bool  # SDXL: original_size, crops_coords_top_left, target_size
     output_format: str
+    size_multiple: int = 8  # the VAE's downsampling factor: sizes are multiples of it
 
 
 def resolve(params: GenerateParams, limits: Limits, model: ModelProfile) -> GenerationRequest:
@@ -113,8 +118,8 @@ def resolve(params: GenerateParams, limits: Limits, model: ModelProfile) -> Gene
     _check_range("num_images", params.num_images, 1, limits.max_num_images)
     width = params.width if params.width is not None else model.size
     height = params.height if params.height is not None else model.size
-    _check_size("width", width, limits.min_size, limits.max_width)
-    _check_size("height", height, limits.min_size, limits.max_height)
+    _check_size("width", width, limits.min_size, limits.max_width, model.size_multiple)
+    _check_size("height", height, limits.min_size, limits.max_height, model.size_multiple)
     steps = params.steps if params.steps is not None else model.steps
     _check_range("steps", steps, limits.min_steps, min(limits.max_steps, model.max_steps))
     guidance = params.guidance_scale if params.guidance_scale is not None else model.guidance_scale
@@ -196,9 +201,11 @@ def _check_range(field: str, value: int, low: int, high: int) -> None:
         raise InvalidArgument(field, f"must be between {low} and {high} (got {value})")
 
 
-def _check_size(field: str, value: int, low: int, high: int) -> None:
-    if value % 8:
-        raise InvalidArgument(field, f"must be a multiple of 8 (got {value})")
+def _check_size(field: str, value: int, low: int, high: int, multiple: int) -> None:
+    if value % multiple:
+        raise InvalidArgument(
+            field, f"must be a multiple of {multiple}, the model's VAE factor (got {value})"
+        )
     _check_range(field, value, low, high)
 
 

@@ -110,7 +110,7 @@ class DataPlane:
         return self._route(name).model
 
     def _route(self, name: str | None) -> ModelRoute:
-        route = self._routes.get(name or self._default)
+        route = self._routes.get(self._default if name is None else name)
         if route is None:
             served = ", ".join(repr(model.name) for model in self.models)
             raise NotFound(f"model {name!r} is not served here; this service serves {served}")

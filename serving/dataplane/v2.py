@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from kserve import Model, ModelRepository
 from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady, ServerNotReady
+from kserve.model import BaseKServeModel
 from kserve.protocol.dataplane import DataPlane as KServeDataPlane
 from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, InferResponse
 
@@ -244,6 +245,22 @@ class ServingKServeDataPlane(KServeDataPlane):
 
     async def ready(self) -> bool:
         return await self._serving.ready()
+
+    # kserve's own lookups raise a bare "Model with name x does not exist"; ours names the
+    # served models, on REST and gRPC alike.
+    def get_model_from_registry(self, name: str) -> BaseKServeModel:
+        self._serving.model(name)
+        return super().get_model_from_registry(name)
+
+    async def get_model(self, name: str) -> BaseKServeModel:
+        self._serving.model(name)
+        return await super().get_model(name)
+
+    async def model_ready(
+        self, model_name: str, disable_predictor_health_check: bool = False
+    ) -> bool:
+        self._serving.model(model_name)
+        return await super().model_ready(model_name, disable_predictor_health_check)
 
     def describe(self, model_name: str) -> dict[str, Any]:
         """The model's family, request defaults and limits, samplers."""

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.helpers.images import pixels
-from tests.helpers.live_service import RunningService
+from tests.helpers.live_service import SDXL_MODEL, RunningService
 from tests.helpers.net import free_port, wait_until
 
 pytestmark = pytest.mark.integration
@@ -50,7 +50,7 @@ def test_cli_writes_the_images_with_a_progress_bar(service: RunningService, tmp_
     assert "denoising" in result.stderr and "10/10" in result.stderr
 
 
-def test_cli_over_grpc(service: RunningService, tmp_path: Path) -> None:
+def test_cli_over_grpc_to_the_second_model(service: RunningService, tmp_path: Path) -> None:
     output = tmp_path / "apple.webp"
     result = run(
         "serving.cli",
@@ -65,6 +65,8 @@ def test_cli_over_grpc(service: RunningService, tmp_path: Path) -> None:
         "--grpc",
         "--grpc-target",
         service.grpc_target,
+        "--model",
+        SDXL_MODEL,
     )
     assert result.returncode == 0, result.stderr
     assert output.read_bytes()[8:12] == b"WEBP" and "seed 7" in result.stdout

@@ -11,9 +11,9 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from tests.helpers.live_service import RunningService
+from tests.helpers.live_service import DEFAULT_MODEL, SDXL_MODEL, RunningService
 
 pytestmark = pytest.mark.integration
 
@@ -49,6 +49,14 @@ def browser() -> Iterator[webdriver.Chrome]:
             driver.quit()
 
 
+def open_page(browser: webdriver.Chrome, service: RunningService) -> None:
+    """The page, once its model picker has filled in the default model's settings."""
+    browser.get(service.url + "/")
+    WebDriverWait(browser, 30).until(
+        lambda _: browser.find_element(By.ID, "form").get_attribute("data-model")
+    )
+
+
 def fill(browser: webdriver.Chrome, field: str, value: str) -> None:
     element = browser.find_element(By.ID, field)
     element.clear()
@@ -58,7 +66,7 @@ def fill(browser: webdriver.Chrome, field: str, value: str) -> None:
 def test_type_a_prompt_click_and_see_the_image(
     browser: webdriver.Chrome, service: RunningService
 ) -> None:
-    browser.get(service.url + "/")
+    open_page(browser, service)
     assert browser.title == "sd-serving"
     fill(browser, "prompt", "a tiny red house")
     fill(browser, "steps", "6")
@@ -73,7 +81,8 @@ def test_type_a_prompt_click_and_see_the_image(
     assert browser.execute_script("return arguments[0].naturalWidth", image) == 128
     assert image.get_attribute("src").startswith(service.url + "/v1/images/")
     assert image.get_attribute("alt") == "a tiny red house"
-    assert "seed 21" in browser.find_element(By.CSS_SELECTOR, "#gallery figcaption").text
+    caption = browser.find_element(By.CSS_SELECTOR, "#gallery figcaption").text
+    assert "seed 21" in caption and DEFAULT_MODEL in caption
 
     progress = browser.find_element(By.ID, "progress")
     # 6 steps of the model's own PNDM sampler are 7 UNet steps, as in diffusers' pipeline.
@@ -86,7 +95,7 @@ def test_type_a_prompt_click_and_see_the_image(
 def test_a_bad_request_shows_the_server_message(
     browser: webdriver.Chrome, service: RunningService
 ) -> None:
-    browser.get(service.url + "/")
+    open_page(browser, service)
     fill(browser, "prompt", "a boat")
     fill(browser, "steps", "100000")
     browser.find_element(By.ID, "generate").click()
@@ -95,3 +104,31 @@ def test_a_bad_request_shows_the_server_message(
     )
     assert "steps" in error.text and "150" in error.text
     assert browser.find_elements(By.CSS_SELECTOR, "#gallery img") == []
+
+
+def test_the_model_picker_lists_the_models_and_fills_in_each_ones_defaults(
+    browser: webdriver.Chrome, service: RunningService
+) -> None:
+    open_page(browser, service)
+    picker = Select(browser.find_element(By.ID, "model"))
+    assert [option.text for option in picker.options] == [DEFAULT_MODEL, SDXL_MODEL]
+    assert picker.first_selected_option.text == DEFAULT_MODEL  # the service's default
+    assert browser.find_element(By.ID, "guidance_scale").get_attribute("value") == "7.5"
+
+    picker.select_by_visible_text(SDXL_MODEL)
+    form = browser.find_element(By.ID, "form")
+    WebDriverWait(browser, 30).until(lambda _: form.get_attribute("data-model") == SDXL_MODEL)
+    # SDXL's own defaults, from /v1/models/sdxl: guidance 5, its shipped Euler sampler.
+    assert browser.find_element(By.ID, "guidance_scale").get_attribute("value") == "5"
+    samplers = [o.text for o in Select(browser.find_element(By.ID, "scheduler")).options]
+    assert samplers[0] == "default (EulerDiscreteScheduler)"
+    assert {"dpmpp_2m_karras", "unipc", "euler_a"} <= set(samplers)
+
+    fill(browser, "prompt", "a small green boat")
+    fill(browser, "steps", "3")
+    fill(browser, "seed", "4")
+    browser.find_element(By.ID, "generate").click()
+    caption = WebDriverWait(browser, 120).until(
+        expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "#gallery figcaption"))
+    )
+    assert caption.text.startswith(f"{SDXL_MODEL} · seed 4")

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
+from serving.cli.main import FAMILY_NAMES
+from serving.models.embedded import FAMILIES
 from tests.helpers.local_service import LocalService
 
 
@@ -27,6 +31,24 @@ def test_cli_reports_errors_and_unreachable_servers(local: LocalService) -> None
     gone_grpc = sd_serving("generate", "x", "--grpc", "--grpc-target", "127.0.0.1:9")
     assert gone_grpc.returncode == 1 and "UNAVAILABLE" in gone_grpc.stderr
     assert "127.0.0.1:9" in gone_grpc.stderr
+
+
+def test_cli_names_an_unknown_model_and_the_served_ones(local: LocalService) -> None:
+    for transport in (["--url", local.url], ["--grpc", "--grpc-target", local.grpc_target]):
+        result = sd_serving("generate", "x", "--model", "sd-9", *transport)
+        assert result.returncode == 1, transport
+        assert "sd-9" in result.stderr and "sd-embedded" in result.stderr, result.stderr
+
+
+def test_export_model_writes_each_family_as_its_diffusers_pipeline(tmp_path: Path) -> None:
+    assert FAMILY_NAMES == FAMILIES  # --help lists them without importing torch
+    result = sd_serving("export-model", str(tmp_path / "xl"), "--family", "sdxl")
+    assert result.returncode == 0, result.stderr
+    index = json.loads((tmp_path / "xl" / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionXLPipeline"
+    assert index["text_encoder_2"] == ["transformers", "CLIPTextModelWithProjection"]
+    refused = sd_serving("export-model", str(tmp_path / "f"), "--family", "flux")
+    assert refused.returncode == 2 and "invalid choice: 'flux'" in refused.stderr
 
 
 def test_serve_refuses_a_variable_that_names_no_setting() -> None:
