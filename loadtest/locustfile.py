@@ -9,11 +9,17 @@ schedulers. Each profile has a load shape and SLOs; the run exits non-zero when 
 Users: /v1/generate (raw PNG or JSON), OpenAI images, KServe v1, KServe v2 REST and KServe v2
 gRPC (LOADTEST_GRPC_TARGET, default 127.0.0.1:9000); all map onto the same request. The smoke
 profile runs one user of each kind.
+
+Requests spread evenly over the served models (`GET /v1/models`; LOADTEST_MODELS=a,b picks some),
+each fitted to its model: a sampler it does not take falls back to its own, few-step models
+(Turbo, LCM) get their own step count. Request names carry the model, so each model's latency is
+reported on its own.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import random
 import time
@@ -23,6 +29,7 @@ from typing import Any
 
 import grpc
 import grpc.experimental.gevent
+import httpx
 from locust import HttpUser, LoadTestShape, User, between, events, task
 
 # Before any channel exists: gRPC's own threads would block gevent's loop.
@@ -59,7 +66,10 @@ PROFILES = {
     "soak": Profile(((1800, 4, 1.0),), 0.01, 30_000),
 }
 PROFILE_NAME = os.environ.get("LOADTEST_PROFILE", "smoke")
-MODEL_NAME = os.environ.get("LOADTEST_MODEL", "sd-embedded")
+WANTED_MODELS = [name for name in os.environ.get("LOADTEST_MODELS", "").split(",") if name]
+# model name -> its parameters from /v1/models/{name} (defaults, samplers, max_steps)
+MODELS: dict[str, dict[str, Any]] = {}
+REQUEST_COUNT = itertools.count()
 PROFILE = PROFILES[PROFILE_NAME]
 GRPC_TARGET = os.environ.get("LOADTEST_GRPC_TARGET", "127.0.0.1:9000")
 # The smoke run checks every protocol once: one user of each kind.
@@ -70,9 +80,34 @@ def pick_prompt() -> str:
     return random.choices(PROMPTS, weights=WEIGHTS)[0]
 
 
-def pick() -> tuple[str, dict[str, Any]]:
+@events.test_start.add_listener
+def discover_models(environment, **_: object) -> None:  # type: ignore[no-untyped-def]
+    served = httpx.get(f"{environment.host}/v1/models", timeout=30).json()["models"]
+    missing = set(WANTED_MODELS) - set(served)
+    if missing:
+        raise SystemExit(f"LOADTEST_MODELS names {sorted(missing)}; the service has {served}")
+    for name in WANTED_MODELS or served:
+        answer = httpx.get(f"{environment.host}/v1/models/{name}", timeout=30)
+        MODELS[name] = answer.json()["parameters"]
+
+
+def fit(params: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
+    """The mix's parameters as a user of this model family would send them."""
+    fitted = dict(params)
+    if fitted.get("scheduler") not in model["samplers"]:
+        fitted.pop("scheduler", None)  # the model's own sampler
+    few_step = model["defaults"]["steps"] <= 4  # Turbo and LCM models
+    fitted["steps"] = model["defaults"]["steps"] if few_step else fitted["steps"]
+    fitted["steps"] = min(fitted["steps"], model["max_steps"])
+    return fitted
+
+
+def pick() -> tuple[str, str, dict[str, Any]]:
+    """A model, a prompt and parameters."""
+    names = sorted(MODELS)
+    model = names[next(REQUEST_COUNT) % len(names)]  # in turn: every model gets its share
     params = random.choices([p for p, _ in PARAMETER_MIX], [w for _, w in PARAMETER_MIX])[0]
-    return pick_prompt(), dict(params)
+    return model, pick_prompt(), fit(params, MODELS[model])
 
 
 def post_expecting(user: HttpUser, path: str, body: dict[str, Any], name: str, marker: str) -> None:
@@ -91,14 +126,14 @@ class GenerateUser(HttpUser):
 
     @task
     def generate(self) -> None:
-        prompt, params = pick()
-        body = {"prompt": prompt, **params}
+        model, prompt, params = pick()
+        body = {"model": model, "prompt": prompt, **params}
         accept = "application/json" if body.get("num_images", 1) > 1 else "image/png"
         with self.client.post(
             "/v1/generate",
             json=body,
             headers={"Accept": accept},
-            name="/v1/generate",
+            name=f"/v1/generate ({model})",
             catch_response=True,
         ) as response:
             if response.status_code != 200:
@@ -116,8 +151,16 @@ class OpenAIUser(HttpUser):
 
     @task
     def generations(self) -> None:
-        body = {"prompt": pick_prompt(), "n": 1, "steps": 20, "response_format": "b64_json"}
-        post_expecting(self, "/v1/images/generations", body, "/v1/images/generations", "b64_json")
+        model, prompt, params = pick()
+        body = {
+            "model": model,
+            "prompt": prompt,
+            "n": 1,
+            "steps": params["steps"],
+            "response_format": "b64_json",
+        }
+        name = f"/v1/images/generations ({model})"
+        post_expecting(self, "/v1/images/generations", body, name, "b64_json")
 
 
 class KServeV1User(HttpUser):
@@ -129,9 +172,10 @@ class KServeV1User(HttpUser):
 
     @task
     def predict(self) -> None:
-        body = {"instances": [{"prompt": pick_prompt(), "steps": 10}]}
-        path = f"/v1/models/{MODEL_NAME}:predict"
-        post_expecting(self, path, body, "/v1/models/{model}:predict", "predictions")
+        model, prompt, params = pick()
+        body = {"instances": [{"prompt": prompt, "steps": min(params["steps"], 10)}]}
+        path = f"/v1/models/{model}:predict"
+        post_expecting(self, path, body, path, "predictions")
 
 
 class KServeV2User(HttpUser):
@@ -143,14 +187,14 @@ class KServeV2User(HttpUser):
 
     @task
     def infer(self) -> None:
-        prompt, params = pick()
+        model, prompt, params = pick()
         inputs = [{"name": "prompt", "datatype": "BYTES", "shape": [1], "data": [prompt]}]
         for name, value in params.items():
             datatype = "BYTES" if isinstance(value, str) else "INT32"
             inputs.append({"name": name, "datatype": datatype, "shape": [1], "data": [value]})
         body = {"inputs": inputs, "parameters": {"output_format": "png"}}
-        path = f"/v2/models/{MODEL_NAME}/infer"
-        post_expecting(self, path, body, "/v2/models/{model}/infer", "image_bytes")
+        path = f"/v2/models/{model}/infer"
+        post_expecting(self, path, body, path, "image_bytes")
 
 
 class LocustInterceptor(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
@@ -166,7 +210,7 @@ class LocustInterceptor(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
         length = 0 if exception else outcome.result().ByteSize()
         self._environment.events.request.fire(
             request_type="grpc",
-            name=details.method.rsplit("/", 1)[-1],
+            name=f"{details.method.rsplit('/', 1)[-1]} ({request.model_name})",
             response_time=(time.perf_counter() - started) * 1000,
             response_length=length,
             exception=exception,
@@ -192,8 +236,8 @@ class GrpcUser(User):
 
     @task
     def infer(self) -> None:
-        prompt, params = pick()
-        request = infer_request(MODEL_NAME, prompt, params)
+        model, prompt, params = pick()
+        request = infer_request(model, prompt, params)
         # Errors are counted by the interceptor; the user carries on like the others.
         with contextlib.suppress(grpc.RpcError):
             self._infer(request, timeout=120)

@@ -167,12 +167,12 @@ def scaling() -> dict[str, Any]:
                 unit="s",
             ),
             panel(
-                "Latency p95 per stage",
+                "Latency p95 per stage and model",
                 [
                     (
-                        f"histogram_quantile(0.95, sum by (le, stage) "
+                        f"histogram_quantile(0.95, sum by (le, stage, model) "
                         f"(rate(ray_sd_stage_duration_seconds_bucket{RATE})))",
-                        "{{stage}}",
+                        "{{model}} {{stage}}",
                     ),
                     (
                         f"histogram_quantile(0.95, sum by (le) (rate(ray_sd_unet_queue_seconds_bucket{RATE})))",
@@ -231,11 +231,16 @@ def scaling() -> dict[str, Any]:
                 ],
             ),
             panel(
-                "Denoising steps/s and images/s",
+                "Denoising steps/s per UNet and images/s per model",
                 [
-                    (f"sum(rate(ray_sd_denoising_steps_total{RATE}))", "steps/s"),
-                    (f"sum(rate(ray_sd_images_total{RATE}))", "images/s"),
+                    (
+                        f"sum by (deployment) (rate(ray_sd_denoising_steps_total{RATE}))",
+                        "{{deployment}} steps/s",
+                    ),
+                    (f"sum by (model) (rate(ray_sd_images_total{RATE}))", "{{model}} images/s"),
                 ],
+                description="With several models, each model's UNet deployment and each model's "
+                "images have their own line.",
             ),
             panel(
                 "Cache hit ratio",

@@ -127,12 +127,13 @@ class IngressMetrics:
         self.requests.inc(tags={"route": route, "protocol": protocol, "status": str(status)})
         self.request_seconds.observe(seconds, tags={"route": route, "protocol": protocol})
 
-    def record_result(self, timings_ms: dict[str, float], images: int) -> None:
+    def record_result(self, model: str, timings_ms: dict[str, float], images: int) -> None:
         for stage in STAGES:
             if stage in timings_ms:
-                self.stage_seconds.observe(timings_ms[stage] / 1000, tags={"stage": stage})
+                tags = {"stage": stage, "model": model}
+                self.stage_seconds.observe(timings_ms[stage] / 1000, tags=tags)
         if images:  # Ray's counters refuse an increment of 0 (a result-cache hit)
-            self.images.inc(images)
+            self.images.inc(images, tags={"model": model})
 
     def record_rejection(self, error: ServingError) -> None:
         self.rejected.inc(tags={"reason": error.reason.value})
@@ -156,9 +157,9 @@ class IngressMetrics:
                 "sd_stage_duration_seconds",
                 EXPORTED["ray_sd_stage_duration_seconds"],
                 LATENCY_BUCKETS_S,
-                ("stage",),
+                ("stage", "model"),
             ),
-            images=meter.counter("sd_images", EXPORTED["ray_sd_images_total"]),
+            images=meter.counter("sd_images", EXPORTED["ray_sd_images_total"], ("model",)),
             rejected=meter.counter(
                 "sd_rejected_requests", EXPORTED["ray_sd_rejected_requests_total"], ("reason",)
             ),

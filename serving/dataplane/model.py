@@ -98,7 +98,10 @@ def profile(name: str, info: ModelInfo, settings: Settings, spec: ModelSpec) -> 
         steps=_first(own.steps, shared.steps, FEW_STEPS if few_step else STEPS),
         guidance_scale=_first(own.guidance_scale, shared.guidance_scale, family_guidance),
         scheduler=scheduler,
-        max_steps=_first(own.max_steps, LCM_MAX_STEPS if info.guidance_embedding else 10**6),
+        max_steps=min(
+            settings.limits.max_steps,
+            _first(own.max_steps, LCM_MAX_STEPS if info.guidance_embedding else 10**6),
+        ),
         samplers=samplers,
         size_conditioning=info.family == "sdxl",
         output_format=shared.output_format,

@@ -169,7 +169,8 @@ class DataPlane:
             raise DeadlineExceeded(
                 f"the request took longer than its {deadline:g} s deadline and was cancelled"
             ) from None
-        self.metrics.record_result(result.timings_ms, 0 if result.cached else len(result.images))
+        images = 0 if result.cached else len(result.images)
+        self.metrics.record_result(prepared.request.model, result.timings_ms, images)
         return result
 
     async def _run(

@@ -110,7 +110,7 @@ def test_requests_name_the_default_model_when_they_name_none(several: LocalServi
     assert unnamed["images"][0]["b64_data"] == named["images"][0]["b64_data"]
 
 
-def test_requests_for_several_models_in_flight_each_equal_their_solo_image(
+def test_requests_for_several_models_in_flight_each_equal_their_solo_image_despite_bad_ones(
     several: LocalService,
 ) -> None:
     requests: list[dict[str, Any]] = [
@@ -120,13 +120,27 @@ def test_requests_for_several_models_in_flight_each_equal_their_solo_image(
         {"model": "sd15", "steps": 6, "seed": 4, "guidance_scale": 1.0},
         {"model": "xl", "steps": 8, "seed": 5, "negative_prompt": "fog"},
     ]
+    # Bad requests, sent while the good ones are in flight: each refused naming its field.
+    refused: list[tuple[dict[str, Any], int, str]] = [
+        ({"model": "sd9"}, 404, "model"),
+        ({"model": "fast", "scheduler": "euler"}, 422, "scheduler"),
+        ({"model": "fast", "steps": 20}, 422, "steps"),
+        ({"model": "sd15", "original_size": [512, 512]}, 422, "original_size"),
+        ({"model": "xl", "width": 100}, 422, "width"),
+    ]
     solo = [first_image(generate(several.url, prompt="a harbour", **r)) for r in requests]
     together: dict[int, np.ndarray] = {}
+    answers: dict[int, httpx.Response] = {}
 
     def run(index: int) -> None:
         together[index] = first_image(generate(several.url, prompt="a harbour", **requests[index]))
 
+    def refuse(index: int) -> None:
+        body = {"prompt": "a harbour", **refused[index][0]}
+        answers[index] = httpx.post(several.url + "/v1/generate", json=body, timeout=60)
+
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(requests))]
+    threads += [threading.Thread(target=refuse, args=(i,)) for i in range(len(refused))]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -134,6 +148,13 @@ def test_requests_for_several_models_in_flight_each_equal_their_solo_image(
     assert len(together) == len(requests)
     for index, image in enumerate(solo):
         assert max_pixel_difference(together[index], image) <= 1, requests[index]
+    for index, (fields, status, field) in enumerate(refused):
+        answer = answers[index]
+        assert answer.status_code == status, (fields, answer.text)
+        if status == 422:
+            assert answer.json()["error"]["field"] == field, answer.text
+        else:
+            assert "'sd9'" in answer.json()["error"]["message"]
 
 
 def test_an_unknown_model_is_named_on_every_protocol(several: LocalService) -> None:

@@ -99,9 +99,11 @@ def test_a_determined_request_is_answered_from_the_result_cache(model: ServedMod
     asyncio.run(scenario())
     assert meter.value("sd_cache_lookups", cache="result", result="miss") == 1
     assert meter.value("sd_cache_lookups", cache="result", result="hit") == 1
-    assert meter.value("sd_images") == 2  # the cached answer produced no image
+    model = plane.model().name
+    assert meter.value("sd_images", model=model) == 2  # the cached answer produced no image
     for stage in ("text_encoder", "unet", "vae", "encode"):  # two renders, timed per stage
-        assert len(meter.observations("sd_stage_duration_seconds", stage=stage)) == 2
+        timed = meter.observations("sd_stage_duration_seconds", stage=stage, model=model)
+        assert len(timed) == 2
 
 
 def test_past_the_deadline_the_stage_work_is_cancelled(model: ServedModel) -> None:

@@ -121,6 +121,7 @@ def test_sdxl_requests_of_every_kind_share_the_batch_and_equal_their_solo_images
         {"scheduler": "euler_a", "steps": 9, "seed": 5, "width": 64},
     ]
     solo = [first_image(generate(service.url, prompt=PROMPT, **fields)) for fields in requests]
+    batches_before = len(service.meter.observations("sd_unet_batch_size"))
     together: dict[int, np.ndarray] = {}
 
     def run(index: int) -> None:
@@ -134,6 +135,9 @@ def test_sdxl_requests_of_every_kind_share_the_batch_and_equal_their_solo_images
     assert len(together) == len(requests)
     for index, image in enumerate(solo):
         assert max_pixel_difference(together[index], image) <= 1, requests[index]
+    # The four 128x128 requests (samplers, steps, guidance on and off) shared UNet forwards.
+    batches = service.meter.observations("sd_unet_batch_size")[batches_before:]
+    assert max(batches) >= 3, batches
 
 
 @pytest.mark.parametrize(
@@ -161,18 +165,19 @@ def test_each_model_reports_its_family_defaults_and_samplers(
     served: dict[str, LocalService],
 ) -> None:
     expected = {
-        "sd-v": ("sd-v", 20, 7.5, "v_prediction"),
-        "sd-turbo": ("sd-turbo", 4, 0.0, "epsilon"),
-        "lcm": ("lcm", 4, 8.5, "epsilon"),
-        "sdxl": ("sdxl", 20, 5.0, "epsilon"),
-        "sdxl-turbo": ("sdxl-turbo", 4, 0.0, "epsilon"),
+        "sd-v": ("sd-v", 20, 7.5, "v_prediction", 150),
+        "sd-turbo": ("sd-turbo", 4, 0.0, "epsilon", 150),
+        "lcm": ("lcm", 4, 8.5, "epsilon", 8),
+        "sdxl": ("sdxl", 20, 5.0, "epsilon", 150),
+        "sdxl-turbo": ("sdxl-turbo", 4, 0.0, "epsilon", 150),
     }
-    for family, (kind, steps, guidance, prediction) in expected.items():
+    for family, (kind, steps, guidance, prediction, max_steps) in expected.items():
         metadata = httpx.get(f"{served[family].url}/v2/models/{family}").json()
         parameters = metadata["parameters"]
         assert metadata["platform"] == f"diffusers/{kind}"
         assert parameters["family"] == kind and parameters["prediction_type"] == prediction
         assert parameters["defaults"]["steps"] == steps
         assert parameters["defaults"]["guidance_scale"] == guidance
+        assert parameters["max_steps"] == max_steps  # the service's limit or the model's
         inputs = {tensor["name"] for tensor in metadata["inputs"]}
         assert ("original_size" in inputs) == kind.startswith("sdxl")
