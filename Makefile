@@ -20,7 +20,7 @@ export CHECKOV_BIN := $(abspath $(CHECKOV))
 # pip notes every unused local index path; keep the output readable.
 PIP_QUIET := grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: help install tools debian-tools serve test test-fast test-unit test-integration test-chart lint format export-model render-k8s loadtest bench bench-protocols protos dashboards crds crds-info clean
+.PHONY: help install tools debian-tools serve test test-fast test-unit test-integration test-chart lint format export-model render-k8s loadtest bench bench-families bench-protocols protos dashboards crds crds-info clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -80,6 +80,9 @@ loadtest: install ## locust profile (PROFILE=smoke|ramp|spike|soak) against :800
 
 bench: install ## benchmark: bare pipeline vs monolithic Ray Serve vs this system (writes loadtest/results/cpu)
 	$(BIN)/python -m loadtest.bench
+
+bench-families: install ## every model family's test model served next to its diffusers pipeline, concurrency 1 and 8 (writes loadtest/results/cpu/families.*)
+	$(BIN)/python -m loadtest.families
 
 bench-protocols: install ## overhead of every protocol over the bare pipeline (a running service, or starts one)
 	$(BIN)/python -m loadtest.protocols

@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import queue
 import statistics
 import sys
 import threading
@@ -72,9 +73,40 @@ def drive(call: Callable[[int], None], concurrency: int, total: int) -> dict[str
     }
 
 
-def sweep(call: Callable[[int], None], per_client: int) -> list[dict[str, float]]:
+def drive_on_main_thread(
+    call: Callable[[int], None], concurrency: int, total: int
+) -> dict[str, float]:
+    """`drive`, with every call run on the main thread, one at a time, as a plain serving loop
+    runs a pipeline: client threads queue their requests and wait for them. On these machines
+    torch's OpenMP runs a pipeline about 2x slower when it is called from another thread than the
+    main one that first used torch, which would flatter any server compared with it."""
+    requests: queue.Queue[tuple[int, threading.Event] | None] = queue.Queue()
+    measured: dict[str, float] = {}
+
+    def client_call(index: int) -> None:
+        done = threading.Event()
+        requests.put((index, done))
+        done.wait()
+
+    def clients() -> None:
+        measured.update(drive(client_call, concurrency, total))
+        requests.put(None)
+
+    thread = threading.Thread(target=clients, daemon=True)
+    thread.start()
+    while (request := requests.get()) is not None:
+        index, done = request
+        call(index)
+        done.set()
+    thread.join()
+    return measured
+
+
+def sweep(
+    call: Callable[[int], None], per_client: int, driver: Callable[..., dict[str, float]] = drive
+) -> list[dict[str, float]]:
     call(0)  # warm-up
-    return [drive(call, c, max(per_client * c, 6)) for c in CONCURRENCIES]
+    return [driver(call, c, max(per_client * c, 6)) for c in CONCURRENCIES]
 
 
 def bare_pipeline(model_dir: str, steps: int, per_client: int) -> list[dict[str, float]]:
@@ -84,18 +116,16 @@ def bare_pipeline(model_dir: str, steps: int, per_client: int) -> list[dict[str,
     pipe = StableDiffusionPipeline.from_pretrained(model_dir)
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    lock = threading.Lock()
 
-    def call(index: int) -> None:
-        with lock:  # one pipeline, clients take turns: what a plain loop serves
-            pipe(
-                PROMPTS[index % len(PROMPTS)],
-                num_inference_steps=steps,
-                generator=torch.Generator().manual_seed(index),
-                output_type="np",
-            )
+    def call(index: int) -> None:  # one pipeline, clients take turns: what a plain loop serves
+        pipe(
+            PROMPTS[index % len(PROMPTS)],
+            num_inference_steps=steps,
+            generator=torch.Generator().manual_seed(index),
+            output_type="np",
+        )
 
-    return sweep(call, per_client)
+    return sweep(call, per_client, drive_on_main_thread)
 
 
 def batched_limit(model_dir: str, steps: int) -> dict[str, Any]:
@@ -150,6 +180,7 @@ def served(model_dir: str, steps: int, per_client: int) -> dict[str, list[dict[s
 
     settings = Settings(
         model=model_dir,
+        result_cache_size=0,  # sweeps reuse seeds: every request must render
         http_port=8765,
         grpc_port=8767,
         metrics_port=8766,
