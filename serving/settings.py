@@ -43,8 +43,9 @@ class StageSettings(BaseModel):
     torch_threads: int | None = Field(
         None,
         ge=1,
-        description="torch intra-op threads of this stage's replicas "
-        "(default: Settings.torch_threads, else Ray's, which follows num_cpus)",
+        description="torch intra-op threads of this stage's replicas (default: "
+        "Settings.torch_threads, else on CPU the UNet's engine thread takes the node's CPUs "
+        "and the other stages Ray's, which follows num_cpus)",
     )
     resources: dict[str, float] = Field(
         default_factory=dict,

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Sequence
-from typing import Protocol, cast
+from typing import NamedTuple, Protocol, cast
 
+import ray
+import torch
 from ray.serve import metrics as serve_metrics
 
 from serving.metrics import Counter, Gauge, Histogram
 from serving.models import loader
-from serving.models.device import Placement, choose_placement, configure_threads
+from serving.models.device import Placement, choose_placement, configured_threads
 from serving.settings import Settings, Stage, StageSettings
 
 
@@ -36,15 +39,43 @@ def _tags(keys: Sequence[str]) -> tuple[str]:
     return cast(tuple[str], tuple(keys))
 
 
-def prepare_replica(
-    settings: Settings, stage: Stage, model: str
-) -> tuple[StageSettings, Placement, str]:
-    """The stage's settings for this model, torch threads set from them, where the replica runs
-    and the model directory it loads from."""
+class Replica(NamedTuple):
+    stage: StageSettings
+    placement: Placement
+    source: str  # the model directory to load from
+    engine_threads: int | None  # the UNet engine thread's torch threads (other stages: None)
+
+
+def prepare_replica(settings: Settings, stage: Stage, model: str) -> Replica:
+    """The stage's settings for this model, where the replica runs, the model directory it loads
+    from, and torch's threads.
+
+    The UNet's engine thread owns torch's threads: on CPU it gets the node's cores by default (it
+    is the stage that works longest; the short stages keep Ray's one thread), and every other
+    thread of the replica, this one included (loading), computes on one thread. libgomp gives
+    each thread that runs a parallel region a team of its own and throttles the spinning of all
+    of them once they outnumber the cores: a second team made the engine ~2x slower on 2 cores."""
     stage_settings = settings.stage(stage, model)
-    configure_threads(settings, stage_settings)
+    placement = choose_placement(settings)
+    threads = configured_threads(settings, stage_settings)
+    engine_threads = None
+    if stage == "unet":
+        cpu = placement.device.type == "cpu"
+        engine_threads = threads or (node_cpus() if cpu else None)
+        threads = 1
+    if threads is not None:
+        torch.set_num_threads(threads)
     source = loader.resolve_source(settings.served_models()[model].source, settings)
-    return stage_settings, choose_placement(settings), source
+    return Replica(stage_settings, placement, source, engine_threads)
+
+
+def node_cpus() -> int:
+    """The CPUs Ray counts on this replica's node (KubeRay sets them from the pod's limits)."""
+    node = ray.get_runtime_context().get_node_id()
+    for entry in ray.nodes():
+        if entry.get("NodeID") == node and entry.get("Resources", {}).get("CPU"):
+            return max(1, int(entry["Resources"]["CPU"]))
+    return len(os.sched_getaffinity(0))
 
 
 class _TunableBatch(Protocol):

@@ -16,7 +16,7 @@ from serving.settings import Settings, TextEncoderStage
 @serve.deployment(name="TextEncoder")
 class TextEncoder:
     def __init__(self, settings: Settings, model: str) -> None:
-        stage, placement, source = prepare_replica(settings, "text_encoder", model)
+        stage, placement, source, _ = prepare_replica(settings, "text_encoder", model)
         assert isinstance(stage, TextEncoderStage)
         self._runner = TextEncoderRunner.load(
             source, placement, cache_size=stage.cache_size, lookups=cache_lookups(RayMeter())

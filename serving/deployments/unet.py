@@ -16,7 +16,7 @@ from serving.settings import Settings, UNetStage
 @serve.deployment(name="UNetDenoiser")
 class UNetDenoiser:
     def __init__(self, settings: Settings, model: str) -> None:
-        stage, placement, source = prepare_replica(settings, "unet", model)
+        stage, placement, source, engine_threads = prepare_replica(settings, "unet", model)
         assert isinstance(stage, UNetStage)
         self._engine = ContinuousBatchingEngine.load(
             source,
@@ -24,6 +24,7 @@ class UNetDenoiser:
             max_batch_size=stage.max_batch_size,
             max_queue=stage.max_queue,
             metrics=UNetMetrics.create(RayMeter()),
+            torch_threads=engine_threads,
         )
         self._engine.start()
         self._stop_publishing = keep_publishing(self._engine.publish_load)

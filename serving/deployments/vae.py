@@ -15,7 +15,7 @@ from serving.settings import Settings, VAEStage
 @serve.deployment(name="VAEDecoder")
 class VAEDecoder:
     def __init__(self, settings: Settings, model: str) -> None:
-        stage, placement, source = prepare_replica(settings, "vae", model)
+        stage, placement, source, _ = prepare_replica(settings, "vae", model)
         assert isinstance(stage, VAEStage)
         self._runner = VaeDecoderRunner.load(source, placement)
         tune_batching(self.decode, stage.max_batch_size, stage.batch_wait_s)

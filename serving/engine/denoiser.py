@@ -132,8 +132,10 @@ class ContinuousBatchingEngine:
         max_batch_size: int,
         max_queue: int,
         metrics: UNetMetrics | None = None,
+        torch_threads: int | None = None,
     ) -> None:
         self._denoiser = UNetCall(unet)
+        self._torch_threads = torch_threads  # set on the engine thread when it starts
         self._schedulers = schedulers
         self._placement = placement
         self._scale = vae_scale_factor
@@ -157,6 +159,7 @@ class ContinuousBatchingEngine:
         max_batch_size: int,
         max_queue: int,
         metrics: UNetMetrics | None = None,
+        torch_threads: int | None = None,
     ) -> ContinuousBatchingEngine:
         """The engine over the UNet and scheduler configuration of a diffusers directory."""
         return cls(
@@ -167,6 +170,7 @@ class ContinuousBatchingEngine:
             max_batch_size=max_batch_size,
             max_queue=max_queue,
             metrics=metrics,
+            torch_threads=torch_threads,
         )
 
     # -- caller side (any thread)
@@ -283,6 +287,8 @@ class ContinuousBatchingEngine:
         return rows
 
     def _run(self) -> None:
+        if self._torch_threads is not None:
+            torch.set_num_threads(self._torch_threads)
         while True:
             with self._wake:
                 while not (self._pending or self._active or self._stopping):

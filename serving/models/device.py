@@ -31,8 +31,7 @@ def choose_placement(settings: Settings) -> Placement:
     return Placement(device=device, dtype=dtype)
 
 
-def configure_threads(settings: Settings, stage: StageSettings) -> None:
-    """Ray caps OMP threads at the actor's num_cpus; give torch the threads we were told to."""
-    threads = stage.torch_threads or settings.torch_threads
-    if threads is not None:
-        torch.set_num_threads(threads)
+def configured_threads(settings: Settings, stage: StageSettings) -> int | None:
+    """The torch intra-op threads a stage's replicas were told to use (None: Ray's, which
+    follow num_cpus)."""
+    return stage.torch_threads or settings.torch_threads

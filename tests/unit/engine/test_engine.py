@@ -6,6 +6,7 @@ import asyncio
 
 import numpy as np
 import pytest
+import torch
 
 from serving.dataplane.stages import DenoiseResult, StepProgress
 from serving.engine.denoiser import ContinuousBatchingEngine, EngineStats, Ticket
@@ -139,6 +140,36 @@ def test_background_thread_serves_and_stops(components: Components) -> None:
         engine.stop()
     pending = engine.submit(components.job("never run", steps=3))
     assert not pending.future.done()
+
+
+def test_the_engine_thread_computes_with_the_threads_it_was_given(
+    components: Components,
+) -> None:
+    """The deployment loads on one thread and gives the engine thread the node's cores: the
+    engine thread must apply its own count (torch's threads are set per computing thread)."""
+    before = torch.get_num_threads()
+    wanted = 1 if before > 1 else 2
+    engine = ContinuousBatchingEngine(
+        components.unet,
+        components.schedulers,
+        CPU,
+        vae_scale_factor=8,
+        max_batch_size=2,
+        max_queue=2,
+        torch_threads=wanted,
+    )
+    seen: list[int] = []
+    engine.start()
+    try:
+        ticket = engine.submit(
+            components.job("a kite", steps=2),
+            on_step=lambda *_: seen.append(torch.get_num_threads()),
+        )
+        ticket.future.result(timeout=60)
+    finally:
+        engine.stop()
+        torch.set_num_threads(before)
+    assert seen == [wanted, wanted]
 
 
 def test_the_stream_reports_every_step_then_the_result(components: Components) -> None:
