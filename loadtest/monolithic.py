@@ -17,12 +17,14 @@ app = FastAPI()
 @serve.deployment(max_ongoing_requests=1)
 @serve.ingress(app)
 class MonolithicStableDiffusion:
-    def __init__(self, model_dir: str) -> None:
+    def __init__(self, model_dir: str, scheduler: str = "ddim") -> None:
         import torch
-        from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+        from diffusers import StableDiffusionPipeline
+
+        from loadtest.bench import scheduler_class
 
         self._pipe = StableDiffusionPipeline.from_pretrained(model_dir)
-        self._pipe.scheduler = DPMSolverMultistepScheduler.from_config(self._pipe.scheduler.config)
+        self._pipe.scheduler = scheduler_class(scheduler).from_config(self._pipe.scheduler.config)
         self._pipe.set_progress_bar_config(disable=True)
         self._torch = torch
 
@@ -43,5 +45,5 @@ class MonolithicStableDiffusion:
         return Response(buffer.getvalue(), media_type="image/png")
 
 
-def build_monolithic(model_dir: str) -> Application:
-    return MonolithicStableDiffusion.bind(model_dir)
+def build_monolithic(model_dir: str, scheduler: str = "ddim") -> Application:
+    return MonolithicStableDiffusion.bind(model_dir, scheduler)
