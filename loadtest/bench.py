@@ -279,6 +279,7 @@ def median_rows(rounds: list[list[dict[str, float]]]) -> list[dict[str, float]]:
     for first in rounds[0]:
         same = [at(rows, int(first["concurrency"])) for rows in rounds]
         row = {key: statistics.median(r[key] for r in same) for key in first}
+        row["concurrency"] = first["concurrency"]  # a median of two ints is a float
         merged.append(row)
     return merged
 
