@@ -13,8 +13,12 @@ HELM := $(TOOLS)/bin/helm
 CHECKOV := $(TOOLS)/checkov/bin/checkov
 # Upstream CRDs and Grafana schemas the chart and dashboards are validated against (see crds-info).
 # Tools' variables stay off the SD_ prefix: every SD_* variable must name a service setting.
-export CRD_DIR ?= $(abspath ../shared/crds)
-export GRAFANA_SCHEMA_DIR ?= $(abspath ../shared/schemas/grafana)
+# They sit in the workspace's shared/ beside this checkout, or beside the checkout it was cloned
+# from (a clone made elsewhere, e.g. `git clone . $(mktemp -d)/fresh`).
+ORIGIN := $(shell git remote get-url origin 2>/dev/null)
+SHARED ?= $(firstword $(wildcard $(abspath ../shared) $(ORIGIN)/../shared) $(abspath ../shared))
+export CRD_DIR ?= $(abspath $(SHARED)/crds)
+export GRAFANA_SCHEMA_DIR ?= $(abspath $(SHARED)/schemas/grafana)
 export HELM_BIN := $(abspath $(HELM))
 export CHECKOV_BIN := $(abspath $(CHECKOV))
 # pip notes every unused local index path; keep the output readable.
