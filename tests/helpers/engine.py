@@ -13,6 +13,7 @@ from serving.engine.decoder import VaeDecoderRunner
 from serving.engine.denoiser import ContinuousBatchingEngine
 from serving.engine.schedulers import SCHEDULER_CLASSES, SchedulerFactory
 from serving.engine.text import TextEncoderRunner
+from serving.metrics import UNetMetrics
 from serving.models.device import Placement
 from tests.helpers.images import as_uint8
 
@@ -28,7 +29,13 @@ class Components:
     schedulers: SchedulerFactory
     pipeline: StableDiffusionPipeline
 
-    def engine(self, max_batch_size: int = 8, max_queue: int = 64) -> ContinuousBatchingEngine:
+    def engine(
+        self,
+        max_batch_size: int = 8,
+        max_queue: int = 64,
+        metrics: UNetMetrics | None = None,
+        torch_threads: int | None = None,
+    ) -> ContinuousBatchingEngine:
         return ContinuousBatchingEngine(
             self.unet,
             self.schedulers,
@@ -36,6 +43,8 @@ class Components:
             vae_scale_factor=8,
             max_batch_size=max_batch_size,
             max_queue=max_queue,
+            metrics=metrics,
+            torch_threads=torch_threads,
         )
 
     def job(

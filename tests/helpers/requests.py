@@ -4,8 +4,9 @@ service): a generation, a job, its events."""
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import httpx
 import numpy as np
@@ -13,12 +14,22 @@ import numpy as np
 from serving.client.sse import Event, events
 from tests.helpers.images import pixels
 
+T = TypeVar("T")
+
 
 def generate(url: str, **fields: Any) -> dict[str, Any]:
     """POST /v1/generate; the JSON answer of a 200."""
     response = httpx.post(url + "/v1/generate", json=fields, timeout=120)
     assert response.status_code == 200, response.text
     return dict(response.json())
+
+
+def at_once(calls: Sequence[Callable[[], T]], timeout_s: float = 120) -> list[T]:
+    """Every call on a thread of its own, all started together; their results in order (a
+    call's error is raised here)."""
+    with ThreadPoolExecutor(len(calls)) as pool:
+        futures = [pool.submit(call) for call in calls]
+        return [future.result(timeout=timeout_s) for future in futures]
 
 
 def first_image(body: dict[str, Any]) -> np.ndarray:

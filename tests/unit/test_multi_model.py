@@ -5,8 +5,8 @@ image."""
 from __future__ import annotations
 
 import base64
-import threading
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from serving.client import Client, ClientError, GrpcClient
 from serving.grpc.protos import pb
 from tests.helpers.images import max_pixel_difference, pixels
 from tests.helpers.local_service import LocalService, local_service
-from tests.helpers.requests import first_image, generate, job_events, submit
+from tests.helpers.requests import at_once, first_image, generate, job_events, submit
 from tests.helpers.v2 import infer_request
 
 MODELS = ("sd15", "xl", "fast")
@@ -128,24 +128,21 @@ def test_requests_for_several_models_in_flight_each_equal_their_solo_image_despi
         ({"model": "sd15", "original_size": [512, 512]}, 422, "original_size"),
         ({"model": "xl", "width": 100}, 422, "width"),
     ]
-    solo = [first_image(generate(several.url, prompt="a harbour", **r)) for r in requests]
-    together: dict[int, np.ndarray] = {}
-    answers: dict[int, httpx.Response] = {}
 
-    def run(index: int) -> None:
-        together[index] = first_image(generate(several.url, prompt="a harbour", **requests[index]))
+    def render(fields: dict[str, Any]) -> np.ndarray:
+        return first_image(generate(several.url, prompt="a harbour", **fields))
 
-    def refuse(index: int) -> None:
-        body = {"prompt": "a harbour", **refused[index][0]}
-        answers[index] = httpx.post(several.url + "/v1/generate", json=body, timeout=60)
+    def refuse(fields: dict[str, Any]) -> httpx.Response:
+        body = {"prompt": "a harbour", **fields}
+        return httpx.post(several.url + "/v1/generate", json=body, timeout=60)
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(requests))]
-    threads += [threading.Thread(target=refuse, args=(i,)) for i in range(len(refused))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    assert len(together) == len(requests)
+    solo = [render(fields) for fields in requests]
+    answered = at_once(
+        [partial(render, fields) for fields in requests]
+        + [partial(refuse, fields) for fields, _, _ in refused]
+    )
+    together = answered[: len(requests)]
+    answers = answered[len(requests) :]
     for index, image in enumerate(solo):
         assert max_pixel_difference(together[index], image) <= 1, requests[index]
     for index, (fields, status, field) in enumerate(refused):

@@ -12,7 +12,7 @@ from serving.dataplane.stages import DenoiseResult, StepProgress
 from serving.engine.denoiser import ContinuousBatchingEngine, EngineStats, Ticket
 from serving.errors import QueueFull
 from serving.metrics import MemoryMeter, UNetMetrics
-from tests.helpers.engine import CPU, Components
+from tests.helpers.engine import Components
 from tests.helpers.images import max_pixel_difference
 from tests.helpers.net import wait_until
 
@@ -149,15 +149,7 @@ def test_the_engine_thread_computes_with_the_threads_it_was_given(
     engine thread must apply its own count (torch's threads are set per computing thread)."""
     before = torch.get_num_threads()
     wanted = 1 if before > 1 else 2
-    engine = ContinuousBatchingEngine(
-        components.unet,
-        components.schedulers,
-        CPU,
-        vae_scale_factor=8,
-        max_batch_size=2,
-        max_queue=2,
-        torch_threads=wanted,
-    )
+    engine = components.engine(max_batch_size=2, max_queue=2, torch_threads=wanted)
     seen: list[int] = []
     engine.start()
     try:
@@ -216,15 +208,7 @@ def test_a_dead_engine_thread_fails_the_health_check(components: Components) -> 
     meter = MemoryMeter()
     metrics = UNetMetrics.create(meter)
     metrics.batch_size = Broken()
-    engine = ContinuousBatchingEngine(
-        components.unet,
-        components.schedulers,
-        CPU,
-        vae_scale_factor=8,
-        max_batch_size=2,
-        max_queue=2,
-        metrics=metrics,
-    )
+    engine = components.engine(max_batch_size=2, max_queue=2, metrics=metrics)
     with pytest.raises(RuntimeError, match="not running"):
         engine.check_health()  # never started
     engine.start()

@@ -4,8 +4,8 @@ batched with requests that use other samplers, step counts and guidance."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from diffusers import DiffusionPipeline
 
 from tests.helpers.images import as_uint8, max_pixel_difference
 from tests.helpers.local_service import LocalService, local_service
-from tests.helpers.requests import first_image, generate
+from tests.helpers.requests import at_once, first_image, generate
 
 PROMPT = "a red apple on a wooden table"
 # (family, request fields, the pipeline's own arguments for the same image)
@@ -120,19 +120,13 @@ def test_sdxl_requests_of_every_kind_share_the_batch_and_equal_their_solo_images
         {"scheduler": "ddim", "steps": 7, "seed": 4, "original_size": [512, 512]},
         {"scheduler": "euler_a", "steps": 9, "seed": 5, "width": 64},
     ]
-    solo = [first_image(generate(service.url, prompt=PROMPT, **fields)) for fields in requests]
+
+    def render(fields: dict[str, Any]) -> np.ndarray:
+        return first_image(generate(service.url, prompt=PROMPT, **fields))
+
+    solo = [render(fields) for fields in requests]
     batches_before = len(service.meter.observations("sd_unet_batch_size"))
-    together: dict[int, np.ndarray] = {}
-
-    def run(index: int) -> None:
-        together[index] = first_image(generate(service.url, prompt=PROMPT, **requests[index]))
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(requests))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    assert len(together) == len(requests)
+    together = at_once([partial(render, fields) for fields in requests])
     for index, image in enumerate(solo):
         assert max_pixel_difference(together[index], image) <= 1, requests[index]
     # The four 128x128 requests (samplers, steps, guidance on and off) shared UNet forwards.
