@@ -137,20 +137,26 @@ def load_pipeline(model_dir: str, scheduler: str) -> Any:
     return pipe
 
 
-def bare_pipeline(pipe: Any, steps: int, runs: int) -> dict[str, float]:
-    """(a): one request after another on the main thread. Its throughput is what any number of
-    clients get from it (they take turns); its p50 is the latency a lone client sees."""
+def pipeline_call(pipe: Any, steps: int, guidance: float = GUIDANCE) -> Callable[[int], None]:
+    """Request `index` to a diffusers pipeline: a prompt from PROMPTS and a seeded generator."""
     import torch
 
     def call(index: int) -> None:
         pipe(
             PROMPTS[index % len(PROMPTS)],
             num_inference_steps=steps,
-            guidance_scale=GUIDANCE,
+            guidance_scale=guidance,
             generator=torch.Generator().manual_seed(index),
             output_type="np",
         )
 
+    return call
+
+
+def bare_pipeline(pipe: Any, steps: int, runs: int) -> dict[str, float]:
+    """(a): one request after another on the main thread. Its throughput is what any number of
+    clients get from it (they take turns); its p50 is the latency a lone client sees."""
+    call = pipeline_call(pipe, steps)
     call(0)  # warm-up
     return drive_on_main_thread(call, 1, runs)
 

@@ -22,29 +22,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from loadtest.bench import PROMPTS, drive, drive_on_main_thread, machine
+from loadtest.bench import PROMPTS, drive, drive_on_main_thread, machine, pipeline_call
 
 FAMILIES = ("sd", "sd-v", "sd-turbo", "lcm", "sdxl", "sdxl-turbo")
 CONCURRENCIES = (1, 8)
 
 
-def pipeline_call(model_dir: Path, steps: int, guidance: float) -> Callable[[int], None]:
-    import torch
+def family_pipeline_call(model_dir: Path, steps: int, guidance: float) -> Callable[[int], None]:
+    """The family's own pipeline; called on the main thread, clients taking turns
+    (drive_on_main_thread)."""
     from diffusers import DiffusionPipeline
 
     pipeline = DiffusionPipeline.from_pretrained(str(model_dir))
     pipeline.set_progress_bar_config(disable=True)
-
-    def call(index: int) -> None:  # on the main thread; clients take turns (drive_on_main_thread)
-        pipeline(
-            PROMPTS[index % len(PROMPTS)],
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            generator=torch.Generator().manual_seed(index),
-            output_type="np",
-        )
-
-    return call
+    return pipeline_call(pipeline, steps, guidance)
 
 
 def service_call(url: str, model: str) -> Callable[[int], None]:
@@ -136,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         f: ServedModel.load(base, f, ModelSpec(source=str(d))).profile for f, d in dirs.items()
     }
     pipelines = {
-        f: pipeline_call(dirs[f], profiles[f].steps, profiles[f].guidance_scale)
+        f: family_pipeline_call(dirs[f], profiles[f].steps, profiles[f].guidance_scale)
         for f in args.families
     }
     runs: dict[str, dict[str, dict[int, list[dict[str, float]]]]] = {

@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from loadtest.bench import PROMPTS, machine
+from loadtest.bench import PROMPTS, load_pipeline, machine, pipeline_call
 from loadtest.run import is_up, started_service
 
 Call = Callable[[int], None]
@@ -31,20 +31,10 @@ BARE = "bare StableDiffusionPipeline (in this process)"
 
 
 def bare_call(steps: int) -> Call:
-    import torch
-    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
-
     from serving.models.embedded import export
 
-    pipe = StableDiffusionPipeline.from_pretrained(str(export(Path("/tmp/sd-bench-model"))))
-    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
-
-    def call(index: int) -> None:
-        generator = torch.Generator().manual_seed(index)
-        pipe(PROMPTS[index % 4], num_inference_steps=steps, generator=generator, output_type="np")
-
-    return call
+    pipe = load_pipeline(str(export(Path("/tmp/sd-bench-model"))), "dpmpp_2m")
+    return pipeline_call(pipe, steps)
 
 
 def interleaved_p50(calls: dict[str, Call], runs: int) -> dict[str, float]:
