@@ -122,10 +122,16 @@ def drive_on_main_thread(
 
 
 def sweep(
-    call: Callable[[int], None], per_client: int, driver: Callable[..., dict[str, float]] = drive
+    call: Callable[[int], None],
+    per_client: int,
+    driver: Callable[..., dict[str, float]] = drive,
+    concurrencies: tuple[int, ...] = CONCURRENCIES,
+    least: int = 6,
 ) -> list[dict[str, float]]:
+    """A warm-up call, then `per_client` calls per client (at least `least`) at each
+    concurrency."""
     call(0)  # warm-up
-    return [driver(call, c, max(per_client * c, 6)) for c in CONCURRENCIES]
+    return [driver(call, c, max(per_client * c, least)) for c in concurrencies]
 
 
 def load_pipeline(model_dir: str, scheduler: str) -> Any:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from loadtest.bench import PROMPTS, drive, drive_on_main_thread, machine, pipeline_call
+from loadtest.bench import PROMPTS, drive, drive_on_main_thread, machine, pipeline_call, sweep
 
 FAMILIES = ("sd", "sd-v", "sd-turbo", "lcm", "sdxl", "sdxl-turbo")
 CONCURRENCIES = (1, 8)
@@ -60,9 +60,8 @@ def run_round(
     into: dict[int, list[dict[str, float]]],
     driver: Callable[..., dict[str, float]] = drive,
 ) -> None:
-    call(0)  # warm-up
-    for concurrency in CONCURRENCIES:
-        into[concurrency].append(driver(call, concurrency, max(per_client * concurrency, 4)))
+    for row in sweep(call, per_client, driver, CONCURRENCIES, least=4):
+        into[int(row["concurrency"])].append(row)
 
 
 def medians(runs: dict[int, list[dict[str, float]]]) -> dict[str, dict[str, float]]:
