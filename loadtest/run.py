@@ -45,6 +45,10 @@ def run_locust(url: str, profile: str, out: Path, grpc_target: str) -> int:
         "--html",
         str(out / f"{profile}.html"),
         "--only-summary",
+        # When the profile ends, users finish the request they are waiting on: a slow machine
+        # still records every protocol the smoke run sent, instead of cutting them off.
+        "--stop-timeout",
+        "120",
     ]
     # Locust patches the standard library with gevent: it gets a process of its own.
     env = {**os.environ, "LOADTEST_PROFILE": profile, "LOADTEST_GRPC_TARGET": grpc_target}
