@@ -11,6 +11,7 @@ PYTEST_ARGS ?=
 TOOLS := .tools
 HELM := $(TOOLS)/bin/helm
 CHECKOV := $(TOOLS)/checkov/bin/checkov
+UV := $(TOOLS)/uv/bin/uv
 # Upstream CRDs and Grafana schemas the chart and dashboards are validated against (see crds-info).
 # Tools' variables stay off the SD_ prefix: every SD_* variable must name a service setting.
 # They sit in the workspace's shared/ beside this checkout, or beside the checkout it was cloned
@@ -23,34 +24,59 @@ export HELM_BIN := $(abspath $(HELM))
 export CHECKOV_BIN := $(abspath $(CHECKOV))
 # pip notes every unused local index path; keep the output readable.
 PIP_QUIET := grep -v "is ignored: it is neither a file nor a directory" || true
+# Every Python dependency is pinned in requirements/*.lock (`make lock` re-resolves them); torch is
+# its CPU build, which pip takes from a local wheel folder where pip is configured with one
+# (find-links, as on our CI machines), else from PyTorch's CPU index.
+PIP_LOCAL_WHEELS := $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
+TORCH_INDEX ?= $(if $(PIP_LOCAL_WHEELS),,https://download.pytorch.org/whl/cpu)
+CA_BUNDLE ?= /etc/ssl/certs/ca-certificates.crt
+UV_COMPILE = SSL_CERT_FILE=$(CA_BUNDLE) $(UV) pip compile pyproject.toml --quiet \
+  --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+  --override requirements/torch-cpu.txt --no-emit-find-links --no-emit-index-url \
+  --custom-compile-command "make lock" \
+  $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX) --index-strategy unsafe-best-match,$(foreach d,$(PIP_LOCAL_WHEELS),--find-links $(d)))
 
-.PHONY: help install tools debian-tools serve test test-fast test-unit test-integration test-chart lint format export-model render-k8s loadtest bench bench-families bench-protocols protos dashboards crds crds-info clean
+.PHONY: help install lock tools debian-tools serve test test-fast test-unit test-integration test-image image test-chart lint format export-model render-k8s loadtest bench bench-families bench-protocols protos dashboards crds crds-info clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
 
 install: $(STAMP) ## create .venv with the service, test and lint tools (torch 2.13.0 CPU here)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements/dev.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip 2>&1 | $(PIP_QUIET)
-	$(BIN)/python -m pip install -q -e '.[dev]' 2>&1 | $(PIP_QUIET)
+	$(BIN)/python -m pip install -q $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) \
+	  -r requirements/dev.lock 2>&1 | $(PIP_QUIET)
+	$(BIN)/python -m pip install -q --no-deps -e . 2>&1 | $(PIP_QUIET)
 	$(BIN)/python -c "import serving, torch, ray, diffusers"
 	touch $@
 
-tools: $(HELM) $(CHECKOV) debian-tools ## helm, checkov in .tools/; Prometheus, promtool, Chromium (Debian)
+lock: $(UV) ## re-resolve requirements/service.lock (the image) and dev.lock (make install) from pyproject.toml
+	$(UV_COMPILE) -o requirements/service.lock
+	$(UV_COMPILE) --extra dev --constraint requirements/service.lock -o requirements/dev.lock
+
+tools: $(HELM) $(CHECKOV) debian-tools ## helm, checkov in .tools/; Prometheus, promtool, Chromium, podman (Debian)
 
 # Debian's prometheus package brings promtool; the tests run a real Prometheus on loopback and
-# drive the web page in a real headless Chromium through Debian's chromedriver.
+# drive the web page in a real headless Chromium through Debian's chromedriver. They build and run
+# the image with podman on runc, from a base that mmdebstrap makes where no registry answers.
+DEBIAN_TOOLS := prometheus promtool chromium chromedriver podman runc mmdebstrap
 debian-tools:
-	@command -v prometheus >/dev/null && command -v promtool >/dev/null \
-	  && command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
-	  echo "installing Debian's prometheus, chromium and chromium-driver packages (needs root)"; \
+	@for tool in $(DEBIAN_TOOLS); do command -v $$tool >/dev/null || missing=1; done; \
+	[ -z "$${missing:-}" ] || { \
+	  echo "installing Debian's prometheus, chromium, chromium-driver, podman, runc, mmdebstrap (needs root)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    --no-install-recommends prometheus chromium chromium-driver >/dev/null; }
+	    --no-install-recommends prometheus chromium chromium-driver \
+	    podman runc containernetworking-plugins iptables mmdebstrap >/dev/null; }
 
 $(HELM): scripts/fetch_helm.py
 	$(PYTHON) scripts/fetch_helm.py $@ 2>&1 | $(PIP_QUIET)
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)/uv
+	$(TOOLS)/uv/bin/python -m pip install -q uv==0.13.9 2>&1 | $(PIP_QUIET)
+	touch $@
 
 # checkov pins many packages of its own: it gets a venv apart from the service's.
 $(CHECKOV):
@@ -64,14 +90,20 @@ serve: install ## start the service on the embedded model at http://127.0.0.1:80
 test: install tools ## run every test: the fast tier (no Ray), chart (offline), integration (the real Serve app)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-test-fast: install tools ## only the tests that start no Ray and no server process (unit + chart)
-	$(BIN)/pytest -m 'not integration' $(PYTEST_ARGS)
+test-fast: install tools ## only the tests that start no Ray, no server process and no container (unit + chart)
+	$(BIN)/pytest -m 'not integration and not container' $(PYTEST_ARGS)
 
 test-unit: install ## the fast tier's unit tests: engines, data plane, both transports in-process
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
 test-integration: install tools ## only the tests against the running Serve app (one `sd-serving serve`)
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+
+test-image: install tools ## only the container image tests: build it (make image) and run it as the chart does
+	$(BIN)/pytest tests/container $(PYTEST_ARGS)
+
+image: ## build the cpu image with docker or podman (TARGET=cuda for the GPU one; a local Debian base without a registry)
+	$(PYTHON) scripts/image.py --target $(or $(TARGET),cpu)
 
 test-chart: install tools ## only the offline chart checks (helm lint/template, schemas, checkov, drift)
 	$(BIN)/pytest tests/chart $(PYTEST_ARGS)
