@@ -1,63 +1,88 @@
-# sd-serving images. Targets:
-#   cuda: GPU nodes (CUDA 12.8 runtime; torch's CUDA wheel)   docker build --target cuda -t sd-serving:gpu .
-#   cpu:  CPU nodes and smoke tests                             docker build --target cpu  -t sd-serving:cpu .
+# syntax=docker/dockerfile:1.7
+# sd-serving images: `make image` builds them (docker or podman; see scripts/image.py).
+#   cpu:  CPU nodes and smoke tests     docker build --target cpu  -t sd-serving:cpu .
+#   cuda: GPU nodes                     docker build --target cuda -t sd-serving:gpu .
+# Both targets are the same stages from the same base and the same lock file
+# (requirements/service.lock); they differ only in torch's build (build-cpu, build-cuda). torch's CUDA wheels
+# carry their CUDA runtime (the nvidia-* packages), so the GPU image needs only the node's driver,
+# which the NVIDIA container toolkit mounts.
+#
+# Build arguments, for private indexes and proxies (defaults: the public ones):
+#   BASE_IMAGE           any Debian/Ubuntu image with python3 (3.11) and python3-venv
+#   PIP_INDEX_URL        the package index (pip's default when unset)
+#   PIP_EXTRA_INDEX_URL  more indexes, space separated
+#   TORCH_INDEX_URL      where torch's CPU/CUDA build comes from ("" when wheels/ holds it)
+#   CUDA_BUILD           torch's CUDA build for the cuda target (cu128)
+# Wheels placed in wheels/ are found too (pip find-links). A CA bundle for a proxy or a private
+# index is a build secret: --secret id=ca-bundle,src=/etc/ssl/certs/ca-certificates.crt.
+#
 # Everything is installed at build time: nothing is downloaded when a pod starts. No HEALTHCHECK:
 # Kubernetes probes /v2/health/{live,ready}.
+ARG BASE_IMAGE=python:3.11.11-slim-bookworm
 
-# ---- build: a virtual environment with the package and its pinned dependencies
-FROM python:3.11.11-slim-bookworm AS source
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PATH=/opt/venv/bin:$PATH \
+# ---- what every stage shares: the base, the venv on PATH, the model cache's place
+FROM ${BASE_IMAGE} AS base
+ENV PATH=/opt/venv/bin:$PATH \
     SD_CACHE_DIR=/opt/sd-serving/cache
-RUN python -m venv /opt/venv
+
+# ---- deps: every locked dependency but torch, and the package itself
+FROM base AS deps
+# pip reads the index settings from the environment; empty, they are its defaults.
+ARG PIP_INDEX_URL=""
+ARG PIP_EXTRA_INDEX_URL=""
+# Run by each torch build: the embedded model, readable by the runtime's non-root user.
+ENV BAKE_EMBEDDED_MODEL="from serving.models.embedded import ensure_cached; from pathlib import Path; ensure_cached(Path('/opt/sd-serving/cache'))"
+RUN python3 -m venv /opt/venv
 WORKDIR /src
+COPY requirements/service.lock requirements/pip-install.sh requirements/
+RUN --mount=type=bind,source=wheels,target=/wheels --mount=type=secret,id=ca-bundle \
+    grep -v '^torch==' requirements/service.lock > /tmp/deps.txt \
+    && requirements/pip-install.sh --no-deps --requirement /tmp/deps.txt
 COPY pyproject.toml README.md ./
 COPY serving ./serving
+RUN requirements/pip-install.sh --no-deps --no-build-isolation --no-index .
 
-# The variants differ only in torch's build. Each then bakes the embedded model, so smoke tests and
-# the default profile start offline.
-FROM source AS build-cpu
-RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
-    && pip install . \
-    && python -c "from serving.models.embedded import ensure_cached; from pathlib import Path; ensure_cached(Path('$SD_CACHE_DIR'))"
+# ---- torch, the lock's version in each build, then the embedded model baked into the cache
+FROM deps AS build-cpu
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+RUN --mount=type=bind,source=wheels,target=/wheels --mount=type=secret,id=ca-bundle \
+    requirements/pip-install.sh --no-deps "$(grep '^torch==' requirements/service.lock)" \
+      ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} \
+    && python -c "$BAKE_EMBEDDED_MODEL" && chmod -R a+rX /opt/sd-serving
 
-FROM source AS build-cuda
-RUN pip install --index-url https://download.pytorch.org/whl/cu128 torch==2.13.0 \
-    && pip install . \
-    && python -c "from serving.models.embedded import ensure_cached; from pathlib import Path; ensure_cached(Path('$SD_CACHE_DIR'))"
+# The CUDA build brings its CUDA runtime (nvidia-*, pinned by torch itself) as dependencies.
+FROM deps AS build-cuda
+ARG PIP_INDEX_URL=""
+ARG PIP_EXTRA_INDEX_URL=""
+ARG CUDA_BUILD=cu128
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/${CUDA_BUILD}
+RUN --mount=type=bind,source=wheels,target=/wheels --mount=type=secret,id=ca-bundle \
+    requirements/pip-install.sh "$(grep '^torch==' requirements/service.lock | sed "s/+cpu$/+$CUDA_BUILD/")" \
+      ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} \
+    && python -c "$BAKE_EMBEDDED_MODEL" && chmod -R a+rX /opt/sd-serving
 
-# ---- runtime images: the venv and the model cache, a non-root user, nothing else
-FROM python:3.11.11-slim-bookworm AS cpu
+# ---- runtime: the venv and the model cache, a non-root user, nothing else
+FROM base AS runtime
+RUN useradd --uid 10001 --user-group --no-create-home --home-dir /tmp sdserving
+# Ray writes its session under /tmp: the chart mounts an emptyDir there, so the root filesystem
+# stays read-only.
+ENV SD_HTTP_HOST=0.0.0.0 \
+    SD_RAY_TEMP_DIR=/tmp/ray \
+    RAY_AUTH_MODE=disabled \
+    RAY_USAGE_STATS_ENABLED=0 \
+    HF_HUB_DISABLE_TELEMETRY=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HOME=/tmp
+USER 10001:10001
+EXPOSE 8000 9000 8080
+ENTRYPOINT ["sd-serving"]
+CMD ["serve"]
+
+FROM runtime AS cpu
 COPY --from=build-cpu /opt/venv /opt/venv
 COPY --from=build-cpu /opt/sd-serving /opt/sd-serving
-RUN useradd --uid 10001 --user-group --no-create-home --home-dir /tmp sdserving
-ENV PATH=/opt/venv/bin:$PATH \
-    SD_CACHE_DIR=/opt/sd-serving/cache \
-    SD_HTTP_HOST=0.0.0.0 \
-    SD_RAY_TEMP_DIR=/tmp/ray \
-    RAY_AUTH_MODE=disabled \
-    RAY_USAGE_STATS_ENABLED=0 \
-    HF_HUB_DISABLE_TELEMETRY=1
-USER 10001:10001
-EXPOSE 8000 9000 8080
-ENTRYPOINT ["sd-serving"]
-CMD ["serve"]
 
-FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 AS cuda
-# The same CPython as the build stage (its /usr/local), so the copied venv runs unchanged.
-COPY --from=build-cuda /usr/local /usr/local
+FROM runtime AS cuda
 COPY --from=build-cuda /opt/venv /opt/venv
 COPY --from=build-cuda /opt/sd-serving /opt/sd-serving
-RUN useradd --uid 10001 --user-group --no-create-home --home-dir /tmp sdserving
-ENV PATH=/opt/venv/bin:$PATH \
-    LD_LIBRARY_PATH=/usr/local/lib \
-    SD_CACHE_DIR=/opt/sd-serving/cache \
-    SD_HTTP_HOST=0.0.0.0 \
-    SD_RAY_TEMP_DIR=/tmp/ray \
-    RAY_AUTH_MODE=disabled \
-    RAY_USAGE_STATS_ENABLED=0 \
-    HF_HUB_DISABLE_TELEMETRY=1
-USER 10001:10001
-EXPOSE 8000 9000 8080
-ENTRYPOINT ["sd-serving"]
-CMD ["serve"]
+ENV NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility
