@@ -231,6 +231,19 @@ def scaling() -> dict[str, Any]:
                 ],
             ),
             panel(
+                "UNet compile time at replica start",
+                [
+                    (
+                        "max by (deployment) (ray_sd_unet_compile_seconds)",
+                        "{{deployment}} slowest replica",
+                    )
+                ],
+                description="Seconds a UNet replica spent compiling its batch-size buckets "
+                "(SD_COMPILE_MODE) before it took requests; minutes mean an empty compile cache "
+                "(SD_COMPILE_CACHE_DIR), 0 means the denoiser runs eagerly.",
+                unit="s",
+            ),
+            panel(
                 "Denoising steps/s per UNet and images/s per model",
                 [
                     (

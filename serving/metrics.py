@@ -34,6 +34,8 @@ EXPORTED: dict[str, str] = {
     "ray_sd_unet_active_requests": "requests in the UNet's running batch",
     "ray_sd_unet_queue_depth": "requests waiting for a UNet batch slot",
     "ray_sd_unet_batch_size": "requests per UNet iteration",
+    "ray_sd_unet_compile_seconds": "seconds a UNet replica spent compiling its batch-size buckets "
+    "at start (0: not compiled)",
     "ray_sd_denoising_steps_total": "denoising steps completed (rate = steps/s)",
     "ray_sd_cache_lookups_total": "cache lookups by cache (embedding, result) and result "
     "(hit/miss)",
@@ -174,6 +176,7 @@ class UNetMetrics:
     batch_size: Histogram
     steps: Counter
     queue_seconds: Histogram
+    compile_seconds: Gauge
 
     def record_load(self, active: int, queued: int) -> None:
         self.active.set(active)
@@ -190,6 +193,9 @@ class UNetMetrics:
             steps=meter.counter("sd_denoising_steps", EXPORTED["ray_sd_denoising_steps_total"]),
             queue_seconds=meter.histogram(
                 "sd_unet_queue_seconds", EXPORTED["ray_sd_unet_queue_seconds"], QUEUE_BUCKETS_S
+            ),
+            compile_seconds=meter.gauge(
+                "sd_unet_compile_seconds", EXPORTED["ray_sd_unet_compile_seconds"]
             ),
         )
 

@@ -210,6 +210,26 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads per replica")
+    compile_mode: Literal[
+        "auto", "off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"
+    ] = Field(
+        "auto",
+        description="torch.compile mode of the denoiser, compiled for every batch-size bucket at "
+        "replica start; auto: reduce-overhead (CUDA graphs) on CUDA, off on CPU",
+    )
+    channels_last: Literal["auto", "on", "off"] = Field(
+        "auto", description="channels_last memory layout for the denoiser; auto: on with CUDA"
+    )
+    sdpa_attention: bool = Field(
+        True,
+        description="PyTorch's scaled-dot-product attention (flash / memory-efficient kernels); "
+        "false: diffusers' plain attention",
+    )
+    compile_cache_dir: Path | None = Field(
+        None,
+        description="inductor's cache of compiled graphs, so a restarted replica loads them "
+        "instead of compiling (default: <cache_dir>/torch-compile)",
+    )
 
     # -- local service
     http_host: str = "127.0.0.1"

@@ -8,6 +8,7 @@ from ray import serve
 
 from serving.dataplane.stages import DenoiseJob, DenoiseResult, StepProgress
 from serving.deployments._replica import RayMeter, keep_publishing, prepare_replica
+from serving.engine.compiled import choose_fast_path
 from serving.engine.denoiser import ContinuousBatchingEngine
 from serving.metrics import UNetMetrics
 from serving.settings import Settings, UNetStage
@@ -25,6 +26,7 @@ class UNetDenoiser:
             max_queue=stage.max_queue,
             metrics=UNetMetrics.create(RayMeter()),
             torch_threads=engine_threads,
+            fast_path=choose_fast_path(settings, placement, stage.max_batch_size),
         )
         self._engine.start()
         self._stop_publishing = keep_publishing(self._engine.publish_load)

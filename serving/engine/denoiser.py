@@ -32,6 +32,13 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
 from serving.dataplane.stages import DenoiseJob, DenoiseResult, StepProgress
+from serving.engine.compiled import (
+    BucketedDenoise,
+    Denoise,
+    FastPath,
+    prepare_unet,
+    warm_up_example,
+)
 from serving.engine.preview import latent_preview
 from serving.engine.schedulers import SchedulerFactory, step_kwargs
 from serving.errors import QueueFull
@@ -68,8 +75,8 @@ class UNetCall:
 
     ADDED = ("text_embeds", "time_ids")  # SDXL's added conditioning
 
-    def __init__(self, unet: UNet2DConditionModel) -> None:
-        self._unet = unet
+    def __init__(self, unet: UNet2DConditionModel, module: torch.nn.Module | None = None) -> None:
+        self._unet = unet if module is None else module  # what runs: the UNet or its compiled form
         self.latent_channels = int(unet.config.in_channels)
         # LCM-style models take guidance as an embedding (timestep_cond), never as CFG rows.
         self.guidance_embedding_dim: int | None = unet.config.time_cond_proj_dim
@@ -133,8 +140,17 @@ class ContinuousBatchingEngine:
         max_queue: int,
         metrics: UNetMetrics | None = None,
         torch_threads: int | None = None,
+        fast_path: FastPath | None = None,
     ) -> None:
-        self._denoiser = UNetCall(unet)
+        fast = fast_path or FastPath(None, channels_last=False, sdpa=True, buckets=())
+        call = UNetCall(unet, prepare_unet(unet, fast))
+        self._denoiser: Denoise = BucketedDenoise(call, fast) if fast.compiled else call
+        # Compiled graphs are built (and CUDA graphs captured) on the engine thread that runs them.
+        self._warm_up = (
+            warm_up_example(unet, placement.device, placement.dtype) if fast.compiled else None
+        )
+        self._started = threading.Event()
+        self._start_error: BaseException | None = None
         self._torch_threads = torch_threads  # set on the engine thread when it starts
         self._schedulers = schedulers
         self._placement = placement
@@ -160,6 +176,7 @@ class ContinuousBatchingEngine:
         max_queue: int,
         metrics: UNetMetrics | None = None,
         torch_threads: int | None = None,
+        fast_path: FastPath | None = None,
     ) -> ContinuousBatchingEngine:
         """The engine over the UNet and scheduler configuration of a diffusers directory."""
         return cls(
@@ -171,6 +188,7 @@ class ContinuousBatchingEngine:
             max_queue=max_queue,
             metrics=metrics,
             torch_threads=torch_threads,
+            fast_path=fast_path,
         )
 
     # -- caller side (any thread)
@@ -247,9 +265,15 @@ class ContinuousBatchingEngine:
         return DenoiseResult(latents=latents, queued_ms=queued_s * 1000)
 
     def start(self) -> None:
+        """Start the engine thread; returns once it is ready (compiled, when compiling)."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="unet-engine", daemon=True)
             self._thread.start()
+            self._started.wait()
+            if self._start_error is not None:
+                self._thread.join()
+                self._thread = None
+                raise self._start_error
 
     def stop(self) -> None:
         with self._wake:
@@ -287,8 +311,19 @@ class ContinuousBatchingEngine:
         return rows
 
     def _run(self) -> None:
-        if self._torch_threads is not None:
-            torch.set_num_threads(self._torch_threads)
+        try:
+            if self._torch_threads is not None:
+                torch.set_num_threads(self._torch_threads)
+            compiled_in = 0.0
+            if self._warm_up is not None and isinstance(self._denoiser, BucketedDenoise):
+                compiled_in = self._denoiser.warm_up(self._warm_up)
+            if self._metrics is not None:
+                self._metrics.compile_seconds.set(compiled_in)
+        except BaseException as error:  # start() re-raises it in the caller
+            self._start_error = error
+            return
+        finally:
+            self._started.set()
         while True:
             with self._wake:
                 while not (self._pending or self._active or self._stopping):

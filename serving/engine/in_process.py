@@ -11,6 +11,7 @@ from typing import TypeVar
 import numpy as np
 
 from serving.dataplane.stages import DenoiseJob, DenoiseResult, StepProgress, TextEmbedding
+from serving.engine.compiled import choose_fast_path
 from serving.engine.decoder import VaeDecoderRunner
 from serving.engine.denoiser import ContinuousBatchingEngine, EngineStats
 from serving.engine.text import TextEncoderRunner
@@ -55,6 +56,7 @@ class InProcessStages:
                 max_batch_size=unet.max_batch_size,
                 max_queue=unet.max_queue,
                 metrics=UNetMetrics.create(meter),
+                fast_path=choose_fast_path(settings, placement, unet.max_batch_size),
             ),
             VaeDecoderRunner.load(source, placement),
         )
