@@ -29,6 +29,8 @@ USER = "10001:10001"  # the chart's runAsUser/runAsGroup
 GRACE_S = 60
 READY_TIMEOUT_S = 180
 PNG = b"\x89PNG\r\n\x1a\n"
+# The image's size and time to ready, printed at the end of the run (tests/container/conftest.py).
+FIGURES: list[str] = []
 
 
 @dataclass
@@ -61,7 +63,7 @@ def image() -> str:
 
 
 @pytest.fixture(scope="module")
-def container(image: str, pytestconfig: pytest.Config) -> Iterator[Container]:
+def container(image: str) -> Iterator[Container]:
     http_port, grpc_port = free_port(), free_port()
     name = f"sd-serving-test-{http_port}"
     started = time.monotonic()
@@ -100,12 +102,10 @@ def container(image: str, pytestconfig: pytest.Config) -> Iterator[Container]:
         )
         box.seconds_to_ready = time.monotonic() - started
         size = box.command("image", "inspect", "--format", "{{.Size}}", image).stdout.strip()
-        reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            reporter.write_line(
-                f"\nimage {image}: {int(size) / 2**20:.0f} MiB; "
-                f"ready {box.seconds_to_ready:.1f} s after `run`"
-            )
+        FIGURES.append(
+            f"image {image}: {int(size) / 2**20:.0f} MiB; "
+            f"/v2/health/ready 200 {box.seconds_to_ready:.1f} s after `run`"
+        )
         yield box
     finally:
         box.command("rm", "--force", name, check=False)
