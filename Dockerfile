@@ -64,10 +64,12 @@ RUN --mount=type=bind,source=wheels,target=/wheels --mount=type=secret,id=ca-bun
 # ---- runtime: the venv and the model cache, a non-root user, nothing else
 FROM base AS runtime
 RUN useradd --uid 10001 --user-group --no-create-home --home-dir /tmp sdserving
-# Ray writes its session under /tmp: the chart mounts an emptyDir there, so the root filesystem
-# stays read-only.
+# Ray writes its session under /tmp, and the compiled denoiser its inductor cache: the chart
+# mounts an emptyDir there, so the root filesystem stays read-only and a restarted container
+# (same pod) loads its compiled graphs instead of compiling again.
 ENV SD_HTTP_HOST=0.0.0.0 \
     SD_RAY_TEMP_DIR=/tmp/ray \
+    SD_COMPILE_CACHE_DIR=/tmp/torch-compile \
     RAY_AUTH_MODE=disabled \
     RAY_USAGE_STATS_ENABLED=0 \
     HF_HUB_DISABLE_TELEMETRY=1 \
