@@ -149,6 +149,7 @@ class ContinuousBatchingEngine:
         self._warm_up = (
             warm_up_example(unet, placement.device, placement.dtype) if fast.compiled else None
         )
+        self._compile_seconds = 0.0  # spent compiling at start (0: eager)
         self._started = threading.Event()
         self._start_error: BaseException | None = None
         self._torch_threads = torch_threads  # set on the engine thread when it starts
@@ -212,10 +213,13 @@ class ContinuousBatchingEngine:
             return EngineStats(active=len(self._active), queued=len(self._pending))
 
     def publish_load(self) -> None:
-        """Set the active/queued gauges (also on a timer: an idle replica still reports 0)."""
+        """Set the active/queued and compile-time gauges (also on a timer: an idle replica still
+        reports them)."""
         if self._metrics is not None:
             stats = self.stats()
             self._metrics.record_load(stats.active, stats.queued)
+            # Ray exports a gauge only while it is being set: republished with the load.
+            self._metrics.compile_seconds.set(self._compile_seconds)
 
     def check_health(self) -> None:
         """Raises when the engine thread has died: nothing would ever be denoised again."""
@@ -314,11 +318,8 @@ class ContinuousBatchingEngine:
         try:
             if self._torch_threads is not None:
                 torch.set_num_threads(self._torch_threads)
-            compiled_in = 0.0
             if self._warm_up is not None and isinstance(self._denoiser, BucketedDenoise):
-                compiled_in = self._denoiser.warm_up(self._warm_up)
-            if self._metrics is not None:
-                self._metrics.compile_seconds.set(compiled_in)
+                self._compile_seconds = self._denoiser.warm_up(self._warm_up)
         except BaseException as error:  # start() re-raises it in the caller
             self._start_error = error
             return

@@ -23,6 +23,7 @@ from serving.engine.compiled import (
     warm_up_example,
 )
 from serving.engine.denoiser import ContinuousBatchingEngine, Ticket
+from serving.metrics import MemoryMeter, UNetMetrics
 from serving.models.device import Placement
 from serving.settings import Settings
 from tests.helpers.engine import CPU, Components
@@ -123,6 +124,9 @@ def tiny_job(seed: int, guided: bool = True) -> DenoiseJob:
     )
 
 
+METER = MemoryMeter()  # the compiled engine's metrics
+
+
 @pytest.fixture(scope="module")
 def compiled_and_eager(
     components: Components, tmp_path_factory: pytest.TempPathFactory
@@ -146,6 +150,7 @@ def compiled_and_eager(
                 max_batch_size=2,
                 max_queue=4,
                 fast_path=fast,
+                metrics=UNetMetrics.create(METER) if mode else None,
             )
         )
     return engines[0], engines[1]
@@ -177,6 +182,7 @@ def test_start_compiles_every_bucket_before_it_returns(
         compiled.stop()
     (reference,) = run(eager, [tiny_job(5)])
     assert np.abs(served.latents - reference).max() <= COMPILED_TOLERANCE
+    assert METER.value("sd_unet_compile_seconds") > 0  # the warm-up, on the dashboard
 
 
 async def _denoise(engine: ContinuousBatchingEngine, job: DenoiseJob) -> list:  # type: ignore[type-arg]
