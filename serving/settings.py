@@ -238,6 +238,11 @@ class Settings(BaseSettings):
     ray_temp_dir: Path = Path("/tmp/sd-serving-ray")
     metrics_port: int = Field(8080, ge=1, le=65535, description="port of Ray's /metrics endpoint")
     app_name: str = "sd-serving"
+    access_log: bool = Field(
+        False,
+        description="Ray Serve's access log, a line per call from every replica (`sd-serving "
+        "serve`); each line costs CPU in the replica, Ray's log monitor and the driver",
+    )
 
     # -- access
     api_keys_file: Path | None = Field(

@@ -53,7 +53,13 @@ def start_serve(settings: Settings) -> None:
     serve.start(
         http_options={"host": settings.http_host, "port": settings.http_port},
         grpc_options={"port": settings.grpc_port, "grpc_servicer_functions": [SERVICER_FUNCTION]},
+        logging_config=serve_logging(settings),
     )
+
+
+def serve_logging(settings: Settings) -> dict[str, bool]:
+    """Serve's per-call access log lines from every replica, when the settings ask for them."""
+    return {"enable_access_log": settings.access_log}
 
 
 def run_local(settings: Settings, announce: Callable[[str], None] = print) -> int:
@@ -74,7 +80,12 @@ def run_local(settings: Settings, announce: Callable[[str], None] = print) -> in
             }
             start_serve(settings)
             if not stop.is_set():
-                serve.run(build_app(settings), name=settings.app_name, route_prefix="/")
+                serve.run(
+                    build_app(settings),
+                    name=settings.app_name,
+                    route_prefix="/",
+                    logging_config=serve_logging(settings),
+                )
                 served = ", ".join(
                     f"{name}: {spec.source}" for name, spec in settings.served_models().items()
                 )

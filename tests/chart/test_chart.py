@@ -315,6 +315,22 @@ def test_kuberay_serve_config_names_build_app_and_valid_settings() -> None:
     assert _ray_service(FULLNAME)["spec"]["rayClusterConfig"]["enableInTreeAutoscaling"] is True
 
 
+def test_kuberay_serve_access_log_follows_the_sd_access_log_setting() -> None:
+    """Off by default, as under `sd-serving serve`; settings.SD_ACCESS_LOG turns it on."""
+
+    def access_log(*extra: str) -> bool:
+        (service,) = [
+            doc
+            for doc in render("gpu-kuberay-karpenter", *extra)
+            if doc["kind"] == "RayService" and doc["metadata"]["name"] == FULLNAME
+        ]
+        (app,) = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]
+        return bool(app["logging_config"]["enable_access_log"])
+
+    assert access_log() is False
+    assert access_log("--set-string", "settings.SD_ACCESS_LOG=true") is True
+
+
 def test_kuberay_unet_pool_worker_group_has_gpus_placement_and_the_pool_resource() -> None:
     groups = {
         group["groupName"]: group
