@@ -238,8 +238,7 @@ def served(
     from ray import serve
 
     from loadtest.monolithic import build_monolithic
-    from serving.app import build_app
-    from serving.cli.serve import local_ray, start_serve
+    from serving.cli.serve import local_ray, run_app, start_serve
     from serving.settings import Settings
 
     settings = Settings(
@@ -252,7 +251,7 @@ def served(
     )
     with local_ray(settings):
         start_serve(settings)
-        serve.run(build_app(settings), name="sd-serving", route_prefix="/")
+        run_app(settings, name="sd-serving")
         system = http_sweep(settings.http_url(), steps, scheduler, per_client, "/v1/generate")
         serve.delete("sd-serving")
         serve.run(build_monolithic(model_dir, scheduler), name="monolithic", route_prefix="/mono")

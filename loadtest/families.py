@@ -112,8 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from ray import serve
 
-    from serving.app import build_app
-    from serving.cli.serve import local_ray, start_serve
+    from serving.cli.serve import local_ray, run_app, start_serve
     from serving.dataplane.model import ServedModel
     from serving.models.embedded import export
     from serving.settings import ModelSpec, Settings
@@ -151,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                         "result_cache_size": 0,
                     }
                 )
-                serve.run(build_app(settings), name="sd-serving", route_prefix="/")
+                run_app(settings, name="sd-serving")
                 call = service_call(base.http_url(), family)
                 run_round(call, args.per_client, runs[family]["served"])
                 serve.delete("sd-serving")

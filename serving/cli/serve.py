@@ -62,6 +62,20 @@ def serve_logging(settings: Settings) -> dict[str, bool]:
     return {"enable_access_log": settings.access_log}
 
 
+def run_app(settings: Settings, name: str | None = None) -> None:
+    """The sd-serving application on the running Serve instance, at the root route."""
+    from ray import serve
+
+    from serving.app import build_app
+
+    serve.run(
+        build_app(settings),
+        name=name or settings.app_name,
+        route_prefix="/",
+        logging_config=serve_logging(settings),
+    )
+
+
 def run_local(settings: Settings, announce: Callable[[str], None] = print) -> int:
     """Start Ray and Serve, run the app until a signal arrives, then tear everything down."""
     stop = threading.Event()
@@ -69,8 +83,6 @@ def run_local(settings: Settings, announce: Callable[[str], None] = print) -> in
     try:
         with local_ray(settings):
             from ray import serve
-
-            from serving.app import build_app
 
             # After ray.init, which installs a SIGTERM handler of its own that skips teardown;
             # ours stay until Ray has shut down.
@@ -80,12 +92,7 @@ def run_local(settings: Settings, announce: Callable[[str], None] = print) -> in
             }
             start_serve(settings)
             if not stop.is_set():
-                serve.run(
-                    build_app(settings),
-                    name=settings.app_name,
-                    route_prefix="/",
-                    logging_config=serve_logging(settings),
-                )
+                run_app(settings)
                 served = ", ".join(
                     f"{name}: {spec.source}" for name, spec in settings.served_models().items()
                 )
