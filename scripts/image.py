@@ -55,9 +55,10 @@ def engine_env() -> dict[str, str]:
     return env
 
 
-def run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+def run(cmd: list[str], stdout: int | None = None) -> None:
+    """Run a build step, echoed; its failure ends the build."""
     print("+", " ".join(cmd), flush=True)
-    return subprocess.run(cmd, check=True, text=True, env=engine_env(), **kwargs)  # type: ignore[call-overload, no-any-return]
+    subprocess.run(cmd, check=True, text=True, env=engine_env(), stdout=stdout)
 
 
 def image_exists(eng: list[str], image: str) -> bool:
