@@ -312,7 +312,6 @@ def served(directory: Path, profile: Profile, placement: Placement) -> dict[str,
         device=placement.device.type,
         result_cache_size=0,
         unet={"max_batch_size": largest},
-        cache_dir=Path(os.environ.get("SD_CACHE_DIR", Path.home() / ".cache" / "sd-serving")),
     )
     meter = MemoryMeter()
     started = time.monotonic()
