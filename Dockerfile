@@ -3,9 +3,9 @@
 #   cpu:  CPU nodes and smoke tests     docker build --target cpu  -t sd-serving:cpu .
 #   cuda: GPU nodes                     docker build --target cuda -t sd-serving:gpu .
 # Both targets are the same stages from the same base and the same lock file
-# (requirements/service.lock); they differ only in torch's build (build-cpu, build-cuda). torch's CUDA wheels
-# carry their CUDA runtime (the nvidia-* packages), so the GPU image needs only the node's driver,
-# which the NVIDIA container toolkit mounts.
+# (requirements/service.lock); they differ only in torch's build (build-cpu, build-cuda).
+# torch's CUDA wheels carry their CUDA runtime (the nvidia-* packages), so the GPU image needs
+# only the node's driver, which the NVIDIA container toolkit mounts.
 #
 # Build arguments, for private indexes and proxies (defaults: the public ones):
 #   BASE_IMAGE           any Debian/Ubuntu image with python3 (3.11) and python3-venv
