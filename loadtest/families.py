@@ -83,7 +83,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"{info['torch']}. Run {results['date']}; {results['rounds']} interleaved rounds, "
         "medians. Embedded test models (random weights, 128x128), each model's own defaults "
         "(steps, guidance, shipped sampler). The pipeline runs alone with torch's default "
-        "threads; the served model's UNet replica runs one thread (num_cpus 1).",
+        "threads; the served model runs with default settings (its UNet engine thread takes the "
+        "node's cores).",
         "",
         "| family | steps | guidance | concurrency | pipeline images/s | served images/s | "
         "throughput ratio | pipeline p50 s | served p50 s | served p99 s |",
