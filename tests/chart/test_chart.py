@@ -331,6 +331,43 @@ def test_kuberay_serve_access_log_follows_the_sd_access_log_setting() -> None:
     assert access_log("--set-string", "settings.SD_ACCESS_LOG=true") is True
 
 
+def _app_pod_specs(node: Any) -> list[dict[str, Any]]:
+    """Every pod spec (predictor, Ray head and workers) whose containers run the app: they mount
+    the chart's scratch /tmp."""
+    found: list[dict[str, Any]] = []
+    if isinstance(node, dict):
+        containers = node.get("containers")
+        if isinstance(containers, list) and any(
+            m.get("name") == "tmp" for c in containers for m in c.get("volumeMounts", [])
+        ):
+            found.append(node)
+        for value in node.values():
+            found += _app_pod_specs(value)
+    elif isinstance(node, list):
+        for item in node:
+            found += _app_pod_specs(item)
+    return found
+
+
+@pytest.mark.parametrize("profile", ["gpu-embedded", "gpu-kuberay-karpenter"])
+def test_a_compile_cache_claim_is_mounted_where_the_setting_points(profile: str) -> None:
+    """Without a claim the compiled graphs stay in the pod's /tmp (the image's default); with
+    one, every app container mounts it at SD_COMPILE_CACHE_DIR, so new pods load them."""
+    assert not any("SD_COMPILE_CACHE_DIR" in _env_names(doc) for doc in rendered(profile))
+    pods = _app_pod_specs(render(profile, "--set", "compileCache.claimName=sd-compile-cache"))
+    assert len(pods) >= (1 if profile == "gpu-embedded" else 2)  # Ray head and workers
+    for spec in pods:
+        claims = {
+            v["name"]: v["persistentVolumeClaim"]["claimName"]
+            for v in spec["volumes"]
+            if "persistentVolumeClaim" in v
+        }
+        assert claims.get("compile-cache") == "sd-compile-cache"
+        for container in spec["containers"]:
+            mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+            assert env_of(container)["SD_COMPILE_CACHE_DIR"] == mounts["compile-cache"]
+
+
 def test_kuberay_unet_pool_worker_group_has_gpus_placement_and_the_pool_resource() -> None:
     groups = {
         group["groupName"]: group

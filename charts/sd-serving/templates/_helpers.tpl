@@ -212,6 +212,10 @@ affinity:
       name: {{ .Values.webhooks.existingSecret }}
       key: {{ .Values.webhooks.key }}
 {{- end }}
+{{- if .Values.compileCache.claimName }}
+- name: SD_COMPILE_CACHE_DIR
+  value: /var/cache/sd-serving/torch-compile
+{{- end }}
 {{- range $name, $value := .Values.settings }}
 - name: {{ $name }}
   value: {{ $value | quote }}
@@ -262,6 +266,11 @@ livenessProbe:
   emptyDir:
     medium: Memory
     sizeLimit: 4Gi
+{{- if .Values.compileCache.claimName }}
+- name: compile-cache
+  persistentVolumeClaim:
+    claimName: {{ .Values.compileCache.claimName }}
+{{- end }}
 {{- if .Values.apiKeys.existingSecret }}
 - name: api-keys
   secret:
@@ -288,6 +297,10 @@ livenessProbe:
   mountPath: /tmp
 - name: dshm
   mountPath: /dev/shm
+{{- if .Values.compileCache.claimName }}
+- name: compile-cache
+  mountPath: /var/cache/sd-serving/torch-compile
+{{- end }}
 {{- if .Values.apiKeys.existingSecret }}
 - name: api-keys
   mountPath: /etc/sd-serving/api-keys
