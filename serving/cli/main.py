@@ -78,6 +78,15 @@ def _parser() -> argparse.ArgumentParser:
         help="architecture and scheduler config: sd (the default model), sd-v (v-prediction "
         "SD 2.x), sd-turbo, lcm, sdxl, sdxl-turbo",
     )
+
+    world = commands.add_parser(
+        "world",
+        help="write the captioned world (coloured shapes, captioned) as an imagefolder dataset",
+    )
+    world.add_argument("directory", type=Path)
+    world.add_argument("--count", type=int, default=2400, help="images (24 captions cycle)")
+    world.add_argument("--seed", type=int, default=0)
+    world.add_argument("--size", type=int, default=64, help="pixels per side")
     return parser
 
 
@@ -107,6 +116,15 @@ def main(argv: list[str] | None = None) -> int:
 
         directory = export(args.directory, args.family)
         print(f"embedded {args.family} model written to {directory}")
+        return 0
+    if args.command == "world":
+        from serving.training.world import write_dataset
+
+        if args.count < 1 or args.size < 16:
+            print("sd-serving: world: --count must be ≥ 1 and --size ≥ 16", file=sys.stderr)
+            return 2
+        directory = write_dataset(args.directory, args.count, args.seed, args.size)
+        print(f"{args.count} captioned images and metadata.jsonl written to {directory}")
         return 0
     return 2
 

@@ -57,3 +57,12 @@ def test_serve_refuses_a_variable_that_names_no_setting() -> None:
     assert result.returncode == 2
     assert "SD_UNET_MAX_BATCH_SIZE names no setting" in result.stderr
     assert "SD_UNET__MAX_BATCH_SIZE" in result.stderr
+
+
+def test_world_writes_the_captioned_dataset_and_refuses_a_bad_size(tmp_path: Path) -> None:
+    result = sd_serving("world", str(tmp_path / "world"), "--count", "5", "--size", "32")
+    assert result.returncode == 0, result.stderr
+    rows = (tmp_path / "world" / "metadata.jsonl").read_text().splitlines()
+    assert len(rows) == 5 and json.loads(rows[0])["text"].endswith("background")
+    refused = sd_serving("world", str(tmp_path / "w"), "--size", "4")
+    assert refused.returncode == 2 and "--size" in refused.stderr

@@ -1,0 +1,1 @@
+"""Data and training for the demo model: the captioned world and its adherence evaluator."""
