@@ -36,7 +36,7 @@ UV_COMPILE = SSL_CERT_FILE=$(CA_BUNDLE) $(UV) pip compile pyproject.toml --quiet
   --custom-compile-command "make lock" \
   $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX) --index-strategy unsafe-best-match,$(foreach d,$(PIP_LOCAL_WHEELS),--find-links $(d)))
 
-.PHONY: help install lock tools debian-tools serve test test-fast test-unit test-integration test-image image test-chart lint format export-model render-k8s loadtest bench bench-families bench-gpu bench-protocols protos dashboards crds crds-info clean
+.PHONY: help install lock tools debian-tools serve test test-fast test-unit test-integration test-image image test-chart lint format export-model render-k8s loadtest bench bench-adherence bench-families bench-gpu bench-protocols protos dashboards crds crds-info clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -119,6 +119,9 @@ bench: install ## benchmark: bare pipeline vs monolithic Ray Serve vs this syste
 
 bench-families: install ## every model family's test model served next to its diffusers pipeline, concurrency 1 and 8 (writes loadtest/results/cpu/families.*)
 	$(BIN)/python -m loadtest.families
+
+bench-adherence: install ## prompt adherence of a model (MODEL=dir, default the embedded one) in the captioned world, with controls (writes loadtest/results/cpu/adherence.*)
+	$(BIN)/python -m loadtest.adherence $(if $(MODEL),--model $(MODEL))
 
 bench-gpu: install ## GPU profile: SD 1.5 512²/50 steps and SDXL 1024²/30 steps at full size, bare vs served (writes loadtest/results/gpu; GPU=tiny for the CPU variant)
 	$(BIN)/python -m loadtest.gpu $(if $(filter tiny,$(GPU)),--tiny --out loadtest/out)

@@ -1,0 +1,89 @@
+"""The adherence evaluator and its controls: near perfect on the world's own held-out images,
+near chance on noise, on images scored against shuffled prompts, and on the random-weight
+embedded model's images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+
+from serving.training.evaluator import AttributeClassifier, cached_evaluator, score
+from serving.training.world import ATTRIBUTES, every_caption, render, scenes
+
+CHANCE = {name: 1 / len(values) for name, values in ATTRIBUTES.items()}
+# 240 balanced prompts: a prompt-blind classifier scores chance exactly; allow sampling noise.
+NEAR_CHANCE = 0.12
+
+
+@pytest.fixture(scope="module")
+def evaluator(tmp_path_factory: pytest.TempPathFactory) -> AttributeClassifier:
+    return cached_evaluator(tmp_path_factory.mktemp("evaluator"))
+
+
+@pytest.fixture(scope="module")
+def held_out() -> tuple[list[np.ndarray], list[str]]:
+    drawn = list(scenes(240, seed=999))  # training draws from seed 1
+    return [np.asarray(render(s, 128)) for s in drawn], [s.caption for s in drawn]
+
+
+def test_near_perfect_on_held_out_renders(
+    evaluator: AttributeClassifier, held_out: tuple[list[np.ndarray], list[str]]
+) -> None:
+    result = score(evaluator, *held_out)
+    assert result.images == 240
+    assert min(result.accuracy.values()) >= 0.97, result.summary()
+    for name, matrix in result.confusion.items():
+        assert sum(map(sum, matrix)) == 240 and len(matrix) == len(ATTRIBUTES[name])
+
+
+def test_near_chance_on_noise_and_on_shuffled_prompts(
+    evaluator: AttributeClassifier, held_out: tuple[list[np.ndarray], list[str]]
+) -> None:
+    images, prompts = held_out
+    rng = np.random.default_rng(0)
+    noise = [rng.integers(0, 256, image.shape, dtype=np.uint8) for image in images]
+    shuffled = list(np.roll(prompts, 7))  # a derangement with the same balance
+    for control in (score(evaluator, noise, prompts), score(evaluator, images, shuffled)):
+        for name, accuracy in control.accuracy.items():
+            assert accuracy <= CHANCE[name] + NEAR_CHANCE, control.summary()
+
+
+def test_near_chance_on_the_random_weight_models_images(
+    evaluator: AttributeClassifier, embedded_model_dir: Path
+) -> None:
+    pipe = StableDiffusionPipeline.from_pretrained(embedded_model_dir)
+    pipe.set_progress_bar_config(disable=True)
+    prompts = every_caption()
+    images = pipe(
+        prompts,
+        num_inference_steps=4,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images
+    result = score(evaluator, [(image * 255).round().astype(np.uint8) for image in images], prompts)
+    # 24 prompts only (one of each): a wider margin than above.
+    assert result.accuracy["colour"] <= CHANCE["colour"] + 0.25, result.summary()
+    assert result.accuracy["shape"] <= CHANCE["shape"] + 0.25, result.summary()
+
+
+def test_prompts_outside_the_world_cannot_be_scored(evaluator: AttributeClassifier) -> None:
+    with pytest.raises(ValueError, match="captioned world"):
+        score(evaluator, [np.zeros((64, 64, 3), np.uint8)], ["an astronaut riding a horse"])
+
+
+def test_the_adherence_benchmark_reports_the_model_and_its_controls(
+    evaluator: AttributeClassifier, embedded_model_dir: Path
+) -> None:
+    """`make bench-adherence` at a reduced size: one seed, two steps."""
+    from loadtest.adherence import markdown, run
+
+    results = run(embedded_model_dir, seeds=1, steps=2, guidance=None, evaluator=evaluator)
+    rows = {row["what"]: row for row in results["rows"]}
+    assert rows["the model's images vs their prompts"]["images"] == 24
+    assert rows["control: the world's held-out renders"]["shape"] >= 0.97
+    assert rows["control: noise"]["colour"] <= CHANCE["colour"] + NEAR_CHANCE
+    assert "| control: noise | 24 |" in markdown(results)
