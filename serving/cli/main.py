@@ -87,6 +87,20 @@ def _parser() -> argparse.ArgumentParser:
     world.add_argument("--count", type=int, default=2400, help="images (24 captions cycle)")
     world.add_argument("--seed", type=int, default=0)
     world.add_argument("--size", type=int, default=64, help="pixels per side")
+
+    train = commands.add_parser(
+        "train",
+        help="train Stable Diffusion's architecture from scratch on CPU (the captioned world, or "
+        "--data) and write a diffusers directory",
+    )
+    train.add_argument("directory", type=Path)
+    train.add_argument("--data", type=Path, help="an imagefolder dataset (default: the world)")
+    train.add_argument("--vae-steps", type=int)
+    train.add_argument("--unet-steps", type=int)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--image-size", type=int)
+    train.add_argument("--seed", type=int)
+    train.add_argument("--no-ema", action="store_true", help="keep the last weights, not an EMA")
     return parser
 
 
@@ -126,7 +140,34 @@ def main(argv: list[str] | None = None) -> int:
         directory = write_dataset(args.directory, args.count, args.seed, args.size)
         print(f"{args.count} captioned images and metadata.jsonl written to {directory}")
         return 0
+    if args.command == "train":
+        return _train(args)
     return 2
+
+
+def _train(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from serving.training.train import DatasetError, TrainConfig, train
+
+    given = {
+        key: value
+        for key in ("vae_steps", "unet_steps", "batch_size", "image_size", "seed")
+        if (value := getattr(args, key)) is not None
+    }
+    if any(value < 0 for value in given.values()) or given.get("batch_size", 1) < 1:
+        print(
+            "sd-serving: train: steps, sizes and seed must be ≥ 0 (batch size ≥ 1)", file=sys.stderr
+        )
+        return 2
+    config = replace(TrainConfig(), **given, ema=not args.no_ema)
+    try:
+        directory = train(args.directory, config, args.data)
+    except DatasetError as error:
+        print(f"sd-serving: train: {error}", file=sys.stderr)
+        return 2
+    print(f"trained model written to {directory} (loss log: {directory / 'train-log.jsonl'})")
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:

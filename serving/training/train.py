@@ -1,0 +1,255 @@
+"""`sd-serving train`: Stable Diffusion's architecture trained from scratch on CPU, on the captioned
+world (or any imagefolder dataset with `file_name` and `text`), written as a diffusers directory.
+
+Diffusers' training conventions: first the VAE (reconstruction plus a small KL term), its latent
+scaling factor set so latents have unit variance, as SD's 0.18215 was; then the denoiser and the
+text encoder together (the text side must learn, or captions barely differ in embedding space),
+with the noise-prediction loss under the model's own DDPM noise schedule, caption dropout for
+classifier-free guidance, and an optional EMA of the denoiser. A progress bar and a loss log
+(`train-log.jsonl` beside the model) show how it goes.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DDPMScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from diffusers.training_utils import EMAModel
+from PIL import Image
+from torch.nn import functional
+from tqdm import tqdm
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from serving.models.embedded import BETAS
+from serving.models.tokenizer import write_tokenizer
+from serving.training.world import render, scenes
+
+
+class DatasetError(ValueError):
+    """A dataset `train` cannot read, naming the file and row."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    image_size: int = 64
+    vae_channels: tuple[int, ...] = (32, 64, 64)  # 3 blocks: latents at 1/4 of the image side
+    unet_channels: tuple[int, ...] = (64, 128)
+    text_width: int = 64
+    text_layers: int = 2
+    vae_steps: int = 600
+    unet_steps: int = 3000
+    batch_size: int = 32
+    learning_rate: float = 3e-4
+    caption_dropout: float = 0.1
+    kl_weight: float = 1e-6
+    ema: bool = True
+    seed: int = 0
+
+
+def read_dataset(directory: Path, size: int) -> list[tuple[np.ndarray, str]]:
+    """(image [size, size, 3] uint8, caption) for every row of `metadata.jsonl`."""
+    metadata = directory / "metadata.jsonl"
+    if not metadata.is_file():
+        raise DatasetError(f"{metadata}: missing (an imagefolder dataset needs metadata.jsonl)")
+    rows = []
+    for number, line in enumerate(metadata.read_text().splitlines(), start=1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DatasetError(f"{metadata} row {number}: not JSON ({error.msg})") from None
+        missing = [key for key in ("file_name", "text") if not isinstance(row.get(key), str)]
+        if missing:
+            raise DatasetError(f"{metadata} row {number}: no {', '.join(missing)}")
+        path = directory / row["file_name"]
+        try:
+            with Image.open(path) as image:
+                pixels = np.asarray(image.convert("RGB").resize((size, size)))
+        except (OSError, ValueError) as error:
+            raise DatasetError(f"{path} (row {number}): unreadable image ({error})") from None
+        rows.append((pixels, row["text"]))
+    if not rows:
+        raise DatasetError(f"{metadata}: no rows")
+    return rows
+
+
+def world_batches(config: TrainConfig) -> Iterator[tuple[torch.Tensor, list[str]]]:
+    """Endless batches of freshly drawn scenes, in [-1, 1]."""
+    drawn = scenes(10**9, seed=config.seed)
+    while True:
+        batch = [next(drawn) for _ in range(config.batch_size)]
+        images = np.stack([np.asarray(render(scene, config.image_size)) for scene in batch])
+        yield _pixels(images), [scene.caption for scene in batch]
+
+
+def dataset_batches(
+    rows: list[tuple[np.ndarray, str]], config: TrainConfig
+) -> Iterator[tuple[torch.Tensor, list[str]]]:
+    rng = np.random.default_rng(config.seed)
+    while True:
+        chosen = rng.choice(len(rows), size=config.batch_size)
+        yield _pixels(np.stack([rows[i][0] for i in chosen])), [rows[i][1] for i in chosen]
+
+
+def _pixels(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def build(
+    config: TrainConfig, tokenizer: CLIPTokenizer
+) -> tuple[AutoencoderKL, UNet2DConditionModel, CLIPTextModel]:
+    blocks = len(config.vae_channels)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=config.vae_channels,
+        down_block_types=("DownEncoderBlock2D",) * blocks,
+        up_block_types=("UpDecoderBlock2D",) * blocks,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=32,
+        sample_size=config.image_size,
+    )
+    latent = config.image_size // 2 ** (blocks - 1)
+    unet = UNet2DConditionModel(
+        sample_size=latent,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=config.unet_channels,
+        down_block_types=("CrossAttnDownBlock2D",) * len(config.unet_channels),
+        up_block_types=("CrossAttnUpBlock2D",) * len(config.unet_channels),
+        cross_attention_dim=config.text_width,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
+    vocab = len(tokenizer)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=vocab,
+            hidden_size=config.text_width,
+            intermediate_size=4 * config.text_width,
+            num_hidden_layers=config.text_layers,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            bos_token_id=vocab - 2,
+            eos_token_id=vocab - 1,
+            pad_token_id=vocab - 1,
+        )
+    )
+    return vae, unet, text_encoder
+
+
+def train_vae(
+    vae: AutoencoderKL,
+    batches: Iterator[tuple[torch.Tensor, list[str]]],
+    config: TrainConfig,
+    log: list[dict[str, float]],
+) -> float:
+    """Reconstruction + KL; returns the latent scaling factor (1 / latent std)."""
+    optimiser = torch.optim.AdamW(vae.parameters(), lr=config.learning_rate * 3)
+    vae.train()
+    for step in tqdm(range(config.vae_steps), desc="VAE", unit="step"):
+        images, _ = next(batches)
+        posterior = vae.encode(images).latent_dist
+        reconstruction = vae.decode(posterior.sample()).sample
+        mse = functional.mse_loss(reconstruction, images)
+        loss = mse + config.kl_weight * posterior.kl().mean()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        log.append({"stage": 0, "step": step, "loss": float(loss), "mse": float(mse)})
+    vae.eval().requires_grad_(False)
+    with torch.no_grad():
+        images, _ = next(batches)
+        std = float(vae.encode(images).latent_dist.sample().std())
+    return 1.0 / max(std, 1e-6)
+
+
+def train_denoiser(
+    unet: UNet2DConditionModel,
+    text_encoder: CLIPTextModel,
+    vae: AutoencoderKL,
+    tokenizer: CLIPTokenizer,
+    batches: Iterator[tuple[torch.Tensor, list[str]]],
+    config: TrainConfig,
+    log: list[dict[str, float]],
+) -> None:
+    noise_schedule = DDPMScheduler(**BETAS)
+    parameters = list(unet.parameters()) + list(text_encoder.parameters())
+    optimiser = torch.optim.AdamW(parameters, lr=config.learning_rate)
+    ema = EMAModel(unet.parameters(), decay=0.999) if config.ema else None
+    generator = torch.Generator().manual_seed(config.seed)
+    unet.train()
+    text_encoder.train()
+    scaling = float(vae.config.scaling_factor)
+    for step in tqdm(range(config.unet_steps), desc="denoiser", unit="step"):
+        images, captions = next(batches)
+        # Caption dropout: the empty prompt learns the unconditional prediction CFG needs.
+        drop = torch.rand(len(captions), generator=generator) < config.caption_dropout
+        captions = ["" if dropped else text for text, dropped in zip(captions, drop, strict=True)]
+        with torch.no_grad():
+            latents = vae.encode(images).latent_dist.sample(generator) * scaling
+        noise = torch.randn(latents.shape, generator=generator)
+        timesteps = torch.randint(
+            0, noise_schedule.config.num_train_timesteps, (len(captions),), generator=generator
+        )
+        noisy = noise_schedule.add_noise(latents, noise, timesteps)
+        tokens = tokenizer(
+            captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+        ).input_ids
+        context = text_encoder(tokens)[0]
+        prediction = unet(noisy, timesteps, context).sample
+        loss = functional.mse_loss(prediction, noise)
+        optimiser.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimiser.step()
+        if ema is not None:
+            ema.step(unet.parameters())
+        log.append({"stage": 1, "step": step, "loss": float(loss)})
+    if ema is not None:
+        ema.copy_to(unet.parameters())
+    unet.eval()
+    text_encoder.eval()
+
+
+def train(output: Path, config: TrainConfig, data: Path | None = None) -> Path:
+    """Train and write the pipeline to `output`; `data`: an imagefolder (default: the world)."""
+    torch.manual_seed(config.seed)
+    batches = (
+        dataset_batches(read_dataset(data, config.image_size), config)
+        if data is not None
+        else world_batches(config)
+    )
+    with tempfile.TemporaryDirectory() as scratch:
+        tokenizer = write_tokenizer(Path(scratch))
+    vae, unet, text_encoder = build(config, tokenizer)
+    log: list[dict[str, float]] = []
+    vae.register_to_config(scaling_factor=train_vae(vae, batches, config, log))
+    train_denoiser(unet, text_encoder, vae, tokenizer, batches, config, log)
+    pipeline = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=DDIMScheduler(**BETAS, clip_sample=False, set_alpha_to_one=False, steps_offset=1),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.save_pretrained(output)
+    (output / "train-log.jsonl").write_text("".join(json.dumps(entry) + "\n" for entry in log))
+    (output / "train-config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
+    return output

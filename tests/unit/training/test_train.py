@@ -1,0 +1,76 @@
+"""`sd-serving train` at tiny sizes: end to end, a pipeline diffusers loads, a loss log, and a
+malformed dataset named by file and row."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+
+from serving.training.train import DatasetError, TrainConfig, read_dataset, train
+from serving.training.world import write_dataset
+
+TINY = TrainConfig(
+    image_size=32,
+    vae_channels=(32, 32),
+    unet_channels=(32, 32),
+    text_width=32,
+    text_layers=1,
+    vae_steps=10,
+    unet_steps=10,
+    batch_size=4,
+)
+
+
+@pytest.mark.parametrize("from_files", [False, True], ids=["world", "imagefolder"])
+def test_a_short_run_writes_a_pipeline_diffusers_loads(tmp_path: Path, from_files: bool) -> None:
+    data = write_dataset(tmp_path / "data", count=12, seed=3, size=32) if from_files else None
+    output = train(tmp_path / "model", TINY, data)
+    pipe = StableDiffusionPipeline.from_pretrained(output)
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe(
+        "a red circle on a white background",
+        num_inference_steps=3,
+        height=32,
+        width=32,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images[0]
+    assert image.shape == (32, 32, 3) and np.isfinite(image).all()
+    assert pipe.vae.config.scaling_factor != 0.18215  # measured from the trained VAE's latents
+    log = [json.loads(line) for line in (output / "train-log.jsonl").read_text().splitlines()]
+    assert [sum(1 for e in log if e["stage"] == s) for s in (0, 1)] == [10, 10]
+    assert all(np.isfinite(entry["loss"]) for entry in log)
+    assert json.loads((output / "train-config.json").read_text())["unet_steps"] == 10
+
+
+def test_a_malformed_dataset_is_named_by_file_and_row(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match=r"metadata\.jsonl: missing"):
+        read_dataset(tmp_path, 32)
+    data = write_dataset(tmp_path / "data", count=3, seed=0, size=32)
+    metadata = data / "metadata.jsonl"
+    rows = metadata.read_text().splitlines()
+    metadata.write_text("\n".join([rows[0], json.dumps({"file_name": "images/000001.png"})]))
+    with pytest.raises(DatasetError, match=r"metadata\.jsonl row 2: no text"):
+        read_dataset(data, 32)
+    (data / "images" / "000001.png").write_bytes(b"not a png")
+    metadata.write_text("\n".join(rows[:2]))
+    with pytest.raises(DatasetError, match=r"000001\.png \(row 2\): unreadable image"):
+        read_dataset(data, 32)
+
+
+def test_the_command_reports_a_bad_dataset_and_bad_numbers(tmp_path: Path) -> None:
+    def sd_serving(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "serving.cli", "train", str(tmp_path / "m"), *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+    missing = sd_serving("--data", str(tmp_path / "nowhere"))
+    assert missing.returncode == 2 and "metadata.jsonl: missing" in missing.stderr
+    negative = sd_serving("--unet-steps", "-1")
+    assert negative.returncode == 2 and "must be ≥ 0" in negative.stderr
