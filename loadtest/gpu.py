@@ -51,6 +51,8 @@ from loadtest.bench import PROMPTS, drive, sweep
 from serving.dataplane.request import GenerateParams, RequestContext
 from serving.dataplane.services import build_services
 from serving.dataplane.store import InMemoryStore
+from serving.engine.compiled import warm_up_example
+from serving.engine.denoiser import UNetCall
 from serving.engine.in_process import InProcessStages
 from serving.metrics import MemoryMeter
 from serving.models.device import Placement
@@ -237,20 +239,21 @@ def synchronize(placement: Placement) -> None:
 
 def unet_tflop_per_image(config: dict[str, Any], latent: int, guided: bool, steps: int) -> float:
     """The UNet's FLOPs for one image (a forward of 2 rows when guided, per step), counted by
-    torch's FlopCounterMode on a meta-device copy: shapes only, nothing computed or allocated."""
+    torch's FlopCounterMode on a meta-device copy called as the engine calls it: shapes only,
+    nothing computed or allocated."""
     rows = 2 if guided else 1
-    with torch.device("meta"):
+    meta = torch.device("meta")
+    with meta:
         unet = UNet2DConditionModel.from_config(config)
-        added: dict[str, Any] = {}
-        if config.get("addition_embed_type") == "text_time":
-            time_dims = 6 * int(config["addition_time_embed_dim"])
-            pooled = int(config["projection_class_embeddings_input_dim"]) - time_dims
-            added = {"text_embeds": torch.zeros(rows, pooled), "time_ids": torch.zeros(rows, 6)}
-        sample = torch.zeros(rows, int(config["in_channels"]), latent, latent)
-        context = torch.zeros(rows, 77, int(config["cross_attention_dim"]))
+        example = warm_up_example(unet, meta, torch.float32, size=latent)
+        conditioning = {k: v.expand(rows, *v.shape[1:]) for k, v in example["conditioning"].items()}
         counter = FlopCounterMode(display=False)
         with counter:
-            unet(sample, torch.full((rows,), 500), context, added_cond_kwargs=added or None)
+            UNetCall(unet)(
+                example["sample"].expand(rows, *example["sample"].shape[1:]),
+                example["timesteps"].expand(rows),
+                conditioning,
+            )
     return float(counter.get_total_flops()) * steps / 1e12
 
 

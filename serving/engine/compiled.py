@@ -43,6 +43,10 @@ class FastPath:
         return self.compile_mode is not None
 
 
+# The UNet as diffusers builds it: no compile, default layout, SDPA attention.
+EAGER = FastPath(None, channels_last=False, sdpa=True, buckets=())
+
+
 def choose_fast_path(settings: Settings, placement: Placement, max_batch_size: int) -> FastPath:
     """The settings' fast path for a replica; `auto` turns it on with CUDA only."""
     cuda = placement.device.type == "cuda"
@@ -146,11 +150,12 @@ def _pad(tensor: torch.Tensor, rows: int) -> torch.Tensor:
 
 
 def warm_up_example(
-    unet: UNet2DConditionModel, device: torch.device, dtype: torch.dtype
+    unet: UNet2DConditionModel, device: torch.device, dtype: torch.dtype, size: int | None = None
 ) -> dict[str, Any]:
-    """One row of every input the UNet takes, at its native latent size, from its config."""
+    """One row of every input the UNet takes, read from its config, at latent side `size`
+    (default: its native one)."""
     config = unet.config
-    size = int(config.sample_size)
+    size = size or int(config.sample_size)
     conditioning = {
         # 77: CLIP's context length, what every Stable Diffusion tokenizer pads to.
         "encoder_hidden_states": torch.zeros(1, 77, int(config.cross_attention_dim)),

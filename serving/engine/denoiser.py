@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import threading
@@ -33,6 +34,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from serving.dataplane.stages import DenoiseJob, DenoiseResult, StepProgress
 from serving.engine.compiled import (
+    EAGER,
     BucketedDenoise,
     Denoise,
     FastPath,
@@ -142,13 +144,16 @@ class ContinuousBatchingEngine:
         torch_threads: int | None = None,
         fast_path: FastPath | None = None,
     ) -> None:
-        fast = fast_path or FastPath(None, channels_last=False, sdpa=True, buckets=())
+        fast = fast_path or EAGER
         call = UNetCall(unet, prepare_unet(unet, fast))
-        self._denoiser: Denoise = BucketedDenoise(call, fast) if fast.compiled else call
+        self._denoiser: Denoise = call
         # Compiled graphs are built (and CUDA graphs captured) on the engine thread that runs them.
-        self._warm_up = (
-            warm_up_example(unet, placement.device, placement.dtype) if fast.compiled else None
-        )
+        self._warm_up: Callable[[], float] | None = None
+        if fast.compiled:
+            bucketed = BucketedDenoise(call, fast)
+            self._denoiser = bucketed
+            example = warm_up_example(unet, placement.device, placement.dtype)
+            self._warm_up = functools.partial(bucketed.warm_up, example)
         self._compile_seconds = 0.0  # spent compiling at start (0: eager)
         self._started = threading.Event()
         self._start_error: BaseException | None = None
@@ -318,8 +323,8 @@ class ContinuousBatchingEngine:
         try:
             if self._torch_threads is not None:
                 torch.set_num_threads(self._torch_threads)
-            if self._warm_up is not None and isinstance(self._denoiser, BucketedDenoise):
-                self._compile_seconds = self._denoiser.warm_up(self._warm_up)
+            if self._warm_up is not None:
+                self._compile_seconds = self._warm_up()
         except BaseException as error:  # start() re-raises it in the caller
             self._start_error = error
             return

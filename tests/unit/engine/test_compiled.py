@@ -6,6 +6,7 @@ embedded model checks the eager switches against diffusers' pipeline."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from diffusers import UNet2DConditionModel
 
 from serving.dataplane.stages import DenoiseJob
 from serving.engine.compiled import (
+    EAGER,
     FastPath,
     batch_buckets,
     bucket_for,
@@ -22,7 +24,7 @@ from serving.engine.compiled import (
     prepare_unet,
     warm_up_example,
 )
-from serving.engine.denoiser import ContinuousBatchingEngine, Ticket
+from serving.engine.denoiser import ContinuousBatchingEngine, Ticket, UNetCall
 from serving.metrics import MemoryMeter, UNetMetrics
 from serving.models.device import Placement
 from serving.settings import Settings
@@ -58,9 +60,9 @@ def test_auto_turns_the_fast_path_on_with_cuda_only(tmp_path: Path) -> None:
 
 
 def test_attention_is_pytorchs_sdpa_unless_turned_off() -> None:
-    processors = prepare_unet(tiny_unet(), FastPath(None, False, True, ())).attn_processors
+    processors = prepare_unet(tiny_unet(), EAGER).attn_processors
     assert {type(p).__name__ for p in processors.values()} == {"AttnProcessor2_0"}  # SDPA
-    plain = prepare_unet(tiny_unet(), FastPath(None, False, False, ())).attn_processors
+    plain = prepare_unet(tiny_unet(), replace(EAGER, sdpa=False)).attn_processors
     assert {type(p).__name__ for p in plain.values()} == {"AttnProcessor"}
 
 
@@ -84,7 +86,7 @@ def test_channels_last_and_plain_attention_keep_parity_with_the_pipeline(
         vae_scale_factor=8,
         max_batch_size=4,
         max_queue=8,
-        fast_path=FastPath(None, channels_last=True, sdpa=False, buckets=()),
+        fast_path=replace(EAGER, channels_last=True, sdpa=False),
     )
     (latents,) = run(engine, [components.job("a lighthouse at dusk", **args)])  # type: ignore[arg-type]
     image = components.decoder.decode([latents])[0]
@@ -206,13 +208,5 @@ def test_the_warm_up_example_covers_every_input_the_unet_takes(
     assert set(example["conditioning"]) == inputs
     size = unet.config.sample_size
     assert example["sample"].shape == (1, unet.config.in_channels, size, size)
-    conditioning = dict(example["conditioning"])
-    added = {k: conditioning.pop(k) for k in ("text_embeds", "time_ids") if k in conditioning}
     with torch.inference_mode():
-        unet(
-            example["sample"],
-            example["timesteps"],
-            encoder_hidden_states=conditioning.pop("encoder_hidden_states"),
-            timestep_cond=conditioning.pop("timestep_cond", None),
-            added_cond_kwargs=added or None,
-        )
+        UNetCall(unet)(example["sample"], example["timesteps"], example["conditioning"])
