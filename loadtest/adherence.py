@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -23,11 +22,17 @@ import torch
 from diffusers import DiffusionPipeline
 
 from serving.models.embedded import ensure_cached
-from serving.training.evaluator import Adherence, AttributeClassifier, cached_evaluator, score
-from serving.training.world import every_caption, render, scenes
+from serving.settings import Settings
+from serving.training.evaluator import (
+    Adherence,
+    AttributeClassifier,
+    cached_evaluator,
+    held_out_renders,
+    score,
+)
+from serving.training.world import every_caption
 
 HERE = Path(__file__).resolve().parent
-CACHE = Path(os.environ.get("SD_CACHE_DIR", Path.home() / ".cache" / "sd-serving"))
 
 
 def generate(
@@ -59,19 +64,16 @@ def run(
     guidance: float | None,
     evaluator: AttributeClassifier | None = None,
 ) -> dict[str, Any]:
-    evaluator = evaluator or cached_evaluator(CACHE)
+    evaluator = evaluator or cached_evaluator(Settings().cache_dir)
     prompts = every_caption()
     started = time.monotonic()
     images, asked = generate(model_dir, prompts, seeds, steps, guidance)
     generated_s = time.monotonic() - started
-    held_out = list(scenes(240, seed=999))
-    renders = [np.asarray(render(scene, 128)) for scene in held_out]
+    renders, captions = held_out_renders()
     noise = np.random.default_rng(0).integers(0, 256, (len(images), *images[0].shape), np.uint8)
     model = score(evaluator, images, asked)
     controls = {
-        "control: the world's held-out renders": score(
-            evaluator, renders, [scene.caption for scene in held_out]
-        ),
+        "control: the world's held-out renders": score(evaluator, renders, captions),
         # A seeded permutation: a fixed offset in the captions' order (colour-major) would pair
         # every image with another colour and background, not a chance one.
         "control: the model's images vs shuffled prompts": score(
@@ -124,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="adherence", help="report file name (without suffix)")
     parser.add_argument("--command", help="how the model was made, for the report")
     args = parser.parse_args(argv)
-    model_dir = args.model or ensure_cached(CACHE)
+    model_dir = args.model or ensure_cached(Settings().cache_dir)
     results = run(model_dir, args.seeds, args.steps, args.guidance)
     results["command"] = args.command
     args.out.mkdir(parents=True, exist_ok=True)

@@ -18,9 +18,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional
 
-from serving.training.world import ATTRIBUTES, parse_caption, render, scenes
+from serving.training.world import ATTRIBUTES, batches, parse_caption, render, scenes
 
 INPUT_SIZE = 64
+# Scenes the evaluator never trains on (it draws from seed 1): its near-perfect control.
+HELD_OUT_SEED = 999
 # Bump when the classifier or its training changes, so older cached weights are not reused.
 EVALUATOR_VERSION = "1"
 
@@ -66,12 +68,11 @@ def train_evaluator(steps: int = 1000, batch_size: int = 32, seed: int = 0) -> A
     torch.manual_seed(seed)
     model = AttributeClassifier()
     optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
-    drawn = scenes(steps * batch_size, seed=seed + 1)
+    drawn = batches(batch_size, INPUT_SIZE, seed=seed + 1)
     model.train()
     for _ in range(steps):
-        batch = [next(drawn) for _ in range(batch_size)]
-        images = as_batch([np.asarray(render(scene, INPUT_SIZE)) for scene in batch])
-        logits = model(images)
+        batch, images = next(drawn)
+        logits = model(as_batch(list(images)))
         loss = sum(
             functional.cross_entropy(
                 logits[name],
@@ -83,6 +84,12 @@ def train_evaluator(steps: int = 1000, batch_size: int = 32, seed: int = 0) -> A
         loss.backward()  # type: ignore[union-attr]
         optimiser.step()
     return model.eval()
+
+
+def held_out_renders(count: int = 240, size: int = 128) -> tuple[list[np.ndarray], list[str]]:
+    """Scenes from a seed training never uses, rendered, with their captions."""
+    drawn = list(scenes(count, seed=HELD_OUT_SEED))
+    return [np.asarray(render(scene, size)) for scene in drawn], [s.caption for s in drawn]
 
 
 def cached_evaluator(cache_dir: Path) -> AttributeClassifier:

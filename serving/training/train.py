@@ -34,7 +34,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from serving.models.embedded import BETAS
 from serving.models.tokenizer import write_tokenizer
-from serving.training.world import render, scenes
+from serving.training.world import batches
 
 
 class DatasetError(ValueError):
@@ -86,10 +86,7 @@ def read_dataset(directory: Path, size: int) -> list[tuple[np.ndarray, str]]:
 
 def world_batches(config: TrainConfig) -> Iterator[tuple[torch.Tensor, list[str]]]:
     """Endless batches of freshly drawn scenes, in [-1, 1]."""
-    drawn = scenes(10**9, seed=config.seed)
-    while True:
-        batch = [next(drawn) for _ in range(config.batch_size)]
-        images = np.stack([np.asarray(render(scene, config.image_size)) for scene in batch])
+    for batch, images in batches(config.batch_size, config.image_size, config.seed):
         yield _pixels(images), [scene.caption for scene in batch]
 
 

@@ -96,6 +96,15 @@ def scenes(count: int, seed: int) -> Iterator[Scene]:
         yield Scene(**attributes, radius=radius, centre=centre)
 
 
+def batches(batch_size: int, size: int, seed: int) -> Iterator[tuple[list[Scene], np.ndarray]]:
+    """Endless batches of fresh scenes (`scenes(…, seed)` in order) and their renders,
+    [batch_size, size, size, 3] uint8."""
+    drawn = scenes(2**62, seed)
+    while True:
+        batch = [next(drawn) for _ in range(batch_size)]
+        yield batch, np.stack([np.asarray(render(scene, size)) for scene in batch])
+
+
 def render(scene: Scene, size: int) -> Image.Image:
     """The scene as an RGB image of `size` x `size` pixels."""
     big = size * SUPERSAMPLE

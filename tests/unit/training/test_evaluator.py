@@ -11,8 +11,13 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
-from serving.training.evaluator import AttributeClassifier, cached_evaluator, score
-from serving.training.world import ATTRIBUTES, every_caption, render, scenes
+from serving.training.evaluator import (
+    AttributeClassifier,
+    cached_evaluator,
+    held_out_renders,
+    score,
+)
+from serving.training.world import ATTRIBUTES, every_caption
 
 CHANCE = {name: 1 / len(values) for name, values in ATTRIBUTES.items()}
 # 240 balanced prompts: a prompt-blind classifier scores chance exactly; allow sampling noise.
@@ -26,8 +31,7 @@ def evaluator(tmp_path_factory: pytest.TempPathFactory) -> AttributeClassifier:
 
 @pytest.fixture(scope="module")
 def held_out() -> tuple[list[np.ndarray], list[str]]:
-    drawn = list(scenes(240, seed=999))  # training draws from seed 1
-    return [np.asarray(render(s, 128)) for s in drawn], [s.caption for s in drawn]
+    return held_out_renders()
 
 
 def test_near_perfect_on_held_out_renders(
