@@ -66,6 +66,18 @@ def image_exists(eng: list[str], image: str) -> bool:
     return subprocess.run(cmd, capture_output=True, env=engine_env()).returncode == 0
 
 
+def image_mib(eng: list[str], image: str) -> float:
+    """The image's size as the engine reports it, in MiB."""
+    size = subprocess.run(
+        [*eng, "image", "inspect", "--format", "{{.Size}}", image],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=engine_env(),
+    ).stdout.strip()
+    return int(size) / 2**20
+
+
 def local_base(eng: list[str]) -> str:
     """Debian bookworm from the package mirror, imported as a base image (once)."""
     if image_exists(eng, LOCAL_BASE):
@@ -158,14 +170,7 @@ def build(target: str, tag: str, base: str) -> None:
         if os.environ.get(name):
             cmd += ["--build-arg", name]
     run([*cmd, str(ROOT)])
-    size = subprocess.run(
-        [*eng, "image", "inspect", "--format", "{{.Size}}", tag],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=engine_env(),
-    ).stdout.strip()
-    print(f"built {tag} in {time.monotonic() - started:.0f} s: {int(size) / 2**20:.0f} MiB")
+    print(f"built {tag} in {time.monotonic() - started:.0f} s: {image_mib(eng, tag):.0f} MiB")
 
 
 def main(argv: list[str] | None = None) -> int:

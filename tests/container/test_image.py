@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from scripts.image import ROOT, engine, engine_env
+from scripts.image import ROOT, engine, engine_env, image_mib
 from serving.client.grpc import GrpcClient
 from serving.client.http import Client
 from tests.helpers.images import pixels
@@ -101,9 +101,8 @@ def container(image: str) -> Iterator[Container]:
             f"not ready in {READY_TIMEOUT_S} s:\n{logs.stdout[-3000:]}{logs.stderr[-3000:]}"
         )
         box.seconds_to_ready = time.monotonic() - started
-        size = box.command("image", "inspect", "--format", "{{.Size}}", image).stdout.strip()
         FIGURES.append(
-            f"image {image}: {int(size) / 2**20:.0f} MiB; "
+            f"image {image}: {image_mib(engine(), image):.0f} MiB; "
             f"/v2/health/ready 200 {box.seconds_to_ready:.1f} s after `run`"
         )
         yield box
