@@ -55,7 +55,7 @@ from serving.engine.compiled import warm_up_example
 from serving.engine.denoiser import UNetCall
 from serving.engine.in_process import InProcessStages
 from serving.metrics import MemoryMeter
-from serving.models.device import Placement
+from serving.models.device import Placement, choose_placement
 from serving.models.embedded import BETAS, export
 from serving.models.tokenizer import write_tokenizer
 from serving.settings import Settings
@@ -220,13 +220,6 @@ def model_dir(name: str, tiny: bool, root: Path, placement: Placement) -> Path:
     if tiny:
         return export(root / f"tiny-{name}", "sd" if name == "sd15" else "sdxl")
     return build_full(name, root / name, placement.device, placement.dtype)
-
-
-def choose_placement() -> Placement:
-    if torch.cuda.is_available():
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return Placement(torch.device("cuda"), dtype)
-    return Placement(torch.device("cpu"), torch.float32)
 
 
 def synchronize(placement: Placement) -> None:
@@ -430,7 +423,7 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def run(names: list[str], tiny: bool, out: Path, root: Path, peak: float | None) -> dict[str, Any]:
-    placement = choose_placement()
+    placement = choose_placement(Settings())  # the service's own choice (SD_DEVICE, SD_DTYPE)
     profiles = TINY if tiny else FULL
     device = describe_device(placement)
     results: dict[str, Any] = {
