@@ -284,6 +284,12 @@ class Settings(BaseSettings):
     )
     webhook_timeout_s: float = Field(10.0, gt=0)
     webhook_attempts: int = Field(3, ge=1, description="deliveries tried before giving up")
+    webhook_allow: list[str] = Field(
+        default_factory=list,
+        description="networks (CIDR) and host names webhooks may reach although they are "
+        "loopback, link-local, private or otherwise internal (refused by default: SSRF); a JSON "
+        'list, e.g. \'["10.20.0.0/16", "hooks.internal"]\'',
+    )
 
     # -- request handling
     limits: Limits = Limits()

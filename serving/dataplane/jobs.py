@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field
 from serving.dataplane.codecs import png_data_url
 from serving.dataplane.request import RequestContext
 from serving.dataplane.stages import StepProgress
+from serving.dataplane.webhooks import check_webhook_url
 from serving.errors import ErrorDetail, QueueFull, as_serving_error
 
 if TYPE_CHECKING:
@@ -298,6 +299,13 @@ class JobRunner:
     @property
     def webhooks_enabled(self) -> bool:
         return self._webhooks is not None
+
+    async def check_webhook_url(self, url: str) -> None:
+        """A 422 for a webhook URL this server may not call (webhooks off, or an internal
+        address the operator has not allowed)."""
+        check_webhook_url(url, self.webhooks_enabled)
+        if self._webhooks is not None:
+            await self._webhooks.targets.check(url)
 
     async def submit(
         self, prepared: PreparedRequest, *, preview: bool, webhook_url: str | None

@@ -12,7 +12,7 @@ from serving.dataplane.service import DataPlane, ModelRoute
 from serving.dataplane.stages import StageClient
 from serving.dataplane.store import Store
 from serving.dataplane.v2 import ServingKServeDataPlane
-from serving.dataplane.webhooks import WebhookSender
+from serving.dataplane.webhooks import WebhookSender, WebhookTargets
 from serving.metrics import IngressMetrics, Meter
 from serving.settings import Settings
 
@@ -50,6 +50,7 @@ def build_services(
             secret.get_secret_value().encode(),
             timeout_s=settings.webhook_timeout_s,
             attempts=settings.webhook_attempts,
+            targets=WebhookTargets.allowing(settings.webhook_allow),
         )
     return Services(
         data_plane=data_plane,

@@ -11,7 +11,6 @@ from fastapi import APIRouter, Header
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from serving.dataplane.jobs import JobEvent, JobView
-from serving.dataplane.webhooks import check_webhook_url
 from serving.errors import InvalidArgument, NotFound
 from serving.http.dependencies import ServicesDep
 from serving.http.models import ERRORS, JobRequest, JobResponse
@@ -40,7 +39,7 @@ def unknown_job(job_id: str) -> NotFound:
 @router.post("/v1/jobs", status_code=202, responses={202: {"model": JobResponse}, **ERRORS})
 async def submit(body: JobRequest, services: ServicesDep) -> JSONResponse:
     if body.webhook_url is not None:
-        check_webhook_url(body.webhook_url, services.jobs.webhooks_enabled)
+        await services.jobs.check_webhook_url(body.webhook_url)
     # Checked now (a prompt too long fails with 422 here, not later in the job).
     prepared = services.data_plane.prepare(body.params())
     view = await services.jobs.submit(prepared, preview=body.preview, webhook_url=body.webhook_url)

@@ -368,6 +368,20 @@ def test_a_compile_cache_claim_is_mounted_where_the_setting_points(profile: str)
             assert env_of(container)["SD_COMPILE_CACHE_DIR"] == mounts["compile-cache"]
 
 
+@pytest.mark.parametrize("profile", ["default", "gpu-kuberay-karpenter"])
+def test_webhook_allow_list_reaches_every_app_container_as_the_setting(
+    profile: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert not any("SD_WEBHOOK_ALLOW" in _env_names(doc) for doc in rendered(profile))
+    docs = render(profile, "--set", "webhooks.allow={10.20.0.0/16,hooks.internal}")
+    pods = _app_pod_specs(docs)
+    assert pods
+    for spec in pods:
+        for container in spec["containers"]:
+            monkeypatch.setenv("SD_WEBHOOK_ALLOW", env_of(container)["SD_WEBHOOK_ALLOW"])
+            assert Settings().webhook_allow == ["10.20.0.0/16", "hooks.internal"]
+
+
 def test_kuberay_unet_pool_worker_group_has_gpus_placement_and_the_pool_resource() -> None:
     groups = {
         group["groupName"]: group

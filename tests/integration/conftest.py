@@ -40,6 +40,7 @@ def service(
     settings = {
         "SD_MODELS": json.dumps(models),
         "SD_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "SD_WEBHOOK_ALLOW": '["127.0.0.1/32"]',  # the tests' receivers
         "SD_RESULT_CACHE_SIZE": "0",
     }
     with start_service(tmp_path_factory.getbasetemp() / "model-cache", settings) as running:

@@ -34,9 +34,13 @@ def components(embedded_model_dir: Path) -> Components:
 
 @pytest.fixture(scope="session")
 def local(embedded_model_dir: Path) -> Iterator[LocalService]:
-    """The ingress with the defaults `make serve` uses (plus a webhook secret and CORS)."""
+    """The ingress with the defaults `make serve` uses (plus a webhook secret, webhook receivers
+    on this machine allowed, and CORS)."""
     with local_service(
-        embedded_model_dir, webhook_secret=WEBHOOK_SECRET, cors_allow_origins=[CORS_ORIGIN]
+        embedded_model_dir,
+        webhook_secret=WEBHOOK_SECRET,
+        webhook_allow=["127.0.0.1/32"],
+        cors_allow_origins=[CORS_ORIGIN],
     ) as service:
         yield service
 

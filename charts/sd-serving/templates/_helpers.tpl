@@ -212,6 +212,10 @@ affinity:
       name: {{ .Values.webhooks.existingSecret }}
       key: {{ .Values.webhooks.key }}
 {{- end }}
+{{- with .Values.webhooks.allow }}
+- name: SD_WEBHOOK_ALLOW
+  value: {{ toJson . | quote }}
+{{- end }}
 {{- if .Values.compileCache.claimName }}
 - name: SD_COMPILE_CACHE_DIR
   value: /var/cache/sd-serving/torch-compile

@@ -10,7 +10,13 @@ import threading
 
 import pytest
 
-from serving.dataplane.webhooks import WebhookSender, check_webhook_url, signature, verify
+from serving.dataplane.webhooks import (
+    WebhookSender,
+    WebhookTargets,
+    check_webhook_url,
+    signature,
+    verify,
+)
 from serving.errors import InvalidArgument
 
 
@@ -61,10 +67,72 @@ def test_a_failed_delivery_is_retried_and_signed_each_time() -> None:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        sender = WebhookSender(b"secret", timeout_s=5, attempts=3)
+        sender = WebhookSender(
+            b"secret", timeout_s=5, attempts=3, targets=WebhookTargets.allowing(["127.0.0.1"])
+        )
         url = f"http://127.0.0.1:{server.server_address[1]}/hook"
         outcome = asyncio.run(sender.deliver(url, {"id": "j1", "status": "succeeded"}))
     finally:
         server.shutdown()
     assert outcome == {"url": url, "delivered": True, "attempts": 2, "status_code": 204}
     assert [verify(b"secret", body, header) for header, body in received] == [True, True]
+
+
+@pytest.mark.parametrize(
+    ("url", "kind"),
+    [
+        ("http://127.0.0.1/hook", "loopback"),
+        ("http://localhost/hook", "loopback"),
+        ("http://[::1]/hook", "loopback"),
+        ("http://[::ffff:127.0.0.1]/hook", "loopback"),  # IPv4 mapped into IPv6
+        ("http://169.254.169.254/latest/meta-data/", "link-local"),
+        ("http://192.168.1.20/hook", "private"),
+        ("http://[fd00:ec2::254]/", "private"),  # AWS's IPv6 metadata address
+        ("http://100.64.1.1/hook", "non-global"),  # carrier-grade NAT
+        ("http://0.0.0.0:8000/", "unspecified"),
+        ("http://224.0.0.1/", "multicast"),
+    ],
+)
+def test_internal_targets_are_refused(url: str, kind: str) -> None:
+    reason = asyncio.run(WebhookTargets().refusal(url))
+    assert reason is not None and f"a {kind} address" in reason, reason
+
+
+def test_public_and_allowed_targets_pass() -> None:
+    default = WebhookTargets()
+    assert asyncio.run(default.refusal("https://93.184.215.14/hook")) is None
+    allowed = WebhookTargets.allowing(["10.20.0.0/16", "hooks.internal", "127.0.0.1"])
+    assert asyncio.run(allowed.refusal("http://10.20.3.4:8080/hook")) is None
+    assert asyncio.run(allowed.refusal("http://hooks.internal/x")) is None
+    assert asyncio.run(allowed.refusal("http://127.0.0.1:5000/x")) is None
+    assert "private" in (asyncio.run(allowed.refusal("http://10.21.0.1/hook")) or "")
+
+
+def test_an_unresolvable_host_is_refused() -> None:
+    reason = asyncio.run(WebhookTargets().refusal("http://no-such-host.invalid/hook"))
+    assert reason is not None and "does not resolve" in reason
+
+
+def test_a_refused_target_is_never_called() -> None:
+    """Checked again at delivery (DNS may have changed since the job was submitted)."""
+    received: list[bytes] = []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        sender = WebhookSender(b"secret", timeout_s=5, attempts=3)
+        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        outcome = asyncio.run(sender.deliver(url, {"id": "j1", "status": "succeeded"}))
+    finally:
+        server.shutdown()
+    assert outcome["delivered"] is False and outcome["attempts"] == 0
+    assert "loopback" in outcome["error"] and received == []

@@ -96,6 +96,25 @@ def test_webhooks_are_refused_without_a_server_secret(uncached: LocalService) ->
     assert answer.status_code == 422 and "SD_WEBHOOK_SECRET" in answer.text
 
 
+@pytest.mark.parametrize(
+    ("url", "address"),
+    [
+        ("http://169.254.169.254/latest/meta-data/", "link-local"),  # cloud metadata
+        ("http://10.0.0.7:8080/hook", "private"),
+        ("http://[::1]:9/hook", "loopback"),
+        ("http://127.0.0.2/hook", "loopback"),  # only 127.0.0.1 is allowed on this server
+    ],
+)
+def test_webhooks_to_internal_addresses_are_refused(
+    local: LocalService, url: str, address: str
+) -> None:
+    answer = httpx.post(f"{local.url}/v1/jobs", json={"prompt": "x", "webhook_url": url})
+    assert answer.status_code == 422, answer.text
+    error = answer.json()["error"]
+    assert error["field"] == "webhook_url"
+    assert f"a {address} address" in error["message"] and "SD_WEBHOOK_ALLOW" in error["message"]
+
+
 def test_unknown_jobs_are_404_and_a_bad_resume_point_is_named(local: LocalService) -> None:
     with local.client() as client:
         assert client.get("/v1/jobs/nope").status_code == 404
