@@ -16,7 +16,11 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the service locally on Ray Serve")
-    serve.add_argument("--model", help="'embedded', a diffusers directory or a Hub id (SD_MODEL)")
+    serve.add_argument(
+        "--model",
+        help="'embedded' (the demo model), 'embedded-<family>' (random weights), a diffusers "
+        "directory or a Hub id (SD_MODEL)",
+    )
     serve.add_argument("--host", dest="http_host", help="HTTP host (SD_HTTP_HOST)")
     serve.add_argument("--port", dest="http_port", type=int, help="HTTP port (SD_HTTP_PORT)")
     serve.add_argument("--grpc-port", dest="grpc_port", type=int, help="gRPC port (SD_GRPC_PORT)")
@@ -101,6 +105,16 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--image-size", type=int)
     train.add_argument("--seed", type=int)
     train.add_argument("--no-ema", action="store_true", help="keep the last weights, not an EMA")
+    train.add_argument(
+        "--half",
+        action="store_true",
+        help="store the UNet and VAE in float16 (half the size; diffusers loads them as float32)",
+    )
+    train.add_argument(
+        "--eval-every",
+        type=int,
+        help="score the world's captions every N denoiser steps (0: never; the world only)",
+    )
     return parser
 
 
@@ -152,7 +166,7 @@ def _train(args: argparse.Namespace) -> int:
 
     given = {
         key: value
-        for key in ("vae_steps", "unet_steps", "batch_size", "image_size", "seed")
+        for key in ("vae_steps", "unet_steps", "batch_size", "image_size", "seed", "eval_every")
         if (value := getattr(args, key)) is not None
     }
     if any(value < 0 for value in given.values()) or given.get("batch_size", 1) < 1:
@@ -160,9 +174,15 @@ def _train(args: argparse.Namespace) -> int:
             "sd-serving: train: steps, sizes and seed must be ≥ 0 (batch size ≥ 1)", file=sys.stderr
         )
         return 2
-    config = replace(TrainConfig(), **given, ema=not args.no_ema)
+    config = replace(TrainConfig(), **given, ema=not args.no_ema, half_weights=args.half)
+    evaluator = None
+    if config.eval_every and args.data is None:
+        from serving.settings import Settings
+        from serving.training.evaluator import cached_evaluator
+
+        evaluator = cached_evaluator(Settings().cache_dir)
     try:
-        directory = train(args.directory, config, args.data)
+        directory = train(args.directory, config, args.data, evaluator)
     except DatasetError as error:
         print(f"sd-serving: train: {error}", file=sys.stderr)
         return 2

@@ -34,7 +34,8 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from serving.models.embedded import BETAS
 from serving.models.tokenizer import write_tokenizer
-from serving.training.world import batches
+from serving.training.evaluator import Adherence, AttributeClassifier, score
+from serving.training.world import batches, every_caption
 
 
 class DatasetError(ValueError):
@@ -49,13 +50,21 @@ class TrainConfig:
     text_width: int = 64
     text_layers: int = 2
     vae_steps: int = 600
-    unet_steps: int = 3000
+    unet_steps: int = 2000
     batch_size: int = 32
     learning_rate: float = 3e-4
     caption_dropout: float = 0.1
     kl_weight: float = 1e-6
     ema: bool = True
     seed: int = 0
+    # Every this many denoiser steps, the world's 24 captions are drawn and scored (0: never):
+    # conditioning shows early, not only at the end.
+    eval_every: int = 250
+    eval_steps: int = 20  # the service's default steps and guidance
+    eval_guidance: float = 7.5
+    # Store the UNet and VAE in float16: half the size, and diffusers loads them back as float32.
+    # (The text encoder stays float32: transformers would load it as float16.)
+    half_weights: bool = False
 
 
 def read_dataset(directory: Path, size: int) -> list[tuple[np.ndarray, str]]:
@@ -166,12 +175,47 @@ def train_vae(
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
-        log.append({"stage": 0, "step": step, "loss": float(loss), "mse": float(mse)})
+        log.append({"stage": 0, "step": step, "loss": loss.item(), "mse": mse.item()})
     vae.eval().requires_grad_(False)
     with torch.no_grad():
         images, _ = next(batches)
         std = float(vae.encode(images).latent_dist.sample().std())
     return 1.0 / max(std, 1e-6)
+
+
+def pipeline_of(
+    vae: AutoencoderKL,
+    text_encoder: CLIPTextModel,
+    tokenizer: CLIPTokenizer,
+    unet: UNet2DConditionModel,
+) -> StableDiffusionPipeline:
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=DDIMScheduler(**BETAS, clip_sample=False, set_alpha_to_one=False, steps_offset=1),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+@torch.inference_mode()
+def conditioning_check(
+    pipeline: StableDiffusionPipeline, evaluator: AttributeClassifier, config: TrainConfig
+) -> Adherence:
+    """The world's captions drawn once each (seed 0) and scored by the evaluator."""
+    prompts = every_caption()
+    pipeline.set_progress_bar_config(disable=True)
+    images = pipeline(
+        prompts,
+        num_inference_steps=config.eval_steps,
+        guidance_scale=config.eval_guidance,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images
+    return score(evaluator, [(image * 255).round().astype(np.uint8) for image in images], prompts)
 
 
 def train_denoiser(
@@ -182,6 +226,7 @@ def train_denoiser(
     batches: Iterator[tuple[torch.Tensor, list[str]]],
     config: TrainConfig,
     log: list[dict[str, float]],
+    evaluator: AttributeClassifier | None = None,
 ) -> None:
     noise_schedule = DDPMScheduler(**BETAS)
     parameters = list(unet.parameters()) + list(text_encoder.parameters())
@@ -191,7 +236,8 @@ def train_denoiser(
     unet.train()
     text_encoder.train()
     scaling = float(vae.config.scaling_factor)
-    for step in tqdm(range(config.unet_steps), desc="denoiser", unit="step"):
+    progress = tqdm(range(config.unet_steps), desc="denoiser", unit="step")
+    for step in progress:
         images, captions = next(batches)
         # Caption dropout: the empty prompt learns the unconditional prediction CFG needs.
         drop = torch.rand(len(captions), generator=generator) < config.caption_dropout
@@ -215,15 +261,53 @@ def train_denoiser(
         optimiser.step()
         if ema is not None:
             ema.step(unet.parameters())
-        log.append({"stage": 1, "step": step, "loss": float(loss)})
+        log.append({"stage": 1, "step": step, "loss": loss.item()})
+        done = step + 1
+        if evaluator is not None and config.eval_every and done % config.eval_every == 0:
+            adherence = _check_with_ema(unet, text_encoder, vae, tokenizer, ema, evaluator, config)
+            log.append({"stage": 2, "step": step, **adherence.accuracy})
+            progress.write(f"step {done}: {adherence.summary()}")
     if ema is not None:
         ema.copy_to(unet.parameters())
     unet.eval()
     text_encoder.eval()
 
 
-def train(output: Path, config: TrainConfig, data: Path | None = None) -> Path:
-    """Train and write the pipeline to `output`; `data`: an imagefolder (default: the world)."""
+def _check_with_ema(
+    unet: UNet2DConditionModel,
+    text_encoder: CLIPTextModel,
+    vae: AutoencoderKL,
+    tokenizer: CLIPTokenizer,
+    ema: EMAModel | None,
+    evaluator: AttributeClassifier,
+    config: TrainConfig,
+) -> Adherence:
+    """The conditioning check on the weights training would write now (the EMA's), after which
+    training resumes on its own weights."""
+    if ema is not None:
+        ema.store(unet.parameters())
+        ema.copy_to(unet.parameters())
+    unet.eval()
+    text_encoder.eval()
+    try:
+        return conditioning_check(
+            pipeline_of(vae, text_encoder, tokenizer, unet), evaluator, config
+        )
+    finally:
+        if ema is not None:
+            ema.restore(unet.parameters())
+        unet.train()
+        text_encoder.train()
+
+
+def train(
+    output: Path,
+    config: TrainConfig,
+    data: Path | None = None,
+    evaluator: AttributeClassifier | None = None,
+) -> Path:
+    """Train and write the pipeline to `output`; `data`: an imagefolder (default: the world).
+    With an evaluator, the world's captions are scored every `eval_every` steps."""
     torch.manual_seed(config.seed)
     batches = (
         dataset_batches(read_dataset(data, config.image_size), config)
@@ -235,18 +319,11 @@ def train(output: Path, config: TrainConfig, data: Path | None = None) -> Path:
     vae, unet, text_encoder = build(config, tokenizer)
     log: list[dict[str, float]] = []
     vae.register_to_config(scaling_factor=train_vae(vae, batches, config, log))
-    train_denoiser(unet, text_encoder, vae, tokenizer, batches, config, log)
-    pipeline = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=DDIMScheduler(**BETAS, clip_sample=False, set_alpha_to_one=False, steps_offset=1),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipeline.save_pretrained(output)
+    train_denoiser(unet, text_encoder, vae, tokenizer, batches, config, log, evaluator)
+    if config.half_weights:
+        unet, vae = unet.to(torch.float16), vae.to(torch.float16)
+    pipeline_of(vae, text_encoder, tokenizer, unet).save_pretrained(output)
+    write_tokenizer(output / "tokenizer")  # the classic vocab.json and merges.txt beside it
     (output / "train-log.jsonl").write_text("".join(json.dumps(entry) + "\n" for entry in log))
     (output / "train-config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
     return output

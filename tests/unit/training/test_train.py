@@ -6,15 +6,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
+from safetensors.torch import load_file
 
+from serving.training.evaluator import AttributeClassifier
 from serving.training.train import DatasetError, TrainConfig, read_dataset, train
-from serving.training.world import write_dataset
+from serving.training.world import ATTRIBUTES, write_dataset
 
 TINY = TrainConfig(
     image_size=32,
@@ -29,9 +32,13 @@ TINY = TrainConfig(
 
 
 @pytest.mark.parametrize("from_files", [False, True], ids=["world", "imagefolder"])
-def test_a_short_run_writes_a_pipeline_diffusers_loads(tmp_path: Path, from_files: bool) -> None:
+def test_a_short_run_writes_a_pipeline_diffusers_loads(
+    tmp_path: Path, from_files: bool, evaluator: AttributeClassifier
+) -> None:
     data = write_dataset(tmp_path / "data", count=12, seed=3, size=32) if from_files else None
-    output = train(tmp_path / "model", TINY, data)
+    # On the world: conditioning checked every 5 steps, and weights stored in half precision.
+    config = TINY if from_files else replace(TINY, eval_every=5, eval_steps=2, half_weights=True)
+    output = train(tmp_path / "model", config, data, None if from_files else evaluator)
     pipe = StableDiffusionPipeline.from_pretrained(output)
     pipe.set_progress_bar_config(disable=True)
     image = pipe(
@@ -46,8 +53,15 @@ def test_a_short_run_writes_a_pipeline_diffusers_loads(tmp_path: Path, from_file
     assert pipe.vae.config.scaling_factor != 0.18215  # measured from the trained VAE's latents
     log = [json.loads(line) for line in (output / "train-log.jsonl").read_text().splitlines()]
     assert [sum(1 for e in log if e["stage"] == s) for s in (0, 1)] == [10, 10]
-    assert all(np.isfinite(entry["loss"]) for entry in log)
+    assert all(np.isfinite(entry["loss"]) for entry in log if entry["stage"] < 2)
+    checks = [entry for entry in log if entry["stage"] == 2]
+    assert [entry["step"] for entry in checks] == ([] if from_files else [4, 9])
+    assert all(0 <= entry[name] <= 1 for entry in checks for name in ATTRIBUTES)
+    stored = load_file(str(output / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert next(iter(stored.values())).dtype == (torch.float32 if from_files else torch.float16)
+    assert pipe.unet.dtype == torch.float32  # diffusers loads half-precision files as float32
     assert json.loads((output / "train-config.json").read_text())["unet_steps"] == 10
+    assert {"vocab.json", "merges.txt"} <= {path.name for path in (output / "tokenizer").iterdir()}
 
 
 def test_a_malformed_dataset_is_named_by_file_and_row(tmp_path: Path) -> None:
