@@ -30,8 +30,6 @@ FROM base AS deps
 # pip reads the index settings from the environment; empty, they are its defaults.
 ARG PIP_INDEX_URL=""
 ARG PIP_EXTRA_INDEX_URL=""
-# Run by each torch build: the embedded model, readable by the runtime's non-root user.
-ENV BAKE_EMBEDDED_MODEL="from serving.models.embedded import ensure_cached; from pathlib import Path; ensure_cached(Path('/opt/sd-serving/cache'))"
 RUN python3 -m venv /opt/venv
 WORKDIR /src
 COPY requirements/service.lock requirements/pip-install.sh requirements/
@@ -42,13 +40,14 @@ COPY pyproject.toml README.md ./
 COPY serving ./serving
 RUN requirements/pip-install.sh --no-deps --no-build-isolation --no-index .
 
-# ---- torch, the lock's version in each build, then the embedded model baked into the cache
+# ---- torch, the lock's version in each build (the default model, the trained demo model, is
+# package data: it came with the package)
 FROM deps AS build-cpu
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 RUN --mount=type=bind,source=wheels,target=/wheels --mount=type=secret,id=ca-bundle \
     requirements/pip-install.sh --no-deps "$(grep '^torch==' requirements/service.lock)" \
       ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} \
-    && python -c "$BAKE_EMBEDDED_MODEL" && chmod -R a+rX /opt/sd-serving
+    && mkdir -p /opt/sd-serving/cache && chmod -R a+rX /opt/sd-serving
 
 # The CUDA build brings its CUDA runtime (nvidia-*, pinned by torch itself) as dependencies.
 FROM deps AS build-cuda
@@ -59,7 +58,7 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/${CUDA_BUILD}
 RUN --mount=type=bind,source=wheels,target=/wheels --mount=type=secret,id=ca-bundle \
     requirements/pip-install.sh "$(grep '^torch==' requirements/service.lock | sed "s/+cpu$/+$CUDA_BUILD/")" \
       ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} \
-    && python -c "$BAKE_EMBEDDED_MODEL" && chmod -R a+rX /opt/sd-serving
+    && mkdir -p /opt/sd-serving/cache && chmod -R a+rX /opt/sd-serving
 
 # ---- runtime: the venv and the model cache, a non-root user, nothing else
 FROM base AS runtime

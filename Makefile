@@ -36,7 +36,7 @@ UV_COMPILE = SSL_CERT_FILE=$(CA_BUNDLE) $(UV) pip compile pyproject.toml --quiet
   --custom-compile-command "make lock" \
   $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX) --index-strategy unsafe-best-match,$(foreach d,$(PIP_LOCAL_WHEELS),--find-links $(d)))
 
-.PHONY: help install lock tools debian-tools serve test test-fast test-unit test-integration test-image image test-chart lint format export-model render-k8s loadtest bench bench-adherence bench-families bench-gpu bench-protocols protos dashboards crds crds-info clean
+.PHONY: help install lock tools debian-tools serve test test-fast test-unit test-integration test-image image test-chart lint format export-model demo-model render-k8s loadtest bench bench-adherence bench-families bench-gpu bench-protocols protos dashboards crds crds-info clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -120,7 +120,7 @@ bench: install ## benchmark: bare pipeline vs monolithic Ray Serve vs this syste
 bench-families: install ## every model family's test model served next to its diffusers pipeline, concurrency 1 and 8 (writes loadtest/results/cpu/families.*)
 	$(BIN)/python -m loadtest.families
 
-bench-adherence: install ## prompt adherence of a model (MODEL=dir, default the embedded one) in the captioned world, with controls (writes loadtest/results/cpu/adherence.*)
+bench-adherence: install ## prompt adherence of a model (MODEL=dir, default the demo model) in the captioned world, with controls (writes loadtest/results/cpu/adherence.*)
 	$(BIN)/python -m loadtest.adherence $(if $(MODEL),--model $(MODEL))
 
 bench-gpu: install ## GPU profile: SD 1.5 512²/50 steps and SDXL 1024²/30 steps at full size, bare vs served (writes loadtest/results/gpu; GPU=tiny for the CPU variant)
@@ -150,6 +150,12 @@ lint: install ## ruff (lint + format check) and mypy
 format: install ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix serving tests scripts loadtest
 	$(BIN)/ruff format serving tests scripts loadtest
+
+DEMO_MODEL := serving/models/demo
+demo-model: install ## retrain the demo model (the default) from scratch on the CPU, about 35 min on 2 cores: writes serving/models/demo
+	rm -rf $(DEMO_MODEL).new
+	$(BIN)/sd-serving train $(DEMO_MODEL).new --half
+	rm -rf $(DEMO_MODEL) && mv $(DEMO_MODEL).new $(DEMO_MODEL)
 
 export-model: install ## write an embedded model as a diffusers directory: make export-model DIR=out/model [FAMILY=sdxl]
 	$(BIN)/sd-serving export-model $(or $(DIR),out/embedded-$(or $(FAMILY),sd)) --family $(or $(FAMILY),sd)

@@ -411,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     best = max(by_batch, key=lambda b: by_batch[b])
     results: dict[str, Any] = {
-        "model": "embedded",
+        "model": "embedded-sd",  # the random-weight SD 1.x model: figures comparable over time
         "size": NATIVE_SIZE,
         "steps": args.steps,
         "scheduler": args.scheduler,

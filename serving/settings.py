@@ -176,8 +176,9 @@ class ModelSpec(BaseModel):
 
     source: str = Field(
         "embedded",
-        description="'embedded' (or embedded-sd-v, -sd-turbo, -lcm, -sdxl, -sdxl-turbo: models "
-        "built by this project), a local diffusers directory, or a Hugging Face Hub id",
+        description="'embedded' (the trained demo model), embedded-sd, -sd-v, -sd-turbo, -lcm, "
+        "-sdxl, -sdxl-turbo (random-weight models built by this project), a local diffusers "
+        "directory, or a Hugging Face Hub id",
     )
     defaults: ModelDefaults = ModelDefaults()
     text_encoder: dict[str, Any] = Field(default_factory=dict)
@@ -193,9 +194,9 @@ class Settings(BaseSettings):
     # -- models
     model: str = Field(
         "embedded",
-        description="one model's source (when `models` is empty): 'embedded' (built offline by "
-        "this project), a local diffusers directory, or a Hugging Face Hub id. /mnt/models is "
-        "used when present and model is 'embedded'.",
+        description="one model's source (when `models` is empty): 'embedded' (the trained demo "
+        "model committed with the code; /mnt/models instead when present), 'embedded-<family>' "
+        "(random weights), a local diffusers directory, or a Hugging Face Hub id",
     )
     model_name: str = Field("sd-embedded", description="name the API reports for that model")
     models: dict[str, ModelSpec] = Field(

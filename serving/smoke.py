@@ -46,7 +46,7 @@ def check(url: str, prompt: str, steps: int, timeout_s: float, api_key: str | No
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serving.smoke", description=__doc__)
     parser.add_argument("--url", required=True)
-    parser.add_argument("--prompt", default="a red apple on a wooden table")
+    parser.add_argument("--prompt", default="a red circle on a white background")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--api-key-file", type=Path, help="file holding the API key to send")

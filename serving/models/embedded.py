@@ -1,18 +1,24 @@
-"""The embedded models: each family's architecture at a CPU-friendly size, with random weights.
+"""The embedded models: the trained demo model, and each family's architecture at a CPU-friendly
+size with random weights.
 
-Built offline from a fixed seed, so every machine with the pinned torch gets the same weights.
-Each is written as a standard diffusers pipeline directory and then loaded exactly like any real
-checkpoint: the serving code has one loading path. `embedded` (Stable Diffusion 1.x) is the
-service's default model; the others exist to exercise every family the service serves:
+`embedded`, the service's default model, is the demo model in `serving/models/demo/`: Stable
+Diffusion's architecture trained from scratch on the captioned world (`sd-serving train`, `make
+demo-model`), committed as a diffusers directory. It draws what it is asked ("a red circle on a
+white background") at 64x64.
 
-| family       | like            | what differs                                                   |
-|--------------|-----------------|----------------------------------------------------------------|
-| `sd`         | SD 1.5          | (the default model)                                            |
-| `sd-v`       | SD 2.x-v        | v-prediction, zero-terminal-SNR betas, trailing timesteps      |
-| `sd-turbo`   | SD-Turbo        | trailing timesteps, Euler; few steps without guidance          |
-| `lcm`        | LCM (SD 1.5)    | a guidance embedding (`time_cond_proj_dim`), LCMScheduler       |
-| `sdxl`       | SDXL base       | two text encoders, pooled text and time ids as added inputs    |
-| `sdxl-turbo` | SDXL-Turbo      | SDXL with trailing timesteps, Euler ancestral                  |
+The random-weight models are built offline from a fixed seed, so every machine with the pinned
+torch gets the same weights; they exist for parity tests and benchmarks, one per family the
+service serves. Each is written as a standard diffusers pipeline directory and then loaded exactly
+like any real checkpoint: the serving code has one loading path.
+
+| source                | like         | what differs                                             |
+|-----------------------|--------------|----------------------------------------------------------|
+| `embedded-sd`         | SD 1.5       | (random weights at 128x128: parity tests, `make bench`)  |
+| `embedded-sd-v`       | SD 2.x-v     | v-prediction, zero-terminal-SNR betas, trailing steps    |
+| `embedded-sd-turbo`   | SD-Turbo     | trailing timesteps, Euler; few steps without guidance    |
+| `embedded-lcm`        | LCM (SD 1.5) | a guidance embedding (`time_cond_proj_dim`), LCM sampler |
+| `embedded-sdxl`       | SDXL base    | two text encoders, pooled text and time ids as inputs    |
+| `embedded-sdxl-turbo` | SDXL-Turbo   | SDXL with trailing timesteps, Euler ancestral            |
 """
 
 from __future__ import annotations
@@ -228,10 +234,11 @@ BUILDERS: dict[str, Callable[[], DiffusionPipeline]] = {
     ),
 }
 FAMILIES = tuple(BUILDERS)
-# Model sources that name an embedded model: `embedded` is the default model (sd).
-SOURCES = {"embedded": "sd"} | {
-    f"embedded-{family}": family for family in FAMILIES if family != "sd"
-}
+# The default model: the trained demo model, committed with the code.
+DEFAULT_SOURCE = "embedded"
+DEMO_MODEL = Path(__file__).resolve().parent / "demo"
+# Model sources that name a random-weight model, by family.
+SOURCES = {f"embedded-{family}": family for family in FAMILIES}
 
 
 def build_pipeline(family: str = "sd") -> DiffusionPipeline:
@@ -256,7 +263,7 @@ def export(directory: Path, family: str = "sd") -> Path:
 
 def ensure_cached(cache_dir: Path, family: str = "sd") -> Path:
     """The embedded model's directory under `cache_dir`, built once (safe across processes)."""
-    name = "embedded" if family == "sd" else f"embedded-{family}"
+    name = f"embedded-{family}"
     target = cache_dir / f"{name}-v{EMBEDDED_VERSION}"
     if (target / "model_index.json").exists():
         return target

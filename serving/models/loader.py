@@ -23,11 +23,15 @@ SDXL_PIPELINES = ("StableDiffusionXLPipeline",)
 
 
 def resolve_source(source: str, settings: Settings) -> str:
-    """A local directory or Hub id for `from_pretrained`, building an embedded model if named.
-    `embedded` (the default model) means /mnt/models when KServe's storage initializer put a
-    model there."""
-    if source == "embedded" and (settings.kserve_model_dir / "model_index.json").exists():
-        return str(settings.kserve_model_dir)
+    """A local directory or Hub id for `from_pretrained`, building a random-weight embedded
+    model if named. `embedded` (the default model) means /mnt/models when KServe's storage
+    initializer put a model there, and the committed demo model otherwise."""
+    if source == embedded.DEFAULT_SOURCE:
+        if (settings.kserve_model_dir / "model_index.json").exists():
+            return str(settings.kserve_model_dir)
+        if not (embedded.DEMO_MODEL / "model_index.json").exists():
+            raise NotFound(f"the demo model is missing from {embedded.DEMO_MODEL}: make demo-model")
+        return str(embedded.DEMO_MODEL)
     if source in embedded.SOURCES:
         return str(embedded.ensure_cached(settings.cache_dir, embedded.SOURCES[source]))
     local = Path(source).expanduser()

@@ -130,12 +130,17 @@ def test_ports_are_published_on_loopback_only(container: Container) -> None:
     assert bindings and all(entry.startswith("127.0.0.1:") for entry in bindings), published
 
 
-def test_png_over_http(container: Container) -> None:
+def test_png_over_http_shows_the_prompt(container: Container) -> None:
+    """The image's default model is the demo model, and it draws what it is asked."""
     with Client(container.http_url, timeout_s=120) as client:
-        generation = client.generate("a red circle", steps=4, seed=7)
+        generation = client.generate("a red circle on a white background", seed=7)
     image = generation.images[0]
     assert image.data.startswith(PNG)
-    assert pixels(image.data).shape == (128, 128, 3)
+    rgb = pixels(image.data).astype(int)
+    assert rgb.shape == (64, 64, 3)
+    red = (rgb[..., 0] > 150) & (rgb[..., 1] < 100) & (rgb[..., 2] < 100)
+    white = (rgb > 200).all(axis=-1)
+    assert red.mean() > 0.05 and white.mean() > 0.4, (red.mean(), white.mean())
 
 
 def test_png_over_grpc(container: Container) -> None:
@@ -143,7 +148,7 @@ def test_png_over_grpc(container: Container) -> None:
         generation = client.generate("a red circle", steps=4, seed=7, output_format="png")
     image = generation.images[0]
     assert image.data.startswith(PNG)
-    assert pixels(image.data).shape == (128, 128, 3)
+    assert pixels(image.data).shape == (64, 64, 3)
 
 
 def test_helm_test_smoke_command_passes_inside(container: Container) -> None:

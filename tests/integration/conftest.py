@@ -30,9 +30,9 @@ def service(
     embedded_model_dir: Path,
     family_dirs: dict[str, Path],
 ) -> Iterator[RunningService]:
-    """The service with the defaults `make serve` uses, serving the embedded model (the default)
-    and the embedded SDXL model as the session exported them, plus a webhook secret, and without
-    a result cache: every request here renders through the stages."""
+    """The service with the defaults `make serve` uses, serving the random-weight embedded SD and
+    SDXL models as the session exported them, plus a webhook secret (receivers on loopback
+    allowed), and without a result cache: every request here renders through the stages."""
     models = {
         DEFAULT_MODEL: {"source": str(embedded_model_dir), **SMALL},
         SDXL_MODEL: {"source": str(family_dirs["sdxl"]), **SMALL},

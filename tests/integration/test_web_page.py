@@ -18,6 +18,7 @@ from tests.helpers.live_service import DEFAULT_MODEL, SDXL_MODEL, RunningService
 pytestmark = pytest.mark.integration
 
 CHROMIUM = "/usr/bin/chromium"
+EXAMPLE = "a red circle on a white background"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 
 
@@ -68,6 +69,9 @@ def test_type_a_prompt_click_and_see_the_image(
 ) -> None:
     open_page(browser, service)
     assert browser.title == "sd-serving"
+    # The examples fill the prompt with captions the demo model (the default) draws.
+    browser.find_element(By.CSS_SELECTOR, "button.example").click()
+    assert browser.find_element(By.ID, "prompt").get_attribute("value") == EXAMPLE
     fill(browser, "prompt", "a tiny red house")
     fill(browser, "steps", "6")
     fill(browser, "seed", "21")

@@ -66,8 +66,8 @@ kuberay mode): per model its source as the pod sees it, its defaults, and each s
 {{- range $name, $model := $root.Values.models -}}
 {{- $source := "" -}}
 {{- if eq $model.source "embedded" -}}
-{{- $family := default "sd" $model.family -}}
-{{- $source = ternary "embedded" (printf "embedded-%s" $family) (eq $family "sd") -}}
+{{- $family := default "demo" $model.family -}}
+{{- $source = ternary "embedded" (printf "embedded-%s" $family) (eq $family "demo") -}}
 {{- else if eq $model.source "pvc" -}}
 {{- $_ := required (printf "models.%s.pvc.claimName is required when its source is pvc" $name) (dig "pvc" "claimName" "" $model) -}}
 {{- $source = printf "/mnt/sd-models/%s" $name -}}

@@ -102,9 +102,22 @@ def test_runtime_targets_are_multi_stage_and_probe_free() -> None:
     assert all(instruction != "HEALTHCHECK" for instruction, _ in instructions())
 
 
-def test_the_embedded_model_is_baked_in() -> None:
-    text = DOCKERFILE.read_text()
-    assert "ensure_cached" in text and "SD_CACHE_DIR=/opt/sd-serving/cache" in text
+def test_the_default_model_ships_with_the_package() -> None:
+    """The demo model is package data: every file of it matches pyproject's patterns, so the
+    image's `pip install .` carries it (tests/container serves it)."""
+    import fnmatch
+    import tomllib
+
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["serving.models"]
+    package = ROOT / "serving" / "models"
+    files = [path.relative_to(package).as_posix() for path in (package / "demo").rglob("*")]
+    files = [name for name in files if (package / name).is_file()]
+    assert "demo/model_index.json" in files
+    unmatched = [name for name in files if not any(fnmatch.fnmatch(name, p) for p in patterns)]
+    assert not unmatched, f"left out of the package: {unmatched}"
+    assert "COPY serving ./serving" in DOCKERFILE.read_text()
 
 
 def test_cpu_and_cuda_images_differ_only_in_torchs_build() -> None:

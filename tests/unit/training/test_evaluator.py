@@ -13,7 +13,6 @@ from diffusers import StableDiffusionPipeline
 
 from serving.training.evaluator import (
     AttributeClassifier,
-    cached_evaluator,
     held_out_renders,
     score,
 )
@@ -22,11 +21,6 @@ from serving.training.world import ATTRIBUTES, every_caption
 CHANCE = {name: 1 / len(values) for name, values in ATTRIBUTES.items()}
 # 240 balanced prompts: a prompt-blind classifier scores chance exactly; allow sampling noise.
 NEAR_CHANCE = 0.12
-
-
-@pytest.fixture(scope="module")
-def evaluator(tmp_path_factory: pytest.TempPathFactory) -> AttributeClassifier:
-    return cached_evaluator(tmp_path_factory.mktemp("evaluator"))
 
 
 @pytest.fixture(scope="module")
@@ -85,9 +79,18 @@ def test_the_adherence_benchmark_reports_the_model_and_its_controls(
     """`make bench-adherence` at a reduced size: one seed, two steps."""
     from loadtest.adherence import markdown, run
 
-    results = run(embedded_model_dir, seeds=1, steps=2, guidance=None, evaluator=evaluator)
+    results = run(
+        embedded_model_dir,
+        seeds=1,
+        steps=2,
+        guidance=7.5,
+        evaluator=evaluator,
+        random_model=embedded_model_dir,
+    )
+    assert results.pop("sheet").size == (8 * 160, 160 + 30)  # the README's picture
     rows = {row["what"]: row for row in results["rows"]}
     assert rows["the model's images vs their prompts"]["images"] == 24
     assert rows["control: the world's held-out renders"]["shape"] >= 0.97
     assert rows["control: noise"]["colour"] <= CHANCE["colour"] + NEAR_CHANCE
     assert "| control: noise | 24 |" in markdown(results)
+    assert rows["control: a random-weight model's images"]["images"] == 24
