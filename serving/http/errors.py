@@ -5,7 +5,9 @@ once."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -120,6 +122,25 @@ def validation_error(error: RequestValidationError) -> ServingError:
     return InvalidArgument(field, str(first.get("msg")))
 
 
+def allowed_methods(document: dict[str, Any], path: str) -> str:
+    """The methods of the most specific path template in the OpenAPI document matching `path`
+    (the most literal characters: /v1/images/generations over /v1/images/{name}), for a 405's
+    `Allow`. Starlette names the first route whose pattern matches, GET for PUT
+    /v1/images/generations."""
+    best, methods = -1, set()
+    for template, operations in document.get("paths", {}).items():
+        pattern = re.sub(r"\\{[^}]+\\}", "[^/]+", re.escape(template))
+        if not re.fullmatch(pattern, path):
+            continue
+        literal = len(re.sub(r"\{[^}]+\}", "", template))
+        found = {method.upper() for method in operations if method != "parameters"}
+        if literal > best:
+            best, methods = literal, found
+        elif literal == best:
+            methods |= found
+    return ", ".join(sorted(methods))
+
+
 def install_error_handlers(app: FastAPI, respond: ErrorResponder) -> None:
     async def on_serving_error(request: Request, error: Exception) -> JSONResponse:
         serving_error = as_serving_error(error)
@@ -141,10 +162,13 @@ def install_error_handlers(app: FastAPI, respond: ErrorResponder) -> None:
         elif error.status_code == 400:
             mapped = MalformedRequest(str(error.detail))
         else:
+            headers = dict(error.headers or {})
+            if error.status_code == 405:
+                headers["Allow"] = allowed_methods(app.openapi(), request.url.path)
             return JSONResponse(
                 {"error": {"code": "http_error", "message": str(error.detail)}},
                 status_code=error.status_code,
-                headers=error.headers,
+                headers=headers,
             )
         return respond(mapped, request.url.path)
 

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from serving.dataplane.v2 import KSERVE_ERRORS, ServingKServeDataPlane, kserve_error
 from serving.http.errors import ErrorResponder
-from serving.http.models import ERRORS
+from serving.http.models import V2_ERRORS
 
 
 def install_v2(app: FastAPI, data_plane: ServingKServeDataPlane, respond: ErrorResponder) -> None:
@@ -61,6 +61,6 @@ def v2_router(data_plane: ServingKServeDataPlane) -> APIRouter:
     router = APIRouter(prefix="/v2", tags=["KServe v2"])
     for method, path, handler, response_model in routes:
         router.add_api_route(
-            path, handler, response_model=response_model, methods=[method], responses=ERRORS
+            path, handler, response_model=response_model, methods=[method], responses=V2_ERRORS
         )
     return router

@@ -39,6 +39,15 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+class V2ErrorResponse(BaseModel):
+    """The v2 protocol's error: `error` is the message; our code and field beside it."""
+
+    error: str
+    code: str
+    message: str
+    field: str | None = None
+
+
 # -- OpenAI images
 
 
@@ -142,18 +151,22 @@ class Readiness(BaseModel):
     stages: dict[str, bool]
 
 
+ERROR_STATUSES = {
+    400: "malformed body",
+    401: "missing or wrong API key",
+    404: "unknown model, image or job",
+    413: "body over the size limit",
+    422: "a field out of its limits (the message names field and limit)",
+    429: "rate limited (Retry-After)",
+    503: "queue full or not ready (Retry-After)",
+    504: "deadline exceeded",
+}
 ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse, "description": text}
-    for status, text in {
-        400: "malformed body",
-        401: "missing or wrong API key",
-        404: "unknown model, image or job",
-        413: "body over the size limit",
-        422: "a field out of its limits (the message names field and limit)",
-        429: "rate limited (Retry-After)",
-        503: "queue full or not ready (Retry-After)",
-        504: "deadline exceeded",
-    }.items()
+    status: {"model": ErrorResponse, "description": text} for status, text in ERROR_STATUSES.items()
+}
+V2_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": V2ErrorResponse, "description": text}
+    for status, text in ERROR_STATUSES.items()
 }
 IMAGE_CONTENT: dict[str, dict[str, Any]] = {
     media: {} for media in ("image/png", "image/jpeg", "image/webp")

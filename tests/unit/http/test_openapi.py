@@ -61,3 +61,29 @@ def test_openapi_document_covers_every_rest_route(local: LocalService) -> None:
     assert "webhook_url" in body_schema(document, "/v1/jobs")["properties"]
     assert "requestBody" in paths["/v2/models/{model_name}/infer"]["post"]
     assert "/v2/repository/models/{model_name}/load" not in paths  # not served here
+
+
+def test_a_wrong_method_answers_405_listing_every_method_the_path_takes(
+    local: LocalService,
+) -> None:
+    """Paths that another route's pattern also matches (GET /v1/images/{name} matches
+    /v1/images/generations) list their own methods, not only the first route's."""
+    with local.client() as client:
+        for method, path, allowed in [
+            ("PUT", "/v1/images/generations", "POST"),  # not GET /v1/images/{name}
+            ("OPTIONS", "/v1/jobs/abc", "DELETE, GET"),
+            ("PUT", "/v1/models/sd-embedded:predict", "POST"),
+            ("DELETE", "/v1/generate", "POST"),
+        ]:
+            answer = client.request(method, path)
+            assert answer.status_code == 405, (method, path, answer.text)
+            assert answer.headers["allow"] == allowed, (method, path)
+
+
+def test_v2_errors_are_documented_in_the_v2_shape(local: LocalService) -> None:
+    document = httpx.get(f"{local.url}/openapi.json").json()
+    answer = document["paths"]["/v2/models/{model_name}/infer"]["post"]["responses"]["404"]
+    reference = answer["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
+    assert document["components"]["schemas"][reference]["properties"]["error"]["type"] == "string"
+    wrong = httpx.post(f"{local.url}/v2/models/nope/infer", json={"inputs": []})
+    assert wrong.status_code == 404 and isinstance(wrong.json()["error"], str)
