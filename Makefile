@@ -129,7 +129,7 @@ bench-gpu: install ## GPU profile: SD 1.5 512²/50 steps and SDXL 1024²/30 step
 bench-protocols: install ## overhead of every protocol over the bare pipeline (a running service, or starts one)
 	$(BIN)/python -m loadtest.protocols
 
-fuzz: install ## schemathesis over /openapi.json (examples, coverage, fuzzing; 100 examples per operation) against :8000, or a service it starts with tiny limits (writes loadtest/results/cpu/fuzz.*)
+fuzz: install ## schemathesis over /openapi.json (examples, coverage, fuzzing) and Hypothesis over v2 gRPC, against :8000/:9000 or a service it starts with tiny limits (writes loadtest/results/cpu/fuzz.*)
 	$(BIN)/python -m loadtest.fuzz
 
 protos: install ## regenerate the Python client's v2 messages from serving/client/open_inference.proto

@@ -2,6 +2,7 @@
 
     python -m loadtest.fuzz [--url http://127.0.0.1:8000] [--examples 100]
                             [--phases examples,coverage,fuzzing] [--seed S]
+                            [--grpc-target HOST:9000] [--grpc-examples 1000]
 
 Every operation gets the document's examples, its coverage cases (boundaries, wrong types,
 missing and unknown fields) and generated requests, and every response is checked: no 5xx, the
@@ -9,7 +10,9 @@ status code, content type, headers and body as documented, malformed input refus
 nothing slower than 30 s. Without a
 service at --url it starts `sd-serving serve` on the default model with tiny limits (at most 2
 steps, 64x64, one image), so a case that renders costs milliseconds. Writes
-`loadtest/results/cpu/fuzz.{md,json}`.
+`loadtest/results/cpu/fuzz.{md,json}`. Then the v2 gRPC methods get Hypothesis-generated messages
+(loadtest/grpc_fuzz.py): any refusal is fine, INTERNAL or UNKNOWN is a bug, and the server must
+stay up.
 
 One check is left out: `positive_data_acceptance` (a request the document allows must succeed).
 The document gives each field's type; its range depends on the served model and the operator's
@@ -28,7 +31,9 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+from loadtest.grpc_fuzz import fuzz_grpc
 from loadtest.run import is_up, started_service
 
 HERE = Path(__file__).resolve().parent
@@ -108,6 +113,19 @@ def markdown(summary: dict[str, Any]) -> str:
         f"| {summary['cases']} | {summary['cases_with_failures']} | {len(summary['failures'])} | "
         f"{len(summary['errors'])} | {summary['running_s']} |",
     ]
+    grpc = summary.get("grpc")
+    if grpc:
+        lines += [
+            "",
+            f"v2 gRPC, Hypothesis-generated messages (seed {grpc['seed']}): {grpc['infer_cases']} "
+            f"ModelInfer calls and as many ModelMetadata and ModelReady calls, {grpc['cases']} "
+            f"in all; INTERNAL or UNKNOWN: {grpc['broken_count']}; server up afterwards: "
+            f"{'yes' if grpc['server_up'] else 'NO'}.",
+            "",
+            "| method and status | calls |",
+            "|---|---|",
+            *(f"| {name} | {count} |" for name, count in grpc["codes"].items()),
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -117,20 +135,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--examples", type=int, default=100, help="per operation (fuzzing phase)")
     parser.add_argument("--phases", default="examples,coverage,fuzzing")
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--grpc-target", help="host:port of v2 gRPC (default: the URL's host:9000)")
+    parser.add_argument("--grpc-examples", type=int, default=1000)
+    parser.add_argument("--model", default="sd-embedded", help="the served model's name")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "cpu")
     args = parser.parse_args(argv)
+    grpc_target = args.grpc_target or f"{urlsplit(args.url).hostname}:9000"
     already_up = is_up(args.url)
     if not already_up:
         os.environ.update(tiny_environment())  # for the service started below
     with started_service(args.url, already_up=already_up):
         summary = run(args.url, args.examples, args.phases, args.seed)
+        grpc_seed = args.seed if args.seed is not None else 0
+        summary["grpc"] = fuzz_grpc(grpc_target, args.model, args.grpc_examples, grpc_seed)
+        summary["grpc"]["seed"] = grpc_seed
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "fuzz.json").write_text(json.dumps(summary, indent=2) + "\n")
     (args.out / "fuzz.md").write_text(markdown(summary))
     print(markdown(summary))
     if summary["output"]:
         print(summary["output"])
-    return 0 if summary["exit_code"] == 0 else 1
+    grpc_ok = summary["grpc"]["broken_count"] == 0 and summary["grpc"]["server_up"]
+    return 0 if summary["exit_code"] == 0 and grpc_ok else 1
 
 
 if __name__ == "__main__":

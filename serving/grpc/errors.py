@@ -41,6 +41,12 @@ def retry_after_s(error: ServingError) -> int | None:
     return RETRY_AFTER_S.get(error.reason)
 
 
+def metadata_value(text: str) -> str:
+    """gRPC metadata values are printable ASCII (anything else fails the whole call): other
+    characters escaped as Python writes them, so a field named in any script stays readable."""
+    return "".join(c if " " <= c <= "~" else c.encode("unicode_escape").decode() for c in text)
+
+
 def reject(context: CallContext, error: ServingError) -> None:
     """Answer the call with the error's status, message, and as trailing metadata the field it
     names and how long to wait before retrying."""
@@ -51,6 +57,6 @@ def reject(context: CallContext, error: ServingError) -> None:
     if retry is not None:
         trailing.append((RETRY_AFTER_METADATA, str(retry)))
     if error.field is not None:
-        trailing.append((FIELD_METADATA, error.field))
+        trailing.append((FIELD_METADATA, metadata_value(error.field)))
     if trailing:
         context.set_trailing_metadata(trailing)

@@ -51,3 +51,19 @@ def uncached(embedded_model_dir: Path) -> Iterator[LocalService]:
     rendered images, never a cached copy."""
     with local_service(embedded_model_dir, result_cache_size=0) as service:
         yield service
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalService]:
+    """The ingress on the default model (the demo model) with the fuzz runs' tiny limits: a
+    request that renders costs milliseconds."""
+    from loadtest.fuzz import TINY_DEFAULTS, TINY_LIMITS
+
+    with local_service(
+        None,
+        kserve_model_dir=tmp_path_factory.mktemp("no-mnt-models"),
+        result_cache_size=0,
+        limits=TINY_LIMITS,
+        defaults=TINY_DEFAULTS,
+    ) as service:
+        yield service

@@ -98,3 +98,19 @@ def test_a_request_over_the_size_limit_is_resource_exhausted(local: LocalService
         local.grpc_stub().ModelInfer(huge, timeout=60)
     assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "limit is 1048576 bytes" in (raised.value.details() or "")
+
+
+def test_a_field_named_outside_ascii_comes_back_escaped_in_the_trailing_metadata(
+    local: LocalService,
+) -> None:
+    """gRPC metadata is printable ASCII; an unknown input named "naïve\x19" must not turn the
+    INVALID_ARGUMENT into an INTERNAL (found by `make fuzz`)."""
+    request = infer_request().to_grpc()
+    request.inputs.append(
+        pb.ModelInferRequest.InferInputTensor(name="naïve\x19", datatype="BYTES", shape=[1])
+    )
+    with pytest.raises(grpc.RpcError) as raised:
+        local.grpc_stub().ModelInfer(request, timeout=60)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    trailing = dict(raised.value.trailing_metadata())
+    assert trailing[FIELD_METADATA] == "inputs[na\\xefve\\x19]"

@@ -4,24 +4,8 @@ the default model with tiny limits (the examples and coverage phases, a few hund
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
-from loadtest.fuzz import TINY_DEFAULTS, TINY_LIMITS, markdown, run
-from tests.helpers.local_service import LocalService, local_service
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalService]:
-    with local_service(
-        None,
-        kserve_model_dir=tmp_path_factory.mktemp("no-mnt-models"),
-        result_cache_size=0,
-        limits=TINY_LIMITS,
-        defaults=TINY_DEFAULTS,
-    ) as service:
-        yield service
+from loadtest.fuzz import markdown, run
+from tests.helpers.local_service import LocalService
 
 
 def test_every_operation_survives_fuzzing_as_documented(tiny: LocalService) -> None:
