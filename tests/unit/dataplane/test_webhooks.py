@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import http.server
 import threading
+from collections.abc import Iterator
 
 import pytest
 
@@ -18,6 +20,30 @@ from serving.dataplane.webhooks import (
     verify,
 )
 from serving.errors import InvalidArgument
+
+
+@contextlib.contextmanager
+def receiver(first_status: int = 204) -> Iterator[tuple[str, list[tuple[str, bytes]]]]:
+    """A webhook receiver on loopback: its URL, and the (signature, body) of each POST; the
+    first answered with `first_status`, the others with 204."""
+    received: list[tuple[str, bytes]] = []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((self.headers["X-SD-Signature-256"], body))
+            self.send_response(first_status if len(received) == 1 else 204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook", received
+    finally:
+        server.shutdown()
 
 
 def test_signature_is_github_style_hmac_sha256_over_the_body() -> None:
@@ -52,28 +78,11 @@ def test_webhooks_need_a_server_secret() -> None:
 
 
 def test_a_failed_delivery_is_retried_and_signed_each_time() -> None:
-    received: list[tuple[str, bytes]] = []
-
-    class Receiver(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            received.append((self.headers["X-SD-Signature-256"], body))
-            self.send_response(500 if len(received) == 1 else 204)
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with receiver(first_status=500) as (url, received):
         sender = WebhookSender(
             b"secret", timeout_s=5, attempts=3, targets=WebhookTargets.allowing(["127.0.0.1"])
         )
-        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
         outcome = asyncio.run(sender.deliver(url, {"id": "j1", "status": "succeeded"}))
-    finally:
-        server.shutdown()
     assert outcome == {"url": url, "delivered": True, "attempts": 2, "status_code": 204}
     assert [verify(b"secret", body, header) for header, body in received] == [True, True]
 
@@ -115,24 +124,8 @@ def test_an_unresolvable_host_is_refused() -> None:
 
 def test_a_refused_target_is_never_called() -> None:
     """Checked again at delivery (DNS may have changed since the job was submitted)."""
-    received: list[bytes] = []
-
-    class Receiver(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            received.append(self.rfile.read(int(self.headers["Content-Length"])))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with receiver() as (url, received):
         sender = WebhookSender(b"secret", timeout_s=5, attempts=3)
-        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
         outcome = asyncio.run(sender.deliver(url, {"id": "j1", "status": "succeeded"}))
-    finally:
-        server.shutdown()
     assert outcome["delivered"] is False and outcome["attempts"] == 0
     assert "loopback" in outcome["error"] and received == []
