@@ -32,6 +32,7 @@ from serving.training.evaluator import (
     Adherence,
     AttributeClassifier,
     cached_evaluator,
+    draw,
     held_out_renders,
     score,
 )
@@ -55,16 +56,9 @@ def generate(
     model_dir: Path, prompts: list[str], seeds: int, steps: int, guidance: float
 ) -> tuple[list[np.ndarray], list[str]]:
     pipe = DiffusionPipeline.from_pretrained(model_dir, dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
-    options: dict[str, Any] = {
-        "output_type": "np",
-        "num_inference_steps": steps,
-        "guidance_scale": guidance,
-    }
     images, asked = [], []
     for seed in range(seeds):
-        out = pipe(prompts, generator=torch.Generator().manual_seed(seed), **options).images
-        images += [(image * 255).round().astype(np.uint8) for image in out]
+        images += draw(pipe, prompts, seed, steps, guidance)
         asked += prompts
     return images, asked
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers import DiffusionPipeline
 from filelock import FileLock
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -103,6 +104,23 @@ def cached_evaluator(cache_dir: Path) -> AttributeClassifier:
     model = AttributeClassifier()
     model.load_state_dict(load_file(str(path)))
     return model.eval()
+
+
+@torch.inference_mode()
+def draw(
+    pipeline: DiffusionPipeline, prompts: list[str], seed: int, steps: int, guidance: float
+) -> list[np.ndarray]:
+    """The prompts drawn in one batch by a diffusers pipeline (the service's images equal it
+    within 1/255), as the service's [H, W, 3] uint8 images."""
+    pipeline.set_progress_bar_config(disable=True)
+    images = pipeline(
+        prompts,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="np",
+    ).images
+    return [(image * 255).round().astype(np.uint8) for image in images]
 
 
 @dataclass(frozen=True)

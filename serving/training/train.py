@@ -34,7 +34,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from serving.models.embedded import BETAS
 from serving.models.tokenizer import write_tokenizer
-from serving.training.evaluator import Adherence, AttributeClassifier, score
+from serving.training.evaluator import Adherence, AttributeClassifier, draw, score
 from serving.training.world import batches, every_caption
 
 
@@ -201,21 +201,13 @@ def pipeline_of(
     )
 
 
-@torch.inference_mode()
 def conditioning_check(
     pipeline: StableDiffusionPipeline, evaluator: AttributeClassifier, config: TrainConfig
 ) -> Adherence:
     """The world's captions drawn once each (seed 0) and scored by the evaluator."""
     prompts = every_caption()
-    pipeline.set_progress_bar_config(disable=True)
-    images = pipeline(
-        prompts,
-        num_inference_steps=config.eval_steps,
-        guidance_scale=config.eval_guidance,
-        generator=torch.Generator().manual_seed(0),
-        output_type="np",
-    ).images
-    return score(evaluator, [(image * 255).round().astype(np.uint8) for image in images], prompts)
+    images = draw(pipeline, prompts, 0, config.eval_steps, config.eval_guidance)
+    return score(evaluator, images, prompts)
 
 
 def train_denoiser(

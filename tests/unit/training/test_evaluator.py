@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from diffusers import StableDiffusionPipeline
 
 from serving.training.evaluator import (
     AttributeClassifier,
+    draw,
     held_out_renders,
     score,
 )
@@ -53,16 +53,9 @@ def test_near_chance_on_noise_and_on_shuffled_prompts(
 def test_near_chance_on_the_random_weight_models_images(
     evaluator: AttributeClassifier, embedded_model_dir: Path
 ) -> None:
-    pipe = StableDiffusionPipeline.from_pretrained(embedded_model_dir)
-    pipe.set_progress_bar_config(disable=True)
     prompts = every_caption()
-    images = pipe(
-        prompts,
-        num_inference_steps=4,
-        generator=torch.Generator().manual_seed(0),
-        output_type="np",
-    ).images
-    result = score(evaluator, [(image * 255).round().astype(np.uint8) for image in images], prompts)
+    pipe = StableDiffusionPipeline.from_pretrained(embedded_model_dir)
+    result = score(evaluator, draw(pipe, prompts, seed=0, steps=4, guidance=7.5), prompts)
     # 24 prompts only (one of each): a wider margin than above.
     assert result.accuracy["colour"] <= CHANCE["colour"] + 0.25, result.summary()
     assert result.accuracy["shape"] <= CHANCE["shape"] + 0.25, result.summary()
