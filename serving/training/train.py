@@ -2,16 +2,19 @@
 world (or any imagefolder dataset with `file_name` and `text`), written as a diffusers directory.
 
 Diffusers' training conventions: first the VAE (reconstruction plus a small KL term), its latent
-scaling factor set so latents have unit variance, as SD's 0.18215 was; then the denoiser and the
+scaling factor set so latents have unit variance, as SD's 0.18215 was, and checked before the
+denoiser sees it (see `check_vae`); then the denoiser and the
 text encoder together (the text side must learn, or captions barely differ in embedding space),
 with the noise-prediction loss under the model's own DDPM noise schedule, caption dropout for
 classifier-free guidance, and an optional EMA of the denoiser. A progress bar and a loss log
-(`train-log.jsonl` beside the model) show how it goes.
+(`train-log.jsonl` beside the model) show how it goes: its entries' `stage` is 0 for a VAE step,
+1 for a denoiser step, 2 for a conditioning check and 3 for a VAE check.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -35,11 +38,15 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from serving.models.embedded import BETAS
 from serving.models.tokenizer import write_tokenizer
 from serving.training.evaluator import Adherence, AttributeClassifier, draw, score
-from serving.training.world import batches, every_caption
+from serving.training.world import ATTRIBUTES, batches, every_caption, parse_caption
 
 
 class DatasetError(ValueError):
     """A dataset `train` cannot read, naming the file and row."""
+
+
+class TrainingError(RuntimeError):
+    """Training that cannot go on usefully, with the figures that say why."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,18 @@ class TrainConfig:
     learning_rate: float = 3e-4
     caption_dropout: float = 0.1
     kl_weight: float = 1e-6
+    # The posterior starts narrow. Left at the default init (std 1), 600 steps leave a std larger
+    # than the latents' own spread, and whether the VAE still encodes colour then depends on the
+    # seed: the denoiser learns noise and the pipeline's decode of its latents loses the prompt.
+    posterior_std: float = 0.05
+    # The VAE check before the denoiser trains: fresh scenes encoded to the posterior's mean and
+    # decoded must come back within this MSE and, with an evaluator, show their caption's
+    # attributes at least this often. Failing, the VAE trains `vae_steps_more` steps more, up to
+    # `vae_steps_max` in all, then training stops with the figures.
+    vae_max_mse: float = 0.02
+    vae_min_adherence: float = 0.95
+    vae_steps_more: int = 200
+    vae_steps_max: int = 1800
     ema: bool = True
     seed: int = 0
     # Every this many denoiser steps, the world's 24 captions are drawn and scored (0: never):
@@ -127,6 +146,10 @@ def build(
         norm_num_groups=32,
         sample_size=config.image_size,
     )
+    # quant_conv's last 4 output channels are the posterior's log-variance: start them constant.
+    with torch.no_grad():
+        vae.quant_conv.weight[4:].zero_()
+        vae.quant_conv.bias[4:].fill_(2 * math.log(config.posterior_std))
     latent = config.image_size // 2 ** (blocks - 1)
     unet = UNet2DConditionModel(
         sample_size=latent,
@@ -162,11 +185,12 @@ def train_vae(
     batches: Iterator[tuple[torch.Tensor, list[str]]],
     config: TrainConfig,
     log: list[dict[str, float]],
-) -> float:
-    """Reconstruction + KL; returns the latent scaling factor (1 / latent std)."""
-    optimiser = torch.optim.AdamW(vae.parameters(), lr=config.learning_rate * 3)
-    vae.train()
-    for step in tqdm(range(config.vae_steps), desc="VAE", unit="step"):
+    optimiser: torch.optim.Optimizer,
+    steps: range,
+) -> None:
+    """Reconstruction + KL, for `steps`."""
+    vae.train().requires_grad_(True)
+    for step in tqdm(steps, desc="VAE", unit="step"):
         images, _ = next(batches)
         posterior = vae.encode(images).latent_dist
         reconstruction = vae.decode(posterior.sample()).sample
@@ -177,6 +201,63 @@ def train_vae(
         optimiser.step()
         log.append({"stage": 0, "step": step, "loss": loss.item(), "mse": mse.item()})
     vae.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def check_vae(
+    vae: AutoencoderKL,
+    batches: Iterator[tuple[torch.Tensor, list[str]]],
+    evaluator: AttributeClassifier | None,
+) -> dict[str, float]:
+    """Fresh images through the posterior's mean and back, as the pipeline decodes: their MSE,
+    the posterior's std beside the latents' spread, and (with an evaluator, on the world's
+    captions) how often the reconstruction shows its caption's attributes."""
+    images, captions = next(batches)
+    posterior = vae.encode(images).latent_dist
+    reconstruction = vae.decode(posterior.mean).sample.clamp(-1, 1)
+    figures = {
+        "mse": functional.mse_loss(reconstruction, images).item(),
+        "posterior_std": posterior.std.mean().item(),
+        "latent_std": posterior.mean.std().item(),
+    }
+    worlds = [parse_caption(caption) for caption in captions]
+    if evaluator is not None and all(world is not None for world in worlds):
+        pixels = ((reconstruction + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
+        figures |= score(evaluator, list(pixels.numpy()), captions).accuracy
+    return figures
+
+
+def trained_vae(
+    vae: AutoencoderKL,
+    batches: Iterator[tuple[torch.Tensor, list[str]]],
+    config: TrainConfig,
+    log: list[dict[str, float]],
+    evaluator: AttributeClassifier | None,
+) -> float:
+    """The VAE trained until it passes its check; returns the latent scaling factor
+    (1 / latent std)."""
+    optimiser = torch.optim.AdamW(vae.parameters(), lr=config.learning_rate * 3)
+    done = 0
+    steps = config.vae_steps
+    while True:
+        train_vae(vae, batches, config, log, optimiser, range(done, done + steps))
+        done += steps
+        figures = check_vae(vae, batches, evaluator)
+        log.append({"stage": 3, "step": done - 1, **figures})
+        summary = ", ".join(f"{name} {value:.4g}" for name, value in figures.items())
+        tqdm.write(f"VAE check after {done} steps: {summary}")
+        adherence = [value for name, value in figures.items() if name in ATTRIBUTES]
+        if figures["mse"] <= config.vae_max_mse and all(
+            value >= config.vae_min_adherence for value in adherence
+        ):
+            break
+        steps = min(config.vae_steps_more, config.vae_steps_max - done)
+        if steps <= 0:
+            raise TrainingError(
+                f"the VAE fails its check after {done} steps ({summary}; needs mse ≤ "
+                f"{config.vae_max_mse} and each attribute ≥ {config.vae_min_adherence:.0%}): "
+                "try another --seed or more --vae-steps"
+            )
     with torch.no_grad():
         images, _ = next(batches)
         std = float(vae.encode(images).latent_dist.sample().std())
@@ -310,7 +391,7 @@ def train(
         tokenizer = write_tokenizer(Path(scratch))
     vae, unet, text_encoder = build(config, tokenizer)
     log: list[dict[str, float]] = []
-    vae.register_to_config(scaling_factor=train_vae(vae, batches, config, log))
+    vae.register_to_config(scaling_factor=trained_vae(vae, batches, config, log, evaluator))
     train_denoiser(unet, text_encoder, vae, tokenizer, batches, config, log, evaluator)
     if config.half_weights:
         unet, vae = unet.to(torch.float16), vae.to(torch.float16)

@@ -16,7 +16,13 @@ from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
 from serving.training.evaluator import AttributeClassifier
-from serving.training.train import DatasetError, TrainConfig, read_dataset, train
+from serving.training.train import (
+    DatasetError,
+    TrainConfig,
+    TrainingError,
+    read_dataset,
+    train,
+)
 from serving.training.world import ATTRIBUTES, write_dataset
 
 TINY = TrainConfig(
@@ -28,6 +34,8 @@ TINY = TrainConfig(
     vae_steps=10,
     unet_steps=10,
     batch_size=4,
+    vae_max_mse=1.0,  # ten steps reconstruct nothing yet; the check's failure has its own test
+    vae_min_adherence=0.0,
 )
 
 
@@ -54,6 +62,9 @@ def test_a_short_run_writes_a_pipeline_diffusers_loads(
     log = [json.loads(line) for line in (output / "train-log.jsonl").read_text().splitlines()]
     assert [sum(1 for e in log if e["stage"] == s) for s in (0, 1)] == [10, 10]
     assert all(np.isfinite(entry["loss"]) for entry in log if entry["stage"] < 2)
+    (vae_check,) = [entry for entry in log if entry["stage"] == 3]
+    assert vae_check["step"] == 9 and vae_check["posterior_std"] < 0.1  # the narrow start
+    assert (set(ATTRIBUTES) <= vae_check.keys()) is not from_files  # scored on the world only
     checks = [entry for entry in log if entry["stage"] == 2]
     assert [entry["step"] for entry in checks] == ([] if from_files else [4, 9])
     assert all(0 <= entry[name] <= 1 for entry in checks for name in ATTRIBUTES)
@@ -62,6 +73,19 @@ def test_a_short_run_writes_a_pipeline_diffusers_loads(
     assert pipe.unet.dtype == torch.float32  # diffusers loads half-precision files as float32
     assert json.loads((output / "train-config.json").read_text())["unet_steps"] == 10
     assert {"vocab.json", "merges.txt"} <= {path.name for path in (output / "tokenizer").iterdir()}
+
+
+def test_a_vae_that_fails_its_check_trains_more_then_stops_with_its_figures(
+    tmp_path: Path, evaluator: AttributeClassifier
+) -> None:
+    config = replace(
+        TINY, vae_steps=2, vae_steps_more=3, vae_steps_max=5, vae_max_mse=1e-6, vae_min_adherence=1
+    )
+    with pytest.raises(
+        TrainingError, match=r"fails its check after 5 steps \(mse [0-9.]+, .*colour"
+    ):
+        train(tmp_path / "model", config, None, evaluator)
+    assert not (tmp_path / "model").exists()  # nothing half-trained is written
 
 
 def test_a_malformed_dataset_is_named_by_file_and_row(tmp_path: Path) -> None:
