@@ -60,15 +60,16 @@ tools: $(HELM) $(CHECKOV) debian-tools ## helm, checkov in .tools/; Prometheus, 
 
 # Debian's prometheus package brings promtool; the tests run a real Prometheus on loopback and
 # drive the web page in a real headless Chromium through Debian's chromedriver. They build and run
-# the image with podman on runc, from a base that mmdebstrap makes where no registry answers.
-DEBIAN_TOOLS := prometheus promtool chromium chromedriver podman runc mmdebstrap
+# the image with podman on runc, from a base that mmdebstrap makes where no registry answers, and
+# run the durable store against a real redis-server.
+DEBIAN_TOOLS := prometheus promtool chromium chromedriver podman runc mmdebstrap redis-server
 debian-tools:
 	@for tool in $(DEBIAN_TOOLS); do command -v $$tool >/dev/null || missing=1; done; \
 	[ -z "$${missing:-}" ] || { \
-	  echo "installing Debian's prometheus, chromium, chromium-driver, podman, runc, mmdebstrap (needs root)"; \
+	  echo "installing Debian's prometheus, chromium, chromium-driver, podman, runc, mmdebstrap, redis-server (needs root)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    --no-install-recommends prometheus chromium chromium-driver \
-	    podman runc containernetworking-plugins iptables mmdebstrap >/dev/null; }
+	    podman runc containernetworking-plugins iptables mmdebstrap redis-server >/dev/null; }
 
 $(HELM): scripts/fetch_helm.py
 	$(PYTHON) scripts/fetch_helm.py $@ 2>&1 | $(PIP_QUIET)

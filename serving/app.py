@@ -6,7 +6,7 @@ serve run serving.app:build_app model=/models/sd15
 
 Each served model gets its own TextEncoder, UNetDenoiser and VAEDecoder deployments (own replicas,
 autoscaling, GPU share and node pool); one Ingress routes every request by model name, and one
-ResultStore keeps what the ingress replicas share.
+ResultStore keeps what the ingress replicas share (not deployed with SD_REDIS_URL: Redis does).
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ def _configured(deployment: Any, stage: StageSettings, name: str | None = None) 
 
 
 def build_app(args: dict[str, Any] | Settings | None = None) -> Application:
-    """The application (ingress, each model's three stages, result store); `args` are Settings
+    """The application (ingress, each model's three stages, the result store unless Redis holds
+    shared state); `args` are Settings
     fields overriding SD_* variables."""
     settings = args if isinstance(args, Settings) else Settings(**(args or {}))
     stages = {
@@ -66,5 +67,7 @@ def build_app(args: dict[str, Any] | Settings | None = None) -> Application:
         }
         for model in settings.served_models()
     }
-    results = _configured(ResultStore, settings.result_store).bind(settings)
+    results = None
+    if settings.redis_url is None:
+        results = _configured(ResultStore, settings.result_store).bind(settings)
     return _configured(Ingress, settings.ingress).bind(settings, stages, results)

@@ -278,6 +278,18 @@ class Settings(BaseSettings):
     # -- async jobs
     max_jobs: int = Field(10_000, ge=1, description="jobs remembered; the oldest finished go first")
     job_ttl_s: float = Field(3600.0, gt=0, description="how long a finished job stays readable")
+    job_workers: int = Field(
+        8, ge=1, description="with Redis: jobs one ingress replica's worker runs at once"
+    )
+    job_lease_s: float = Field(
+        30.0,
+        gt=0,
+        description="with Redis: a running job's lease, renewed while it runs; when its replica "
+        "dies, another takes the job over this long after the last renewal",
+    )
+    job_max_attempts: int = Field(
+        3, ge=1, description="with Redis: runs of a job whose replicas died, before it fails"
+    )
     webhook_secret: SecretStr | None = Field(
         None,
         description="key of the HMAC-SHA256 signature on job webhooks; webhooks are refused "
@@ -296,9 +308,32 @@ class Settings(BaseSettings):
     limits: Limits = Limits()
     defaults: Defaults = Defaults()
 
+    # -- shared state
+    redis_url: SecretStr | None = Field(
+        None,
+        description="Redis holding jobs, the result-cache index and rate-limit buckets for every "
+        "ingress replica, surviving restarts (e.g. redis://:password@redis:6379/0); unset: kept "
+        "in memory by one ResultStore replica and lost with it",
+    )
+    image_store_url: str | None = Field(
+        None,
+        description="where finished images are written, by digest (fsspec: file:///data/images, "
+        "s3://bucket/images, gs://...); unset: in memory (SD_IMAGE_STORE_BYTES), or "
+        "file://<cache_dir>/images with Redis",
+    )
+    image_retention_s: float = Field(
+        7 * 86400.0,
+        gt=0,
+        description="how long an image stored by URL and its result-cache entry stay served "
+        "(`sd-serving images purge` deletes older ones; use bucket lifecycle rules too)",
+    )
+
     # -- results
     image_store_bytes: int = Field(
-        256 * 2**20, ge=0, description="finished images kept for /v1/images/{digest} (bytes)"
+        256 * 2**20,
+        ge=0,
+        description="finished images kept in memory for /v1/images/{digest} (bytes), without "
+        "SD_IMAGE_STORE_URL or Redis",
     )
     result_cache_size: int = Field(
         1024, ge=0, description="fully determined requests answered without the GPU stages"

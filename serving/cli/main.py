@@ -115,6 +115,12 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help="score the world's captions every N denoiser steps (0: never; the world only)",
     )
+    images = commands.add_parser(
+        "purge-images",
+        help="delete stored images (SD_IMAGE_STORE_URL, or the files Redis's index points to) "
+        "older than the retention period",
+    )
+    images.add_argument("--older-than-s", type=float, help="default: SD_IMAGE_RETENTION_S (7 days)")
     return parser
 
 
@@ -156,13 +162,36 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "train":
         return _train(args)
+    if args.command == "purge-images":
+        return _purge_images(args)
     return 2
+
+
+def _purge_images(args: argparse.Namespace) -> int:
+    from serving.dataplane.images import FsspecImages, image_store
+    from serving.settings import Settings
+
+    settings = Settings()
+    store = image_store(settings, shared=settings.redis_url is not None)
+    if not isinstance(store, FsspecImages):
+        print(
+            "sd-serving: purge-images: images are kept in memory (no SD_IMAGE_STORE_URL or "
+            "SD_REDIS_URL): they go with the process",
+            file=sys.stderr,
+        )
+        return 2
+    older_than_s = (
+        args.older_than_s if args.older_than_s is not None else settings.image_retention_s
+    )
+    deleted = store.purge(older_than_s)
+    print(f"{deleted} images older than {older_than_s:g} s deleted from {store.url}")
+    return 0
 
 
 def _train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from serving.training.train import DatasetError, TrainConfig, train
+    from serving.training.train import DatasetError, TrainConfig, TrainingError, train
 
     given = {
         key: value
@@ -186,6 +215,9 @@ def _train(args: argparse.Namespace) -> int:
     except DatasetError as error:
         print(f"sd-serving: train: {error}", file=sys.stderr)
         return 2
+    except TrainingError as error:
+        print(f"sd-serving: train: {error}", file=sys.stderr)
+        return 1
     print(f"trained model written to {directory} (loss log: {directory / 'train-log.jsonl'})")
     return 0
 

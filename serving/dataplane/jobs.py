@@ -1,10 +1,12 @@
 """Asynchronous jobs: the board (state and ordered event log, kept in the shared store) and the
 runner (the generation, reported step by step, then the signed webhook).
 
-The ingress replica that accepted a job runs it; any replica answers `GET /v1/jobs/{id}` and
-streams its events from the store. A job stops the one way everything stops (see
-serving/dataplane/stages.py): its task is cancelled, here or, through the board, by a DELETE that
-reached another replica, which the next step report notices.
+Without Redis the ingress replica that accepted a job runs it. With Redis the job is queued and
+the worker of any ingress replica runs it (serving/dataplane/job_queue.py), so a job outlives the
+replica that accepted it. Any replica answers `GET /v1/jobs/{id}` and streams its events from the
+store. A job stops the one way everything stops (see serving/dataplane/stages.py): its task is
+cancelled, here or, through the board, by a DELETE that reached another replica, which the next
+step report notices. A replica that shuts down leaves its queued jobs to the queue.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Coroutine
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -30,6 +32,7 @@ from serving.dataplane.webhooks import check_webhook_url
 from serving.errors import ErrorDetail, QueueFull, as_serving_error
 
 if TYPE_CHECKING:
+    from serving.dataplane.job_queue import QueuedJob, RedisJobQueue
     from serving.dataplane.service import DataPlane, GenerationResult, PreparedRequest
     from serving.dataplane.store import Store
     from serving.dataplane.webhooks import WebhookSender
@@ -287,14 +290,25 @@ class JobCancelled(Exception):
 
 
 class JobRunner:
-    """Runs the jobs this replica accepted: DataPlane.run with a progress sink that reports every
-    denoising step to the board, then the signed webhook."""
+    """Runs jobs: DataPlane.run with a progress sink that reports every denoising step to the
+    board, then the signed webhook. Without a queue, a job runs in the replica that accepted
+    it; with one (Redis), this replica's worker runs whichever queued jobs it takes."""
 
-    def __init__(self, data_plane: DataPlane, store: Store, webhooks: WebhookSender | None) -> None:
+    def __init__(
+        self,
+        data_plane: DataPlane,
+        store: Store,
+        webhooks: WebhookSender | None,
+        queue: RedisJobQueue | None = None,
+    ) -> None:
         self._data_plane = data_plane
         self._store = store
         self._webhooks = webhooks
+        self._queue = queue
         self._running: dict[str, asyncio.Task[None]] = {}
+        self._cancelled_here: set[str] = set()
+        self._worker: asyncio.Task[None] | None = None
+        self._finished = asyncio.Event()
 
     @property
     def webhooks_enabled(self) -> bool:
@@ -310,7 +324,7 @@ class JobRunner:
     async def submit(
         self, prepared: PreparedRequest, *, preview: bool, webhook_url: str | None
     ) -> JobView:
-        """The job, queued; it runs in the background of this replica."""
+        """The job, queued: in this replica's background, or in the durable queue."""
         job_id = uuid.uuid4().hex
         request = prepared.request
         view = await self._store.create_job(
@@ -319,17 +333,104 @@ class JobRunner:
             prepared.denoising_steps * request.num_images,
             webhook_url,
         )
-        task = asyncio.create_task(self._run(job_id, prepared, preview, webhook_url))
-        self._running[job_id] = task
-        task.add_done_callback(lambda _: self._running.pop(job_id, None))
+        if self._queue is None:
+            self._start(job_id, self._run(job_id, prepared, preview, webhook_url))
+        else:
+            work = {"prepared": prepared.to_json(), "preview": preview, "webhook_url": webhook_url}
+            await self._queue.put(job_id, work)
         return view
 
     async def cancel(self, job_id: str) -> JobView | None:
         view = await self._store.cancel_job(job_id)
         task = self._running.get(job_id)
         if task is not None:  # running here: stop now rather than at its next step report
+            self._cancelled_here.add(job_id)
             task.cancel()
         return view
+
+    async def start(self) -> None:
+        """With a queue: start this replica's worker (the HTTP app's startup calls this)."""
+        if self._queue is not None and self._worker is None:
+            self._worker = asyncio.create_task(self._work(self._queue))
+
+    async def stop(self) -> None:
+        """Shutting down: with a queue, the jobs running here stop without an ending; their
+        leases lapse and another replica runs them again."""
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker = None
+            running = list(self._running.values())
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+
+    def _start(self, job_id: str, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._running[job_id] = task
+        task.add_done_callback(functools.partial(self._forget, job_id))
+
+    def _forget(self, job_id: str, _: asyncio.Task[None]) -> None:
+        self._running.pop(job_id, None)
+        self._cancelled_here.discard(job_id)
+        self._finished.set()
+
+    async def _work(self, queue: RedisJobQueue) -> None:
+        """Take queued jobs while this replica has room for them (SD_JOB_WORKERS)."""
+        while True:
+            room = self._data_plane.settings.job_workers - len(self._running)
+            if room <= 0:
+                self._finished.clear()
+                await self._finished.wait()
+                continue
+            try:
+                taken = await queue.take(room, block_s=1.0)
+            except Exception:  # Redis away: say so, and try again
+                logger.exception("taking queued jobs failed; retrying in 1 s")
+                await asyncio.sleep(1.0)
+                continue
+            for job in taken:
+                if job.job_id not in self._running:  # a reclaim of its own running job
+                    self._start(job.job_id, self._execute(queue, job))
+
+    async def _execute(self, queue: RedisJobQueue, job: QueuedJob) -> None:
+        view = await self._store.get_job(job.job_id)
+        if view is None or view.status.finished:  # expired, or an earlier attempt finished it
+            await queue.done(job.entry_id)
+            return
+        attempt, cancel_requested = await queue.store.begin_attempt(job.job_id)
+        webhook_url = job.work["webhook_url"]
+        limit = self._data_plane.settings.job_max_attempts
+        if cancel_requested or attempt > limit:
+            if cancel_requested:
+                final = await self._store.finish_job(job.job_id, JobStatus.CANCELLED)
+                await queue.done(job.entry_id)
+            else:
+                reason = f"gave up after {limit} attempts: the replicas running it stopped"
+                error = ErrorDetail(code="unavailable", message=reason)
+                final = await self._store.finish_job(job.job_id, JobStatus.FAILED, error=error)
+                await queue.bury(job, reason)
+            await self._deliver(job.job_id, webhook_url, final)
+            return
+        from serving.dataplane.service import PreparedRequest  # service → store → jobs
+
+        renewing = asyncio.create_task(self._renew(queue, job.entry_id))
+        try:
+            prepared = PreparedRequest.from_json(job.work["prepared"])
+            await self._run(job.job_id, prepared, job.work["preview"], webhook_url)
+        finally:
+            renewing.cancel()
+        await queue.done(job.entry_id)
+
+    @staticmethod
+    async def _renew(queue: RedisJobQueue, entry_id: str) -> None:
+        while True:
+            await asyncio.sleep(queue.lease_s / 3)
+            try:
+                await queue.renew(entry_id)
+            except Exception:
+                logger.exception("renewing the lease of queue entry %s failed", entry_id)
 
     async def _run(
         self, job_id: str, prepared: PreparedRequest, preview: bool, webhook_url: str | None
@@ -352,7 +453,11 @@ class JobRunner:
             final = await self._store.finish_job(
                 job_id, JobStatus.SUCCEEDED, result=self._job_result(result)
             )
-        except (asyncio.CancelledError, JobCancelled):
+        except asyncio.CancelledError:
+            if self._queue is not None and job_id not in self._cancelled_here:
+                raise  # this replica is stopping: the job stays queued for another
+            final = await self._store.finish_job(job_id, JobStatus.CANCELLED)
+        except JobCancelled:
             final = await self._store.finish_job(job_id, JobStatus.CANCELLED)
         except Exception as error:
             serving_error = as_serving_error(error)
@@ -362,6 +467,9 @@ class JobRunner:
             else:
                 details = serving_error.to_detail()
             final = await self._store.finish_job(job_id, JobStatus.FAILED, error=details)
+        await self._deliver(job_id, webhook_url, final)
+
+    async def _deliver(self, job_id: str, webhook_url: str | None, final: JobView | None) -> None:
         if webhook_url is not None and final is not None and self._webhooks is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 delivery = await self._webhooks.deliver(webhook_url, final.model_dump(mode="json"))

@@ -49,6 +49,24 @@ class PreparedRequest:
     warnings: list[str]
     denoising_steps: int  # per image: what progress counts (PNDM runs one more than `steps`)
 
+    def to_json(self) -> dict[str, Any]:
+        """What a queued job carries (serving/dataplane/job_queue.py)."""
+        return {
+            "request": self.request.model_dump(mode="json"),
+            "determined": self.determined,
+            "warnings": self.warnings,
+            "denoising_steps": self.denoising_steps,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PreparedRequest:
+        return cls(
+            GenerationRequest.model_validate(data["request"]),
+            determined=data["determined"],
+            warnings=list(data["warnings"]),
+            denoising_steps=data["denoising_steps"],
+        )
+
 
 @dataclass(frozen=True)
 class EncodedImage:

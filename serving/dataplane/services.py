@@ -3,11 +3,16 @@ data plane, built once per ingress replica and handed to both transports."""
 
 from __future__ import annotations
 
+import os
+import socket
+import uuid
 from dataclasses import dataclass
 
 from serving.dataplane.access import AccessPolicy
+from serving.dataplane.job_queue import RedisJobQueue
 from serving.dataplane.jobs import JobRunner
 from serving.dataplane.model import ServedModel
+from serving.dataplane.redis_store import RedisStore
 from serving.dataplane.service import DataPlane, ModelRoute
 from serving.dataplane.stages import StageClient
 from serving.dataplane.store import Store
@@ -52,9 +57,13 @@ def build_services(
             attempts=settings.webhook_attempts,
             targets=WebhookTargets.allowing(settings.webhook_allow),
         )
+    queue = None
+    if isinstance(store, RedisStore):  # jobs outlive their replica: any replica's worker runs them
+        consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        queue = RedisJobQueue(store, consumer, settings.job_lease_s)
     return Services(
         data_plane=data_plane,
-        jobs=JobRunner(data_plane, store, webhooks),
+        jobs=JobRunner(data_plane, store, webhooks, queue),
         access=AccessPolicy.from_settings(settings, store),
         v2=ServingKServeDataPlane(data_plane),
     )

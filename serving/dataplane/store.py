@@ -1,10 +1,11 @@
 """Shared state behind one interface: finished images, the result-cache index, the job board and
 the rate-limit buckets.
 
-`InMemoryStore` is today's implementation; the Ray app runs it as the one `ResultStore` replica
-every ingress replica talks to (serving/deployments/result_store.py), and `RayStore`
-(serving/deployments/handles.py) speaks to it. A durable implementation (Redis, object storage)
-goes beside it behind the same `Store` protocol.
+`InMemoryStore` is the local default; the Ray app runs it as the one `ResultStore` replica every
+ingress replica talks to (serving/deployments/result_store.py), and `RayStore`
+(serving/deployments/handles.py) speaks to it. With SD_REDIS_URL every ingress replica uses
+`RedisStore` (serving/dataplane/redis_store.py) directly instead, and what it holds survives
+restarts. Images go to the configured `ImageStore` (serving/dataplane/images.py) in both.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from collections.abc import AsyncGenerator, Callable
 from typing import Any, Protocol
 
+from serving.dataplane.images import ImageStore, image_store
 from serving.dataplane.jobs import JobBoard, JobEvent, JobEventKind, JobResult, JobStatus, JobView
 from serving.dataplane.results import CachedResult, StoredImage, image_digest
 from serving.errors import ErrorDetail, RateLimited
@@ -94,6 +96,22 @@ class TokenBuckets:
         return (1 - tokens) / rate
 
 
+async def images_of(images: ImageStore, cached: CachedResult) -> ResultHit | None:
+    """The cached result with its images, or None when any of them is gone."""
+    found = [await images.get(digest) for digest in cached.digests]
+    kept = [image for image in found if image is not None]
+    return (cached, kept) if len(kept) == len(found) else None
+
+
+async def keep_images(images: ImageStore, finished: list[tuple[bytes, str]]) -> list[str]:
+    digests = []
+    for data, output_format in finished:
+        digest = image_digest(data)
+        await images.put(digest, StoredImage(data, output_format))
+        digests.append(digest)
+    return digests
+
+
 def rate_limited(wait_s: float) -> RateLimited:
     return RateLimited(
         "too many requests from this client; retry after the Retry-After delay",
@@ -106,32 +124,22 @@ class InMemoryStore:
     recently used go first), results and buckets by count, jobs by count and age."""
 
     def __init__(self, settings: Settings) -> None:
-        self._images: LruCache[str, StoredImage] = LruCache(
-            None, weigh=lambda image: len(image.data), max_weight=settings.image_store_bytes
-        )
+        self._images = image_store(settings, shared=False)
         self._results: LruCache[str, CachedResult] = LruCache(settings.result_cache_size)
         self._jobs = JobBoard(settings.max_jobs, settings.job_ttl_s)
         self._buckets = TokenBuckets()
 
     async def get_image(self, digest: str) -> StoredImage | None:
-        return self._images.get(digest)
+        return await self._images.get(digest)
 
     async def lookup_result(self, key: str) -> ResultHit | None:
         cached = self._results.get(key)
-        if cached is None:
-            return None
-        images = [self._images.get(digest) for digest in cached.digests]
-        kept = [image for image in images if image is not None]
-        return (cached, kept) if len(kept) == len(images) else None
+        return None if cached is None else await images_of(self._images, cached)
 
     async def keep(
         self, images: list[tuple[bytes, str]], key: str | None, seeds: list[int]
     ) -> list[str]:
-        digests = []
-        for data, output_format in images:
-            digest = image_digest(data)
-            self._images.put(digest, StoredImage(data, output_format))
-            digests.append(digest)
+        digests = await keep_images(self._images, images)
         if key is not None:
             self._results.put(key, CachedResult(digests, seeds))
         return digests

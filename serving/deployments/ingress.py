@@ -8,6 +8,7 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from serving.dataplane.redis_store import RedisStore
 from serving.dataplane.services import build_services
 from serving.dataplane.stages import StageClient
 from serving.deployments._replica import RayMeter, keep_publishing
@@ -28,14 +29,16 @@ class Ingress(InferenceServiceMethods):
         self,
         settings: Settings,
         stages: dict[str, dict[Stage, DeploymentHandle]],
-        results: DeploymentHandle,
+        results: DeploymentHandle | None,
     ) -> None:
         meter = RayMeter()
         clients: dict[str, StageClient] = {
             model: RayStages(handles["text_encoder"], handles["unet"], handles["vae"])
             for model, handles in stages.items()
         }
-        self._services = build_services(settings, clients, RayStore(results), meter)
+        # With Redis every replica holds its own connections; without, the one ResultStore.
+        store = RedisStore.from_settings(settings) if results is None else RayStore(results)
+        self._services = build_services(settings, clients, store, meter)
         self._rpc = InferenceRPC(self._services)
         ceilings = {"Ingress": settings.ingress.max_replicas}
         for model, handles in stages.items():

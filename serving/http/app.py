@@ -8,6 +8,9 @@ keys, rate limits), then the route.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
@@ -40,8 +43,18 @@ async def ready(data_plane: DataPlaneDep) -> JSONResponse:
 
 def create_http_app(services: Services) -> FastAPI:
     settings = services.settings
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await services.jobs.start()  # with Redis: this replica's worker of queued jobs
+        try:
+            yield
+        finally:
+            await services.jobs.stop()
+
     app = FastAPI(
         title="sd-serving",
+        lifespan=lifespan,
         version=__version__,
         # Bodies without a Content-Type are read as JSON (IoT clients often send none).
         strict_content_type=False,

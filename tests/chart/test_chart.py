@@ -382,6 +382,35 @@ def test_webhook_allow_list_reaches_every_app_container_as_the_setting(
             assert Settings().webhook_allow == ["10.20.0.0/16", "hooks.internal"]
 
 
+@pytest.mark.parametrize("profile", ["default", "gpu-kuberay-karpenter"])
+def test_shared_state_settings_reach_every_app_container(
+    profile: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis's URL from a Secret, never in the manifest; the image store and its retention."""
+    assert not any("SD_REDIS_URL" in _env_names(doc) for doc in rendered(profile))
+    docs = render(
+        profile,
+        "--set",
+        "sharedState.redisSecret=sd-redis",
+        "--set",
+        "sharedState.imageStoreUrl=s3://images-bucket/sd",
+        "--set",
+        "sharedState.imageRetentionSeconds=86400",
+    )
+    pods = _app_pod_specs(docs)
+    assert pods
+    for spec in pods:
+        for container in spec["containers"]:
+            env = {e["name"]: e for e in container["env"]}
+            reference = env["SD_REDIS_URL"]["valueFrom"]["secretKeyRef"]
+            assert reference == {"name": "sd-redis", "key": "redis-url"}
+            monkeypatch.setenv("SD_IMAGE_STORE_URL", env["SD_IMAGE_STORE_URL"]["value"])
+            monkeypatch.setenv("SD_IMAGE_RETENTION_S", env["SD_IMAGE_RETENTION_S"]["value"])
+            settings = Settings()
+            assert settings.image_store_url == "s3://images-bucket/sd"
+            assert settings.image_retention_s == 86400
+
+
 def test_kuberay_unet_pool_worker_group_has_gpus_placement_and_the_pool_resource() -> None:
     groups = {
         group["groupName"]: group

@@ -18,6 +18,7 @@ import grpc
 import httpx
 import uvicorn
 
+from serving.dataplane.redis_store import RedisStore
 from serving.dataplane.services import Services, build_services
 from serving.dataplane.store import InMemoryStore
 from serving.engine.in_process import InProcessStages
@@ -68,7 +69,8 @@ def local_service(model_dir: Path | None, **settings: Any) -> Iterator[LocalServ
     config = Settings(**settings)
     meter = MemoryMeter()
     stages = {name: InProcessStages.load(config, name, meter) for name in config.served_models()}
-    services = build_services(config, dict(stages), InMemoryStore(config), meter)
+    store = RedisStore.from_settings(config) if config.redis_url else InMemoryStore(config)
+    services = build_services(config, dict(stages), store, meter)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="local-service", daemon=True)
     thread.start()
@@ -79,7 +81,7 @@ def local_service(model_dir: Path | None, **settings: Any) -> Iterator[LocalServ
             host="127.0.0.1",
             port=http_port,
             log_level="warning",
-            lifespan="off",
+            lifespan="on",  # the job worker starts and stops with the app, as under Ray
         )
     )
     serving = asyncio.run_coroutine_threadsafe(server.serve(), loop)

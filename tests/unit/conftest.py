@@ -15,6 +15,7 @@ from serving.engine.text import TextEncoderRunner
 from serving.models import loader
 from tests.helpers.engine import CPU, Components
 from tests.helpers.local_service import CORS_ORIGIN, WEBHOOK_SECRET, LocalService, local_service
+from tests.helpers.redis_server import redis_server
 
 
 @pytest.fixture(scope="session")
@@ -42,6 +43,28 @@ def local(embedded_model_dir: Path) -> Iterator[LocalService]:
         webhook_allow=["127.0.0.1/32"],
         cors_allow_origins=[CORS_ORIGIN],
     ) as service:
+        yield service
+
+
+@pytest.fixture(scope="session")
+def durable(
+    embedded_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalService]:
+    """`local`'s settings with shared state in a real Redis: jobs run from the durable queue,
+    whose leases lapse after 2 s (tests/unit/http/test_durable_jobs.py)."""
+    base = tmp_path_factory.mktemp("durable")
+    with (
+        redis_server(base) as url,
+        local_service(
+            embedded_model_dir,
+            webhook_secret=WEBHOOK_SECRET,
+            webhook_allow=["127.0.0.1/32"],
+            cors_allow_origins=[CORS_ORIGIN],
+            redis_url=url,
+            image_store_url=(base / "images").as_uri(),
+            job_lease_s=2.0,
+        ) as service,
+    ):
         yield service
 
 

@@ -212,6 +212,19 @@ affinity:
       name: {{ .Values.webhooks.existingSecret }}
       key: {{ .Values.webhooks.key }}
 {{- end }}
+{{- if .Values.sharedState.redisSecret }}
+- name: SD_REDIS_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.sharedState.redisSecret }}
+      key: {{ .Values.sharedState.redisKey }}
+{{- end }}
+{{- with .Values.sharedState.imageStoreUrl }}
+- name: SD_IMAGE_STORE_URL
+  value: {{ . | quote }}
+{{- end }}
+- name: SD_IMAGE_RETENTION_S
+  value: {{ .Values.sharedState.imageRetentionSeconds | quote }}
 {{- with .Values.webhooks.allow }}
 - name: SD_WEBHOOK_ALLOW
   value: {{ toJson . | quote }}

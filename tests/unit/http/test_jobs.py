@@ -17,7 +17,14 @@ from tests.helpers.net import wait_until
 from tests.helpers.requests import job, job_events, submit
 
 
-def test_progress_events_arrive_in_order_and_end_with_the_result(local: LocalService) -> None:
+@pytest.fixture(params=["memory", "redis"])
+def jobs_on(request: pytest.FixtureRequest) -> LocalService:
+    """The service keeping jobs in memory (`make serve`), or in Redis and its durable queue."""
+    return request.getfixturevalue("local" if request.param == "memory" else "durable")
+
+
+def test_progress_events_arrive_in_order_and_end_with_the_result(jobs_on: LocalService) -> None:
+    local = jobs_on
     params = {
         "prompt": "a glass of water",
         "steps": 6,
@@ -57,7 +64,8 @@ def test_progress_events_arrive_in_order_and_end_with_the_result(local: LocalSer
     assert [int(e.id or -1) for e in resumed] == list(range(4, len(received)))
 
 
-def test_cancel_stops_the_work_and_frees_the_slot(local: LocalService) -> None:
+def test_cancel_stops_the_work_and_frees_the_slot(jobs_on: LocalService) -> None:
+    local = jobs_on
     created = submit(local.url, prompt="a very long night", steps=150)
     for event in job_events(local.url, created["id"]):
         if event.kind == "progress":
@@ -115,7 +123,8 @@ def test_webhooks_to_internal_addresses_are_refused(
     assert f"a {address} address" in error["message"] and "SD_WEBHOOK_ALLOW" in error["message"]
 
 
-def test_unknown_jobs_are_404_and_a_bad_resume_point_is_named(local: LocalService) -> None:
+def test_unknown_jobs_are_404_and_a_bad_resume_point_is_named(jobs_on: LocalService) -> None:
+    local = jobs_on
     with local.client() as client:
         assert client.get("/v1/jobs/nope").status_code == 404
         assert client.delete("/v1/jobs/nope").status_code == 404

@@ -1,0 +1,309 @@
+"""The Store protocol in Redis (SD_REDIS_URL): every ingress replica talks to Redis directly, so
+no single replica holds shared state, a client's rate limit is one bucket whichever replica it
+reaches, and jobs, their event logs and the result-cache index survive a restart of the service.
+Images go to the configured ImageStore (files or a bucket), not to Redis.
+
+Keys start with `sd:v1:`, the schema version, so an upgrade can tell old records:
+  job:<id>           hash: status, progress, parameters, result, error, webhook, timestamps
+  job:<id>:events    stream: the job's ordered event log (`GET /v1/jobs/{id}/events`)
+  job:<id>:preview   the latest step preview only (the log keeps its place, not its pixels)
+  jobs:active        sorted set of queued and running jobs by creation time (SD_MAX_JOBS)
+  result:<key>       a fully determined request's digests and seeds (SD_IMAGE_RETENTION_S)
+  bucket:<client>    a rate-limit token bucket, on Redis's clock
+Finished jobs expire after SD_JOB_TTL_S.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncGenerator, Callable
+from typing import Any
+
+from redis.asyncio import Redis
+
+from serving.dataplane.images import ImageStore, image_store
+from serving.dataplane.jobs import (
+    FINAL_EVENT,
+    JobEvent,
+    JobEventKind,
+    JobProgress,
+    JobResult,
+    JobStatus,
+    JobView,
+)
+from serving.dataplane.results import CachedResult, StoredImage
+from serving.dataplane.store import ResultHit, images_of, keep_images
+from serving.errors import ErrorDetail, QueueFull
+from serving.settings import Settings
+
+SCHEMA = "sd:v1"
+HEARTBEAT_S = 15.0
+FINAL_KINDS = frozenset(FINAL_EVENT.values())
+
+# One token bucket, atomically, on Redis's clock (replicas' clocks need not agree).
+TAKE_TOKEN = """
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'last')
+local tokens = tonumber(state[1]) or burst
+local last = tonumber(state[2]) or now
+tokens = math.min(burst, tokens + (now - last) * rate)
+local wait = 0
+if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'last', tostring(now))
+redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 1)
+return tostring(wait)
+"""
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+class RedisStore:
+    def __init__(
+        self,
+        redis: Redis,
+        images: ImageStore,
+        settings: Settings,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        # Any: redis-py's types cannot tell that decode_responses=True answers str, not bytes.
+        self._redis: Any = redis
+        self._images = images
+        self._max_jobs = settings.max_jobs
+        self._job_ttl_s = settings.job_ttl_s
+        self._retention_s = settings.image_retention_s
+        self._clock = clock
+        self.heartbeat_s = HEARTBEAT_S
+        self._take_token = redis.register_script(TAKE_TOKEN)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RedisStore:
+        if settings.redis_url is None:
+            raise ValueError("SD_REDIS_URL is not set")
+        redis = Redis.from_url(
+            settings.redis_url.get_secret_value(),
+            decode_responses=True,
+            # Above the longest blocking read (the events' heartbeat); redis-py's default is 5 s.
+            socket_timeout=HEARTBEAT_S + 10,
+            health_check_interval=30,
+        )
+        return cls(redis, image_store(settings, shared=True), settings)
+
+    # -- images and the result cache
+    async def get_image(self, digest: str) -> StoredImage | None:
+        return await self._images.get(digest)
+
+    async def lookup_result(self, key: str) -> ResultHit | None:
+        found = await self._redis.get(f"{SCHEMA}:result:{key}")
+        if found is None:
+            return None
+        cached = json.loads(found)
+        return await images_of(self._images, CachedResult(cached["digests"], cached["seeds"]))
+
+    async def keep(
+        self, images: list[tuple[bytes, str]], key: str | None, seeds: list[int]
+    ) -> list[str]:
+        digests = await keep_images(self._images, images)
+        if key is not None:
+            entry = _json({"digests": digests, "seeds": seeds})
+            await self._redis.set(f"{SCHEMA}:result:{key}", entry, ex=int(self._retention_s))
+        return digests
+
+    # -- async jobs
+    async def create_job(
+        self, job_id: str, parameters: dict[str, Any], steps_total: int, webhook_url: str | None
+    ) -> JobView:
+        now = self._clock()
+        active = f"{SCHEMA}:jobs:active"
+        # A job its replica never finished (it crashed) stops counting after the job TTL.
+        await self._redis.zremrangebyscore(active, "-inf", now - self._job_ttl_s)
+        if await self._redis.zcard(active) >= self._max_jobs:
+            raise QueueFull(f"{self._max_jobs} jobs are queued or running; retry later")
+        fields = {
+            "id": job_id,
+            "status": JobStatus.QUEUED.value,
+            "steps_done": 0,
+            "steps_total": steps_total,
+            "parameters": _json(parameters),
+            "webhook_url": webhook_url or "",
+            "cancel": 0,
+            "events": 0,
+            "created_at": now,
+            "updated_at": now,
+        }
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self._job(job_id), mapping=fields)
+            pipe.zadd(active, {job_id: now})
+            await pipe.execute()
+        await self._append(job_id, JobEventKind.STATUS, {"status": JobStatus.QUEUED.value})
+        view = await self.get_job(job_id)
+        assert view is not None
+        return view
+
+    async def get_job(self, job_id: str) -> JobView | None:
+        fields = await self._redis.hgetall(self._job(job_id))
+        return _view(fields) if fields else None
+
+    async def report_job(self, job_id: str, kind: JobEventKind, data: dict[str, Any]) -> bool:
+        status, cancel = await self._redis.hmget(self._job(job_id), ["status", "cancel"])
+        if status is None or JobStatus(status).finished:
+            return True
+        if kind is JobEventKind.PROGRESS:
+            if status == JobStatus.QUEUED.value:
+                await self._redis.hset(self._job(job_id), "status", JobStatus.RUNNING.value)
+                await self._append(job_id, JobEventKind.STATUS, {"status": "running"})
+            steps_done = await self._redis.hincrby(self._job(job_id), "steps_done", 1)
+            steps_total = int(await self._redis.hget(self._job(job_id), "steps_total") or 0)
+            data = {**data, "steps_done": steps_done, "steps_total": steps_total}
+        await self._append(job_id, kind, data)
+        return cancel == "1"
+
+    async def finish_job(
+        self,
+        job_id: str,
+        status: JobStatus,
+        result: JobResult | None = None,
+        error: ErrorDetail | None = None,
+    ) -> JobView | None:
+        key = self._job(job_id)
+        if not await self._redis.exists(key):
+            return None
+        # The first finisher wins (a cancellation racing the result, say); the rest read it.
+        if not await self._redis.hsetnx(key, "finished", status.value):
+            return await self.get_job(job_id)
+        update: dict[str, Any] = {"status": status.value, "updated_at": self._clock()}
+        if result is not None:
+            update["result"] = result.model_dump_json()
+        if error is not None:
+            update["error"] = error.model_dump_json()
+        if status is JobStatus.SUCCEEDED:
+            update["steps_done"] = await self._redis.hget(key, "steps_total") or 0
+        await self._redis.hset(key, mapping=update)
+        final = await self.get_job(job_id)
+        assert final is not None
+        # The final view exactly, so its updated_at is not moved again.
+        await self._append(job_id, FINAL_EVENT[status], final.model_dump(mode="json"), touch=False)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(f"{SCHEMA}:jobs:active", job_id)
+            for name in (key, f"{key}:events", f"{key}:preview"):
+                pipe.expire(name, int(self._job_ttl_s))
+            await pipe.execute()
+        return final
+
+    async def record_webhook(self, job_id: str, delivery: dict[str, Any]) -> None:
+        if await self._redis.exists(self._job(job_id)):
+            await self._redis.hset(self._job(job_id), "webhook", _json(delivery))
+
+    async def cancel_job(self, job_id: str) -> JobView | None:
+        view = await self.get_job(job_id)
+        if view is not None and not view.status.finished:
+            await self._redis.hset(self._job(job_id), "cancel", 1)
+        return view
+
+    async def job_events(
+        self, job_id: str, after: int = -1
+    ) -> AsyncGenerator[JobEvent | None, None]:
+        """The stream read from its start (events at or before `after` skipped), then live with
+        a blocking read; None after `heartbeat_s` of silence."""
+        key = self._job(job_id)
+        if not await self._redis.exists(key):
+            return
+        position = "0-0"
+        while True:
+            answer = await self._redis.xread(
+                {f"{key}:events": position}, block=max(1, int(self.heartbeat_s * 1000)), count=100
+            )
+            if not answer:
+                if not await self._redis.exists(key):  # expired while we waited
+                    return
+                yield None
+                continue
+            for entry_id, fields in answer[0][1]:
+                position = entry_id
+                event = await self._event(job_id, json.loads(fields["event"]))
+                if event.index > after:
+                    yield event
+                if event.kind in FINAL_KINDS:
+                    return
+
+    async def begin_attempt(self, job_id: str) -> tuple[int, bool]:
+        """A worker starts the job: its attempt number, and whether a cancel was asked for. A
+        second attempt (the replica running the first stopped) starts its progress over."""
+        key = self._job(job_id)
+        attempt = await self._redis.hincrby(key, "attempts", 1)
+        if attempt > 1:
+            await self._redis.hset(key, mapping={"status": JobStatus.QUEUED.value, "steps_done": 0})
+            await self._append(
+                job_id, JobEventKind.STATUS, {"status": "queued", "attempt": attempt}
+            )
+        return attempt, await self._redis.hget(key, "cancel") == "1"
+
+    # -- rate limits
+    async def take_token(self, client: str, per_minute: float, burst: int) -> float:
+        keys = [f"{SCHEMA}:bucket:{client}"]
+        return float(await self._take_token(keys=keys, args=[per_minute / 60.0, burst]))
+
+    async def ready(self) -> bool:
+        try:
+            return bool(await self._redis.ping())
+        except Exception:
+            return False
+
+    @property
+    def redis(self) -> Any:
+        return self._redis
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    # -- internals
+    def _job(self, job_id: str) -> str:
+        return f"{SCHEMA}:job:{job_id}"
+
+    async def _append(
+        self, job_id: str, kind: JobEventKind, data: dict[str, Any], touch: bool = True
+    ) -> None:
+        key = self._job(job_id)
+        index = await self._redis.hincrby(key, "events", 1) - 1
+        preview = data.pop("preview", None) if kind is JobEventKind.PROGRESS else None
+        if preview is not None:  # only the latest is kept; its event remembers its place
+            await self._redis.set(f"{key}:preview", _json({"index": index, "preview": preview}))
+            data = {**data, "preview": True}
+        event = {"index": index, "kind": kind.value, "data": data}
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(f"{key}:events", {"event": _json(event)})
+            if touch:
+                pipe.hset(key, "updated_at", self._clock())
+            await pipe.execute()
+
+    async def _event(self, job_id: str, event: dict[str, Any]) -> JobEvent:
+        data = event["data"]
+        kind = JobEventKind(event["kind"])
+        if kind is JobEventKind.PROGRESS and data.pop("preview", None):
+            latest = await self._redis.get(f"{self._job(job_id)}:preview")
+            if latest is not None and json.loads(latest)["index"] == event["index"]:
+                data["preview"] = json.loads(latest)["preview"]
+        return JobEvent(event["index"], kind, data)
+
+
+def _view(fields: dict[str, str]) -> JobView:
+    total = int(fields["steps_total"])
+    done = int(fields["steps_done"])
+    return JobView(
+        id=fields["id"],
+        status=JobStatus(fields["status"]),
+        progress=JobProgress(
+            steps_done=done, steps_total=total, fraction=round(done / total, 4) if total else 0.0
+        ),
+        parameters=json.loads(fields["parameters"]),
+        result=JobResult.model_validate_json(fields["result"]) if "result" in fields else None,
+        error=ErrorDetail.model_validate_json(fields["error"]) if "error" in fields else None,
+        webhook=json.loads(fields["webhook"]) if "webhook" in fields else None,
+        created_at=float(fields["created_at"]),
+        updated_at=float(fields["updated_at"]),
+    )

@@ -1,0 +1,100 @@
+"""Jobs that outlive their replica (Redis's durable queue): a replica that stops mid-job leaves the
+job queued, and a worker takes it over once its lease lapses and runs it to the same image; after
+too many lost attempts the job fails with the reason and a dead-letter record."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from serving.dataplane.job_queue import DEAD_LETTERS
+from tests.helpers.images import max_pixel_difference, pixels
+from tests.helpers.local_service import LocalService
+from tests.helpers.requests import job, job_events, submit
+
+REQUEST = {"prompt": "a lighthouse at dusk", "steps": 40, "seed": 21, "scheduler": "ddim"}
+
+
+@pytest.fixture
+def worker_stopped(durable: LocalService) -> Iterator[None]:
+    """The replica's worker stopped as a shutting-down replica stops it (running jobs are
+    cancelled without an ending), and started again afterwards whatever happens."""
+    durable.run(durable.services.jobs.stop())
+    try:
+        yield
+    finally:
+        durable.run(durable.services.jobs.start())
+
+
+def redis_of(service: LocalService) -> Any:
+    url = service.services.settings.redis_url
+    assert url is not None
+    return redis.Redis.from_url(url.get_secret_value(), decode_responses=True)
+
+
+def wait_for_progress(service: LocalService, job_id: str) -> None:
+    for event in job_events(service.url, job_id):
+        if event.kind == "progress":
+            return
+    raise AssertionError("the job ended before its first step")
+
+
+def test_a_job_its_replica_dropped_is_taken_over_and_gives_the_same_image(
+    durable: LocalService,
+) -> None:
+    created = submit(durable.url, **REQUEST)
+    wait_for_progress(durable, created["id"])
+    durable.run(durable.services.jobs.stop())  # the replica goes away mid-denoise
+    stopped = job(durable.url, created["id"])
+    assert stopped["status"] == "running" and 0 < stopped["progress"]["steps_done"] < 40
+    durable.run(durable.services.jobs.start())  # a replica is back; the lease lapses after 2 s
+
+    events = list(job_events(durable.url, created["id"]))
+    assert events[-1].kind == "result", [e.kind for e in events]
+    retried = [e.data for e in events if e.kind == "status" and "attempt" in e.data]
+    assert retried == [{"status": "queued", "attempt": 2}]
+    final = job(durable.url, created["id"])
+    assert final["status"] == "succeeded" and final["progress"]["steps_done"] == 40
+    image = pixels(httpx.get(durable.url + final["result"]["images"][0]["url"]).content)
+    alone = httpx.post(f"{durable.url}/v1/generate", json=REQUEST, timeout=120).json()
+    assert (
+        max_pixel_difference(image, pixels(base64.b64decode(alone["images"][0]["b64_data"]))) <= 1
+    )
+
+
+def test_a_job_lost_too_often_fails_with_the_reason_and_a_dead_letter(
+    durable: LocalService, worker_stopped: None
+) -> None:
+    created = submit(durable.url, **{**REQUEST, "seed": 22})
+    client = redis_of(durable)
+    client.hset(f"sd:v1:job:{created['id']}", "attempts", 3)  # three replicas lost it already
+    durable.run(durable.services.jobs.start())
+
+    final = list(job_events(durable.url, created["id"]))[-1]
+    assert final.kind == "error"
+    assert final.data["error"] == {
+        "code": "unavailable",
+        "message": "gave up after 3 attempts: the replicas running it stopped",
+        "field": None,
+    }
+    letters = [
+        fields for _, fields in client.xrange(DEAD_LETTERS) if fields["job"] == created["id"]
+    ]
+    assert len(letters) == 1 and letters[0]["reason"].startswith("gave up after 3 attempts")
+
+
+def test_a_job_cancelled_while_queued_never_runs(
+    durable: LocalService, worker_stopped: None
+) -> None:
+    created = submit(durable.url, **{**REQUEST, "seed": 23})
+    assert httpx.delete(f"{durable.url}/v1/jobs/{created['id']}", timeout=30).status_code == 200
+    durable.run(durable.services.jobs.start())
+
+    events = list(job_events(durable.url, created["id"]))
+    assert [e.kind for e in events] == ["status", "cancelled"]
+    assert job(durable.url, created["id"])["progress"]["steps_done"] == 0
