@@ -1,19 +1,22 @@
 """With SD_REDIS_URL (a real redis-server), shared state outlives the service: the real service
 is stopped and started again, and still answers for the jobs, images and cached results of its
-first run."""
+first run, and finishes the job it was running when it stopped."""
 
 from __future__ import annotations
 
 import httpx
 import pytest
 
+from tests.helpers.images import max_pixel_difference, pixels
 from tests.helpers.live_service import start_service
 from tests.helpers.redis_server import redis_server
-from tests.helpers.requests import job, job_events, submit
+from tests.helpers.requests import first_image, generate, job, job_events, submit
 
 pytestmark = pytest.mark.integration
 
 REQUEST = {"prompt": "a blue square on a black background", "steps": 4, "seed": 11}
+# Long enough (150 steps at 256², seconds on CPU) to be under way when the service stops.
+LONG = {"prompt": "a red circle", "steps": 150, "seed": 12, "width": 256, "height": 256}
 
 
 def test_a_restarted_service_still_answers_for_its_jobs_images_and_results(
@@ -21,7 +24,11 @@ def test_a_restarted_service_still_answers_for_its_jobs_images_and_results(
 ) -> None:
     base = tmp_path_factory.mktemp("durable")
     with redis_server(base) as url:
-        settings = {"SD_REDIS_URL": url, "SD_IMAGE_STORE_URL": (base / "images").as_uri()}
+        settings = {
+            "SD_REDIS_URL": url,
+            "SD_IMAGE_STORE_URL": (base / "images").as_uri(),
+            "SD_JOB_LEASE_S": "3",
+        }
         with start_service(base / "cache", settings) as first:
             created = submit(first.url, **REQUEST)
             events = list(job_events(first.url, created["id"]))
@@ -32,6 +39,11 @@ def test_a_restarted_service_still_answers_for_its_jobs_images_and_results(
             assert image.status_code == 200
             ready = httpx.get(first.url + "/v2/health/ready", timeout=30).json()
             assert ready["stages"]["result_store"] is True  # Redis answers
+            # A long job, under way when the service stops.
+            interrupted = submit(first.url, **LONG)
+            for event in job_events(first.url, interrupted["id"]):
+                if event.kind == "progress":
+                    break
 
         with start_service(base / "cache", settings) as second:
             assert job(second.url, created["id"]) == finished
@@ -44,7 +56,16 @@ def test_a_restarted_service_still_answers_for_its_jobs_images_and_results(
             answer = httpx.post(second.url + "/v1/generate", json=REQUEST, timeout=120).json()
             assert answer["cached"] is True
             assert answer["images"][0]["url"] == image_url
-    assert sorted(path.name for path in (base / "images").iterdir()) == [
-        image_url.rsplit("/", 1)[1].split(".")[0],
-        image_url.rsplit("/", 1)[1].split(".")[0] + ".json",
-    ]
+            # The interrupted job is taken over once its lease lapses, and run to the end.
+            resumed = list(job_events(second.url, interrupted["id"]))
+            assert resumed[-1].kind == "result", [e.kind for e in resumed]
+            attempts = [e.data for e in resumed if e.kind == "status" and "attempt" in e.data]
+            assert attempts == [{"status": "queued", "attempt": 2}]
+            # Its image is the one an uninterrupted run gives (two images: not the cached one).
+            done = job(second.url, interrupted["id"])["result"]["images"][0]
+            again = httpx.get(second.url + done["url"], timeout=30).content
+            uninterrupted = generate(second.url, **LONG, num_images=2)
+            assert not uninterrupted["cached"]
+            assert max_pixel_difference(pixels(again), first_image(uninterrupted)) <= 1
+    stored = base / "images" / image_url.rsplit("/", 1)[1].split(".")[0]
+    assert stored.read_bytes() == image.content and stored.with_suffix(".json").is_file()
