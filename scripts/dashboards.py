@@ -272,6 +272,20 @@ def scaling() -> dict[str, Any]:
                 unit="reqps",
             ),
             panel(
+                "Durable job queue (with Redis)",
+                [
+                    ("max(ray_sd_jobs_queued)", "waiting or running"),
+                    (
+                        f"sum(increase(ray_sd_jobs_taken_over_total{RATE}))",
+                        "taken over (replica stopped)",
+                    ),
+                    (f"sum(increase(ray_sd_jobs_dead_lettered_total{RATE}))", "dead-lettered"),
+                ],
+                description="Jobs in the Redis queue; jobs another replica ran again because the "
+                "one running them stopped (a deploy or a crash); jobs that failed after "
+                "SD_JOB_MAX_ATTEMPTS lost attempts (alert SdServingJobsDeadLettered).",
+            ),
+            panel(
                 "GPU utilisation (DCGM)",
                 [("avg by (Hostname, gpu) (DCGM_FI_DEV_GPU_UTIL)", "{{Hostname}} GPU {{gpu}}")],
                 unit="percent",

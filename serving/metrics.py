@@ -42,6 +42,12 @@ EXPORTED: dict[str, str] = {
     "ray_sd_images_total": "images produced",
     "ray_sd_rejected_requests_total": "requests refused, by reason (e.g. invalid_argument)",
     "ray_sd_max_replicas": "configured max_replicas per stage (tag stage_deployment), for alerts",
+    "ray_sd_jobs_queued": "with Redis: jobs in the durable queue, waiting or running (each "
+    "ingress replica reports the whole queue)",
+    "ray_sd_jobs_taken_over_total": "with Redis: jobs run again because the replica running them "
+    "stopped",
+    "ray_sd_jobs_dead_lettered_total": "with Redis: jobs failed after SD_JOB_MAX_ATTEMPTS lost "
+    "attempts (kept in sd:v1:jobs:dead)",
 }
 
 Tags = dict[str, str]
@@ -124,6 +130,9 @@ class IngressMetrics:
     images: Counter
     rejected: Counter
     lookups: Counter
+    jobs_queued: Gauge
+    jobs_taken_over: Counter
+    jobs_dead_lettered: Counter
 
     def record_request(self, route: str, protocol: str, status: int, seconds: float) -> None:
         self.requests.inc(tags={"route": route, "protocol": protocol, "status": str(status)})
@@ -166,6 +175,13 @@ class IngressMetrics:
                 "sd_rejected_requests", EXPORTED["ray_sd_rejected_requests_total"], ("reason",)
             ),
             lookups=cache_lookups(meter),
+            jobs_queued=meter.gauge("sd_jobs_queued", EXPORTED["ray_sd_jobs_queued"]),
+            jobs_taken_over=meter.counter(
+                "sd_jobs_taken_over", EXPORTED["ray_sd_jobs_taken_over_total"]
+            ),
+            jobs_dead_lettered=meter.counter(
+                "sd_jobs_dead_lettered", EXPORTED["ray_sd_jobs_dead_lettered_total"]
+            ),
         )
 
 

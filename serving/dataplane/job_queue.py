@@ -67,6 +67,10 @@ class RedisJobQueue:
             if fields  # an entry deleted while pending comes back empty
         ]
 
+    async def length(self) -> int:
+        """Jobs waiting or running (an entry leaves the stream when its job is done)."""
+        return int(await self._redis.xlen(QUEUE))
+
     async def renew(self, entry_id: str) -> None:
         """Restart the lease: the entry's idle time goes back to 0."""
         await self._redis.xclaim(QUEUE, GROUP, self.consumer, 0, [entry_id], justid=True)

@@ -378,6 +378,7 @@ class JobRunner:
 
     async def _work(self, queue: RedisJobQueue) -> None:
         """Take queued jobs while this replica has room for them (SD_JOB_WORKERS)."""
+        metrics = self._data_plane.metrics
         while True:
             room = self._data_plane.settings.job_workers - len(self._running)
             if room <= 0:
@@ -386,6 +387,7 @@ class JobRunner:
                 continue
             try:
                 taken = await queue.take(room, block_s=1.0)
+                metrics.jobs_queued.set(await queue.length())
             except Exception:  # Redis away: say so, and try again
                 logger.exception("taking queued jobs failed; retrying in 1 s")
                 await asyncio.sleep(1.0)
@@ -400,6 +402,8 @@ class JobRunner:
             await queue.done(job.entry_id)
             return
         attempt, cancel_requested = await queue.store.begin_attempt(job.job_id)
+        if attempt > 1:
+            self._data_plane.metrics.jobs_taken_over.inc()
         webhook_url = job.work["webhook_url"]
         limit = self._data_plane.settings.job_max_attempts
         if cancel_requested or attempt > limit:
@@ -411,6 +415,7 @@ class JobRunner:
                 error = ErrorDetail(code="unavailable", message=reason)
                 final = await self._store.finish_job(job.job_id, JobStatus.FAILED, error=error)
                 await queue.bury(job, reason)
+                self._data_plane.metrics.jobs_dead_lettered.inc()
             await self._deliver(job.job_id, webhook_url, final)
             return
         from serving.dataplane.service import PreparedRequest  # service → store → jobs

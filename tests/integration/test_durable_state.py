@@ -61,6 +61,15 @@ def test_a_restarted_service_still_answers_for_its_jobs_images_and_results(
             assert resumed[-1].kind == "result", [e.kind for e in resumed]
             attempts = [e.data for e in resumed if e.kind == "status" and "attempt" in e.data]
             assert attempts == [{"status": "queued", "attempt": 2}]
+            # The worker's series: the queue and the job it took over.
+            exported = httpx.get(second.metrics_url, timeout=30).text
+            assert "ray_sd_jobs_queued{" in exported
+            taken_over = [
+                float(line.rsplit(" ", 1)[1])
+                for line in exported.splitlines()
+                if line.startswith("ray_sd_jobs_taken_over_total{")
+            ]
+            assert sum(taken_over) == 1
             # Its image is the one an uninterrupted run gives (two images: not the cached one).
             done = job(second.url, interrupted["id"])["result"]["images"][0]
             again = httpx.get(second.url + done["url"], timeout=30).content

@@ -31,6 +31,13 @@ GRAFANA_VARIABLES = {
     "$namespace": ".*",
 }
 PROJECT_SERIES = re.compile(r"\b(ray_sd_\w+|ray_serve_\w+)")
+# Series of the durable job queue exist only with Redis: this session's service has none; the
+# restart test (test_durable_state.py) reads them from its service's /metrics.
+ONLY_WITH_REDIS = {
+    "ray_sd_jobs_queued",
+    "ray_sd_jobs_taken_over_total",
+    "ray_sd_jobs_dead_lettered_total",
+}
 
 
 def dashboard_queries() -> list[str]:
@@ -128,7 +135,8 @@ def test_every_project_series_in_dashboards_and_alerts_has_data(
     names = set()
     for expr in dashboard_queries() + alert_expressions():
         names.update(PROJECT_SERIES.findall(expr))
-    assert len(names) >= 15
+    assert len(names) >= 15 and names >= ONLY_WITH_REDIS
+    names -= ONLY_WITH_REDIS
     missing = [name for name in sorted(names) if not query(prometheus, name)["result"]]
     assert not missing, f"series without data after load: {missing}"
 

@@ -55,6 +55,7 @@ def test_a_job_its_replica_dropped_is_taken_over_and_gives_the_same_image(
 
     events = list(job_events(durable.url, created["id"]))
     assert events[-1].kind == "result", [e.kind for e in events]
+    assert durable.meter.value("sd_jobs_taken_over") >= 1
     retried = [e.data for e in events if e.kind == "status" and "attempt" in e.data]
     assert retried == [{"status": "queued", "attempt": 2}]
     final = job(durable.url, created["id"])
@@ -81,6 +82,7 @@ def test_a_job_lost_too_often_fails_with_the_reason_and_a_dead_letter(
         "message": "gave up after 3 attempts: the replicas running it stopped",
         "field": None,
     }
+    assert durable.meter.value("sd_jobs_dead_lettered") == 1
     letters = [
         fields for _, fields in client.xrange(DEAD_LETTERS) if fields["job"] == created["id"]
     ]
