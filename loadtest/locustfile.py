@@ -6,9 +6,10 @@
 Prompts come from loadtest/prompts.txt in a skewed (Zipf-like) mix, so popular prompts repeat and
 the embedding cache is exercised; parameters follow a realistic mix of sizes, steps and
 schedulers. Each profile has a load shape and SLOs; the run exits non-zero when an SLO is broken.
-Users: /v1/generate (raw PNG or JSON), OpenAI images, KServe v1, KServe v2 REST and KServe v2
-gRPC (LOADTEST_GRPC_TARGET, default 127.0.0.1:9000); all map onto the same request. The smoke
-profile runs one user of each kind.
+Users: /v1/generate (raw PNG or JSON), OpenAI images, KServe v1, KServe v2 REST, KServe v2
+gRPC (LOADTEST_GRPC_TARGET, default 127.0.0.1:9000) and async jobs (submitted, then polled until
+they end; "job to result" is the whole wait); all map onto the same request. The smoke profile
+runs one user of each kind.
 
 Requests spread evenly over the served models (`GET /v1/models`; LOADTEST_MODELS=a,b picks some),
 each fitted to its model: a sampler it does not take falls back to its own, few-step models
@@ -60,7 +61,7 @@ class Profile:
 
 
 PROFILES = {
-    "smoke": Profile(((20, 5, 5.0),), max_error_ratio=0.0, p95_ms=60_000),
+    "smoke": Profile(((20, 6, 6.0),), max_error_ratio=0.0, p95_ms=60_000),
     "ramp": Profile(((60, 2, 1.0), (120, 4, 1.0), (180, 8, 1.0)), 0.01, 30_000),
     "spike": Profile(((30, 2, 2.0), (60, 16, 16.0), (120, 2, 4.0)), 0.05, 60_000),
     "soak": Profile(((1800, 4, 1.0),), 0.01, 30_000),
@@ -140,6 +141,44 @@ class GenerateUser(HttpUser):
                 response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
             elif accept == "image/png" and not response.content.startswith(b"\x89PNG"):
                 response.failure("the answer is not a PNG")
+
+
+class JobUser(HttpUser):
+    """An IoT or mobile client that submits a job and comes back for it, polling."""
+
+    wait_time = between(1.0, 3.0)
+    weight = 1
+    fixed_count = ONE_OF_EACH
+    poll_s = 0.5
+    give_up_s = 300.0
+
+    @task
+    def job(self) -> None:
+        model, prompt, params = pick()
+        started = time.perf_counter()
+        with self.client.post(
+            "/v1/jobs",
+            json={"model": model, "prompt": prompt, **params},
+            name=f"/v1/jobs ({model})",
+            catch_response=True,
+        ) as response:
+            if response.status_code != 202:
+                response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
+                return
+            job_id = response.json()["id"]
+        status = "queued"
+        while status in ("queued", "running") and time.perf_counter() - started < self.give_up_s:
+            time.sleep(self.poll_s)  # gevent's sleep: other users go on
+            answer = self.client.get(f"/v1/jobs/{job_id}", name="/v1/jobs/{id}")
+            status = answer.json()["status"] if answer.status_code == 200 else "lost"
+        events.request.fire(
+            request_type="JOB",
+            name=f"job to result ({model})",
+            response_time=(time.perf_counter() - started) * 1000,
+            response_length=0,
+            exception=None if status == "succeeded" else RuntimeError(f"job ended {status}"),
+            context={},
+        )
 
 
 class OpenAIUser(HttpUser):
