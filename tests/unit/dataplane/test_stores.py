@@ -24,6 +24,7 @@ from serving.dataplane.store import InMemoryStore, Store
 from serving.errors import ErrorDetail, QueueFull
 from serving.settings import Settings
 from tests.helpers.redis_server import redis_server
+from tests.helpers.s3_server import s3_server
 
 PROGRESS = JobEventKind.PROGRESS
 NO_IMAGES = JobResult(images=[], cached=False, timings_ms={}, warnings=[])
@@ -302,3 +303,36 @@ def test_purge_images_is_a_command_for_operators(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert f"1 images older than 60 s deleted from {url}" in done.stdout
     assert not list((tmp_path / "images").iterdir())
+
+
+def test_images_in_an_s3_bucket_outlive_the_replica_and_are_purged(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SD_IMAGE_STORE_URL=s3://… against an S3-compatible server on loopback (moto's server)."""
+    redis.Redis.from_url(redis_url).flushdb()
+    with s3_server() as environment:
+        for name, value in environment.items():
+            monkeypatch.setenv(name, value)
+        config = redis_settings(tmp_path, redis_url, image_store_url="s3://sd-images/served")
+
+        async def first_replica() -> list[str]:
+            store = RedisStore.from_settings(config)
+            digests = await store.keep([(b"\x89PNG-bytes", "png")], "key", [5])
+            await store.close()
+            return digests
+
+        async def second_replica() -> Any:
+            store = RedisStore.from_settings(config)
+            try:
+                return await store.lookup_result("key")
+            finally:
+                await store.close()
+
+        digests = asyncio.run(first_replica())
+        cached, (image,) = asyncio.run(second_replica())
+        assert cached.digests == digests and image == StoredImage(b"\x89PNG-bytes", "png")
+        command = [sys.executable, "-m", "serving.cli", "purge-images", "--older-than-s", "0"]
+        environment = {**os.environ, "SD_IMAGE_STORE_URL": "s3://sd-images/served"}
+        done = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and "1 images older than 0 s deleted" in done.stdout, done
+        assert asyncio.run(second_replica()) is None  # the index outlives its images: a miss
