@@ -386,6 +386,11 @@ class JobRunner:
                 await self._finished.wait()
                 continue
             try:
+                # A replica starting up takes no job before its stages answer (a job taken over
+                # at start would fail on a stage still loading).
+                if not await self._data_plane.ready():
+                    await asyncio.sleep(1.0)
+                    continue
                 taken = await queue.take(room, block_s=1.0)
                 metrics.jobs_queued.set(await queue.length())
             except Exception:  # Redis away: say so, and try again

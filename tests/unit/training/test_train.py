@@ -36,6 +36,7 @@ TINY = TrainConfig(
     batch_size=4,
     vae_max_mse=1.0,  # ten steps reconstruct nothing yet; the check's failure has its own test
     vae_min_adherence=0.0,
+    posterior_std=0.05,  # the option: the posterior starts narrow
 )
 
 
