@@ -111,6 +111,11 @@ def _parser() -> argparse.ArgumentParser:
         help="store the UNet and VAE in float16 (half the size; diffusers loads them as float32)",
     )
     train.add_argument(
+        "--posterior-std",
+        type=float,
+        help="start the VAE posterior's std here (e.g. 0.05) rather than diffusers' initialisation",
+    )
+    train.add_argument(
         "--eval-every",
         type=int,
         help="score the world's captions every N denoiser steps (0: never; the world only)",
@@ -198,6 +203,11 @@ def _train(args: argparse.Namespace) -> int:
         for key in ("vae_steps", "unet_steps", "batch_size", "image_size", "seed", "eval_every")
         if (value := getattr(args, key)) is not None
     }
+    if args.posterior_std is not None:
+        if not 0 < args.posterior_std <= 1:
+            print("sd-serving: train: --posterior-std must be in (0, 1]", file=sys.stderr)
+            return 2
+        given["posterior_std"] = args.posterior_std
     if any(value < 0 for value in given.values()) or given.get("batch_size", 1) < 1:
         print(
             "sd-serving: train: steps, sizes and seed must be ≥ 0 (batch size ≥ 1)", file=sys.stderr

@@ -113,3 +113,5 @@ def test_the_command_reports_a_bad_dataset_and_bad_numbers(tmp_path: Path) -> No
     assert missing.returncode == 2 and "metadata.jsonl: missing" in missing.stderr
     negative = sd_serving("--unet-steps", "-1")
     assert negative.returncode == 2 and "must be ≥ 0" in negative.stderr
+    wide = sd_serving("--posterior-std", "2")
+    assert wide.returncode == 2 and "--posterior-std must be in (0, 1]" in wide.stderr
