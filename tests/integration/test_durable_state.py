@@ -15,8 +15,8 @@ from tests.helpers.requests import first_image, generate, job, job_events, submi
 pytestmark = pytest.mark.integration
 
 REQUEST = {"prompt": "a blue square on a black background", "steps": 4, "seed": 11}
-# Long enough (150 steps at 256², seconds on CPU) to be under way when the service stops.
-LONG = {"prompt": "a red circle", "steps": 150, "seed": 12, "width": 256, "height": 256}
+# Long enough (150 steps at 128², seconds on CPU) to be under way when the service stops.
+LONG = {"prompt": "a red circle", "steps": 150, "seed": 12, "width": 128, "height": 128}
 
 
 def test_a_restarted_service_still_answers_for_its_jobs_images_and_results(
