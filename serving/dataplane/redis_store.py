@@ -59,6 +59,43 @@ return tostring(wait)
 """
 
 
+# One event appended atomically: its index, its place in the stream and, for progress, the
+# job's step count and the queued → running change, so concurrent reports (the images of one
+# job report their steps side by side) can never interleave out of order.
+# KEYS: the job's hash, its event stream, its preview key.
+# ARGV: kind, data (a JSON object), preview (a JSON string, or ''), progress ('1'/'0'), now,
+# touch ('1'/'0': whether updated_at moves).
+APPEND_EVENT = """
+local function add(kind, data)
+  local index = redis.call('HINCRBY', KEYS[1], 'events', 1) - 1
+  local event = '{"index":' .. index .. ',"kind":"' .. kind .. '","data":' .. data .. '}'
+  redis.call('XADD', KEYS[2], '*', 'event', event)
+  return index
+end
+local function with(data, fields)
+  if data == '{}' then return '{' .. fields .. '}' end
+  return '{' .. fields .. ',' .. string.sub(data, 2)
+end
+local data = ARGV[2]
+if ARGV[4] == '1' then
+  if redis.call('HGET', KEYS[1], 'status') == 'queued' then
+    redis.call('HSET', KEYS[1], 'status', 'running')
+    add('status', '{"status":"running"}')
+  end
+  local done = redis.call('HINCRBY', KEYS[1], 'steps_done', 1)
+  local total = redis.call('HGET', KEYS[1], 'steps_total')
+  data = with(data, '"steps_done":' .. done .. ',"steps_total":' .. total)
+end
+if ARGV[3] ~= '' then data = with(data, '"preview":true') end
+local index = add(ARGV[1], data)
+if ARGV[3] ~= '' then
+  redis.call('SET', KEYS[3], '{"index":' .. index .. ',"preview":' .. ARGV[3] .. '}')
+end
+if ARGV[6] == '1' then redis.call('HSET', KEYS[1], 'updated_at', ARGV[5]) end
+return index
+"""
+
+
 def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
@@ -80,6 +117,7 @@ class RedisStore:
         self._clock = clock
         self.heartbeat_s = HEARTBEAT_S
         self._take_token = redis.register_script(TAKE_TOKEN)
+        self._append_event = redis.register_script(APPEND_EVENT)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisStore:
@@ -153,14 +191,7 @@ class RedisStore:
         status, cancel = await self._redis.hmget(self._job(job_id), ["status", "cancel"])
         if status is None or JobStatus(status).finished:
             return True
-        if kind is JobEventKind.PROGRESS:
-            if status == JobStatus.QUEUED.value:
-                await self._redis.hset(self._job(job_id), "status", JobStatus.RUNNING.value)
-                await self._append(job_id, JobEventKind.STATUS, {"status": "running"})
-            steps_done = await self._redis.hincrby(self._job(job_id), "steps_done", 1)
-            steps_total = int(await self._redis.hget(self._job(job_id), "steps_total") or 0)
-            data = {**data, "steps_done": steps_done, "steps_total": steps_total}
-        await self._append(job_id, kind, data)
+        await self._append(job_id, kind, data)  # progress also counts the step, atomically
         return cancel == "1"
 
     async def finish_job(
@@ -268,18 +299,22 @@ class RedisStore:
     async def _append(
         self, job_id: str, kind: JobEventKind, data: dict[str, Any], touch: bool = True
     ) -> None:
+        """Only the latest preview is kept (its event remembers its place); a progress event
+        carries the job's step count."""
         key = self._job(job_id)
-        index = await self._redis.hincrby(key, "events", 1) - 1
-        preview = data.pop("preview", None) if kind is JobEventKind.PROGRESS else None
-        if preview is not None:  # only the latest is kept; its event remembers its place
-            await self._redis.set(f"{key}:preview", _json({"index": index, "preview": preview}))
-            data = {**data, "preview": True}
-        event = {"index": index, "kind": kind.value, "data": data}
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(f"{key}:events", {"event": _json(event)})
-            if touch:
-                pipe.hset(key, "updated_at", self._clock())
-            await pipe.execute()
+        progress = kind is JobEventKind.PROGRESS
+        preview = data.get("preview") if progress else None
+        fields = {k: v for k, v in data.items() if k != "preview"} if progress else data
+        arguments = [
+            kind.value,
+            _json(fields),
+            "" if preview is None else _json(preview),
+            int(progress),
+            self._clock(),
+            int(touch),
+        ]
+        keys = [key, f"{key}:events", f"{key}:preview"]
+        await self._append_event(keys=keys, args=arguments)
 
     async def _event(self, job_id: str, event: dict[str, Any]) -> JobEvent:
         data = event["data"]

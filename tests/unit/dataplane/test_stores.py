@@ -82,6 +82,29 @@ def test_job_events_are_ordered_and_end_with_the_final_view(run: Callable[..., A
     assert events[-1].data["progress"] == {"steps_done": 2, "steps_total": 2, "fraction": 1.0}
 
 
+def test_concurrent_reports_keep_the_log_in_order(run: Callable[..., Any]) -> None:
+    """The images of one job report their steps side by side: the log stays ordered by index,
+    with the step count rising and one change to running."""
+
+    async def scenario(store: Store) -> list[JobEvent | None]:
+        await store.create_job("a", {}, 40, None)
+        reports = [
+            store.report_job("a", PROGRESS, {"image_index": n % 2, "step": n // 2 + 1})
+            for n in range(40)
+        ]
+        await asyncio.gather(*reports)
+        await store.finish_job("a", JobStatus.SUCCEEDED, result=NO_IMAGES)
+        return await collect(store, "a")
+
+    events = [event for event in run(scenario) if event is not None]
+    assert [e.index for e in events] == list(range(43))
+    assert [e.data for e in events if e.kind == "status"] == [
+        {"status": "queued"},
+        {"status": "running"},
+    ]
+    assert [e.data["steps_done"] for e in events if e.kind == "progress"] == list(range(1, 41))
+
+
 def test_a_late_listener_gets_the_log_after_its_index_and_only_the_latest_preview(
     run: Callable[..., Any],
 ) -> None:
