@@ -81,6 +81,11 @@ class JobProgress(BaseModel):
     steps_total: int
     fraction: float
 
+    @classmethod
+    def of(cls, steps_done: int, steps_total: int) -> JobProgress:
+        fraction = round(steps_done / steps_total, 4) if steps_total else 0.0
+        return cls(steps_done=steps_done, steps_total=steps_total, fraction=fraction)
+
 
 class JobImage(BaseModel):
     url: str
@@ -128,15 +133,10 @@ class Job:
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     def view(self) -> JobView:
-        total = self.steps_total
         return JobView(
             id=self.id,
             status=self.status,
-            progress=JobProgress(
-                steps_done=self.steps_done,
-                steps_total=total,
-                fraction=round(self.steps_done / total, 4) if total else 0.0,
-            ),
+            progress=JobProgress.of(self.steps_done, self.steps_total),
             parameters=self.parameters,
             result=self.result,
             error=self.error,

@@ -327,14 +327,10 @@ class RedisStore:
 
 
 def _view(fields: dict[str, str]) -> JobView:
-    total = int(fields["steps_total"])
-    done = int(fields["steps_done"])
     return JobView(
         id=fields["id"],
         status=JobStatus(fields["status"]),
-        progress=JobProgress(
-            steps_done=done, steps_total=total, fraction=round(done / total, 4) if total else 0.0
-        ),
+        progress=JobProgress.of(int(fields["steps_done"]), int(fields["steps_total"])),
         parameters=json.loads(fields["parameters"]),
         result=JobResult.model_validate_json(fields["result"]) if "result" in fields else None,
         error=ErrorDetail.model_validate_json(fields["error"]) if "error" in fields else None,
