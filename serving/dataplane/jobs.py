@@ -411,16 +411,17 @@ class JobRunner:
             self._data_plane.metrics.jobs_taken_over.inc()
         webhook_url = job.work["webhook_url"]
         limit = self._data_plane.settings.job_max_attempts
-        if cancel_requested or attempt > limit:
-            if cancel_requested:
-                final = await self._store.finish_job(job.job_id, JobStatus.CANCELLED)
-                await queue.done(job.entry_id)
-            else:
-                reason = f"gave up after {limit} attempts: the replicas running it stopped"
-                error = ErrorDetail(code="unavailable", message=reason)
-                final = await self._store.finish_job(job.job_id, JobStatus.FAILED, error=error)
-                await queue.bury(job, reason)
-                self._data_plane.metrics.jobs_dead_lettered.inc()
+        if cancel_requested:
+            final = await self._store.finish_job(job.job_id, JobStatus.CANCELLED)
+            await queue.done(job.entry_id)
+            await self._deliver(job.job_id, webhook_url, final)
+            return
+        if attempt > limit:
+            reason = f"gave up after {limit} attempts: the replicas running it stopped"
+            error = ErrorDetail(code="unavailable", message=reason)
+            final = await self._store.finish_job(job.job_id, JobStatus.FAILED, error=error)
+            await queue.bury(job, reason)
+            self._data_plane.metrics.jobs_dead_lettered.inc()
             await self._deliver(job.job_id, webhook_url, final)
             return
         from serving.dataplane.service import PreparedRequest  # service → store → jobs
