@@ -42,6 +42,10 @@ class DenoiseJob:
     seed: int
     scheduler: str
     guidance_rescale: float = 0.0
+    # A durable job's: checkpoint the denoising state every N steps (0: never), and resume from
+    # such a checkpoint (serving/engine/checkpoint.py) instead of starting from noise.
+    checkpoint_every: int = 0
+    resume: bytes | None = None
 
     @property
     def guided(self) -> bool:
@@ -51,12 +55,14 @@ class DenoiseJob:
 @dataclass(frozen=True)
 class StepProgress:
     """Image `image_index` finished denoising step `step` of `total`; `preview` is [h/8, w/8, 3]
-    uint8 when asked for."""
+    uint8 when asked for; `checkpoint` the state after this step, every `checkpoint_every`
+    steps and after the last."""
 
     step: int
     total: int
     preview: np.ndarray | None = None
     image_index: int = 0
+    checkpoint: bytes | None = None
 
 
 @dataclass(frozen=True)

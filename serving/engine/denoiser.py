@@ -33,6 +33,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
 from serving.dataplane.stages import DenoiseJob, DenoiseResult, StepProgress
+from serving.engine import checkpoint
 from serving.engine.compiled import (
     EAGER,
     BucketedDenoise,
@@ -50,8 +51,9 @@ from serving.models.device import Placement
 
 logger = logging.getLogger(__name__)
 
-# Called on the engine thread after each of a job's steps: (steps done, total steps, latents).
-StepObserver = Callable[[int, int, torch.Tensor], None]
+# Called on the engine thread after each of a job's steps: (steps done, total steps, latents,
+# the denoising state as a checkpoint when one is due, else None).
+StepObserver = Callable[[int, int, torch.Tensor, bytes | None], None]
 
 
 @dataclass
@@ -116,8 +118,17 @@ class _Active:
     latents: torch.Tensor
     conditioning: dict[str, torch.Tensor]  # [rows, ...] per name
     guided: bool
+    generator: torch.Generator
     extra: dict[str, Any]
     index: int = 0
+
+    @property
+    def done(self) -> bool:
+        return self.index == len(self.timesteps)
+
+    def checkpoint_due(self) -> bool:
+        every = self.job.checkpoint_every
+        return every > 0 and (self.index % every == 0 or self.done)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -249,9 +260,12 @@ class ContinuousBatchingEngine:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[StepProgress | None] = asyncio.Queue()
 
-        def on_step(done: int, total: int, latents: torch.Tensor) -> None:  # engine thread
+        def on_step(  # engine thread
+            done: int, total: int, latents: torch.Tensor, state: bytes | None
+        ) -> None:
             image = latent_preview(latents) if preview else None
-            loop.call_soon_threadsafe(events.put_nowait, StepProgress(done, total, image))
+            event = StepProgress(done, total, image, checkpoint=state)
+            loop.call_soon_threadsafe(events.put_nowait, event)
 
         ticket = self.submit(job, on_step=on_step)
         # After the last step's event (same thread, same order): the end of the stream.
@@ -309,10 +323,9 @@ class ContinuousBatchingEngine:
                 _fail(request.ticket, error)
             return 0
         for request in group:
-            if request.index == len(request.timesteps):
+            if request.done:
                 self._active.remove(request)
-                result = request.latents[0].float().cpu().numpy()
-                _resolve(request.ticket, result)
+                _resolve(request.ticket, request.latents[0].float().cpu().numpy())
         if self._metrics is not None:
             self._metrics.batch_size.observe(len(group))
             self._metrics.steps.inc(len(group))
@@ -358,6 +371,9 @@ class ContinuousBatchingEngine:
             except Exception as error:
                 _fail(ticket, error)
                 continue
+            if request.done:  # resumed from the checkpoint after its last step
+                _resolve(ticket, request.latents[0].float().cpu().numpy())
+                continue
             with self._wake:
                 self._active.append(request)
 
@@ -384,7 +400,11 @@ class ContinuousBatchingEngine:
         if embedding_dim is not None:
             conditioning["timestep_cond"] = guidance_embedding(job.guidance_scale, embedding_dim)
         conditioning = {k: v.to(device=device, dtype=dtype) for k, v in conditioning.items()}
+        index = 0
+        if job.resume is not None:
+            index, latents = self._resume(job.resume, scheduler, generator, latents)
         ticket.total_steps = len(scheduler.timesteps)
+        ticket.steps_done = index
         ticket.started_at = time.monotonic()
         return _Active(
             ticket=ticket,
@@ -394,8 +414,29 @@ class ContinuousBatchingEngine:
             latents=latents,
             conditioning=conditioning,
             guided=guided,
+            generator=generator,
             extra=step_kwargs(scheduler, generator),
+            index=index,
         )
+
+    def _resume(
+        self,
+        data: bytes,
+        scheduler: SchedulerMixin,
+        generator: torch.Generator,
+        fresh: torch.Tensor,
+    ) -> tuple[int, torch.Tensor]:
+        """A checkpoint's step and latents, its scheduler and generator state restored; a
+        checkpoint of another shape or a longer schedule is refused (ValueError)."""
+        state = checkpoint.read(data)
+        if state.latents.shape != fresh.shape or not 0 <= state.step <= len(scheduler.timesteps):
+            raise ValueError(
+                f"the checkpoint (step {state.step}, latents {tuple(state.latents.shape)}) does "
+                f"not fit this request ({len(scheduler.timesteps)} steps, {tuple(fresh.shape)})"
+            )
+        checkpoint.restore(state, scheduler, self._placement.device)
+        generator.set_state(state.generator)
+        return state.step, state.latents.to(device=fresh.device, dtype=fresh.dtype)
 
     def _drop_cancelled(self) -> None:
         with self._wake:
@@ -445,13 +486,18 @@ class ContinuousBatchingEngine:
             request.index += 1
             request.ticket.steps_done = request.index
             if request.ticket.on_step is not None:
-                _notify(request.ticket.on_step, request.index, len(request.timesteps), request)
+                _notify(request.ticket.on_step, request)
         return offset
 
 
-def _notify(observer: StepObserver, done: int, total: int, request: _Active) -> None:
+def _notify(observer: StepObserver, request: _Active) -> None:
     try:
-        observer(done, total, request.latents)
+        state = None
+        if request.checkpoint_due():
+            state = checkpoint.capture(
+                request.index, request.latents, request.scheduler, request.generator
+            )
+        observer(request.index, len(request.timesteps), request.latents, state)
     except Exception:  # a progress listener must never stop the batch
         logger.exception("step observer failed for request %s", request.ticket.id)
 
