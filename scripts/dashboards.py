@@ -280,10 +280,17 @@ def scaling() -> dict[str, Any]:
                         "taken over (replica stopped)",
                     ),
                     (f"sum(increase(ray_sd_jobs_dead_lettered_total{RATE}))", "dead-lettered"),
+                    (
+                        f"sum(increase(ray_sd_jobs_resumed_total{RATE}))",
+                        "resumed from a checkpoint",
+                    ),
+                    (f"sum(increase(ray_sd_job_steps_redone_total{RATE}))", "steps redone"),
                 ],
                 description="Jobs in the Redis queue; jobs another replica ran again because the "
-                "one running them stopped (a deploy or a crash); jobs that failed after "
-                "SD_JOB_MAX_ATTEMPTS lost attempts (alert SdServingJobsDeadLettered).",
+                "one running them stopped (a deploy or a crash), those of them that resumed from "
+                "a denoising checkpoint, and the steps they ran again (at most "
+                "SD_JOB_CHECKPOINT_STEPS - 1 per image when checkpoints keep up); jobs that "
+                "failed after SD_JOB_MAX_ATTEMPTS lost attempts (alert SdServingJobsDeadLettered).",
             ),
             panel(
                 "GPU utilisation (DCGM)",

@@ -48,6 +48,10 @@ EXPORTED: dict[str, str] = {
     "stopped",
     "ray_sd_jobs_dead_lettered_total": "with Redis: jobs failed after SD_JOB_MAX_ATTEMPTS lost "
     "attempts (kept in sd:v1:jobs:dead)",
+    "ray_sd_jobs_resumed_total": "with Redis: jobs taken over that resumed at least one image "
+    "from its denoising checkpoint",
+    "ray_sd_job_steps_redone_total": "with Redis: denoising steps a taken-over job ran again "
+    "(those after its last checkpoint, or all of them without one)",
 }
 
 Tags = dict[str, str]
@@ -133,6 +137,8 @@ class IngressMetrics:
     jobs_queued: Gauge
     jobs_taken_over: Counter
     jobs_dead_lettered: Counter
+    jobs_resumed: Counter
+    job_steps_redone: Counter
 
     def record_request(self, route: str, protocol: str, status: int, seconds: float) -> None:
         self.requests.inc(tags={"route": route, "protocol": protocol, "status": str(status)})
@@ -181,6 +187,10 @@ class IngressMetrics:
             ),
             jobs_dead_lettered=meter.counter(
                 "sd_jobs_dead_lettered", EXPORTED["ray_sd_jobs_dead_lettered_total"]
+            ),
+            jobs_resumed=meter.counter("sd_jobs_resumed", EXPORTED["ray_sd_jobs_resumed_total"]),
+            job_steps_redone=meter.counter(
+                "sd_job_steps_redone", EXPORTED["ray_sd_job_steps_redone_total"]
             ),
         )
 

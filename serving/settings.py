@@ -290,6 +290,12 @@ class Settings(BaseSettings):
     job_max_attempts: int = Field(
         3, ge=1, description="with Redis: runs of a job whose replicas died, before it fails"
     )
+    job_checkpoint_steps: int = Field(
+        5,
+        ge=0,
+        description="with Redis: a running job's denoising state is saved every this many steps "
+        "(and after its last), so a job taken over resumes there; 0: never, a job reruns",
+    )
     webhook_secret: SecretStr | None = Field(
         None,
         description="key of the HMAC-SHA256 signature on job webhooks; webhooks are refused "

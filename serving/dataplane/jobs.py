@@ -29,10 +29,12 @@ from serving.dataplane.codecs import png_data_url
 from serving.dataplane.request import RequestContext
 from serving.dataplane.stages import StepProgress
 from serving.dataplane.webhooks import check_webhook_url
-from serving.errors import ErrorDetail, QueueFull, as_serving_error
+from serving.errors import ErrorDetail, NotFound, QueueFull, as_serving_error
 
 if TYPE_CHECKING:
+    from serving.dataplane.checkpoints import JobCheckpoints
     from serving.dataplane.job_queue import QueuedJob, RedisJobQueue
+    from serving.dataplane.redis_store import Attempt
     from serving.dataplane.service import DataPlane, GenerationResult, PreparedRequest
     from serving.dataplane.store import Store
     from serving.dataplane.webhooks import WebhookSender
@@ -173,7 +175,9 @@ class JobBoard:
         job = self._jobs.get(job_id)
         return None if job is None else job.view()
 
-    async def report(self, job_id: str, kind: JobEventKind, data: dict[str, Any]) -> bool:
+    async def report(
+        self, job_id: str, kind: JobEventKind, data: dict[str, Any], advance: int = 1
+    ) -> bool:
         """Record progress or a status change; True when the job should stop (cancelled)."""
         job = self._jobs.get(job_id)
         if job is None or job.status.finished:
@@ -182,7 +186,7 @@ class JobBoard:
             if job.status is JobStatus.QUEUED:
                 job.status = JobStatus.RUNNING
                 self._append(job, JobEventKind.STATUS, {"status": job.status.value})
-            job.steps_done += 1
+            job.steps_done += advance
             data = {**data, "steps_done": job.steps_done, "steps_total": job.steps_total}
             if "preview" in data:
                 self._drop_older_previews(job)
@@ -406,17 +410,15 @@ class JobRunner:
         if view is None or view.status.finished:  # expired, or an earlier attempt finished it
             await queue.done(job.entry_id)
             return
-        attempt, cancel_requested = await queue.store.begin_attempt(job.job_id)
-        if attempt > 1:
-            self._data_plane.metrics.jobs_taken_over.inc()
+        attempt = await queue.store.begin_attempt(job.job_id)
         webhook_url = job.work["webhook_url"]
         limit = self._data_plane.settings.job_max_attempts
-        if cancel_requested:
+        if attempt.cancel_requested:
             final = await self._store.finish_job(job.job_id, JobStatus.CANCELLED)
             await queue.done(job.entry_id)
             await self._deliver(job.job_id, webhook_url, final)
             return
-        if attempt > limit:
+        if attempt.number > limit:
             reason = f"gave up after {limit} attempts: the replicas running it stopped"
             error = ErrorDetail(code="unavailable", message=reason)
             final = await self._store.finish_job(job.job_id, JobStatus.FAILED, error=error)
@@ -429,10 +431,31 @@ class JobRunner:
         renewing = asyncio.create_task(self._renew(queue, job.entry_id))
         try:
             prepared = PreparedRequest.from_json(job.work["prepared"])
-            await self._run(job.job_id, prepared, job.work["preview"], webhook_url)
+            checkpoints = await self._checkpoints(queue, job.job_id, prepared, attempt)
+            await self._run(job.job_id, prepared, job.work["preview"], webhook_url, checkpoints)
         finally:
             renewing.cancel()
         await queue.done(job.entry_id)
+
+    async def _checkpoints(
+        self, queue: RedisJobQueue, job_id: str, prepared: PreparedRequest, attempt: Attempt
+    ) -> JobCheckpoints | None:
+        """The job's checkpoints for the weights served now (None when its model no longer
+        is: the run fails naming it); a taken-over job counts what it resumes and redoes."""
+        try:
+            model = self._data_plane.model(prepared.request.model)
+        except NotFound:
+            return None
+        checkpoints = queue.store.checkpoints(job_id, model.version)
+        if attempt.number > 1:
+            metrics = self._data_plane.metrics
+            metrics.jobs_taken_over.inc()
+            saved = await checkpoints.load()
+            if saved:
+                metrics.jobs_resumed.inc()
+            resumed_steps = sum(checkpoint.step for checkpoint in saved.values())
+            metrics.job_steps_redone.inc(max(0, attempt.steps_before - resumed_steps))
+        return checkpoints
 
     @staticmethod
     async def _renew(queue: RedisJobQueue, entry_id: str) -> None:
@@ -444,22 +467,38 @@ class JobRunner:
                 logger.exception("renewing the lease of queue entry %s failed", entry_id)
 
     async def _run(
-        self, job_id: str, prepared: PreparedRequest, preview: bool, webhook_url: str | None
+        self,
+        job_id: str,
+        prepared: PreparedRequest,
+        preview: bool,
+        webhook_url: str | None,
+        checkpoints: JobCheckpoints | None = None,
     ) -> None:
+        reached: dict[int, int] = {}  # image index → its last step reported
+
         async def report(step: StepProgress) -> None:
             data: dict[str, Any] = {
                 "image_index": step.image_index,
                 "step": step.step,
                 "total": step.total,
             }
+            before = reached.get(step.image_index, 0)
+            if step.step > before + 1:  # the image's first step after its checkpoint
+                data["resumed_from"] = step.step - 1
+            reached[step.image_index] = step.step
             if step.preview is not None:
                 data["preview"] = png_data_url(step.preview)
-            if await self._store.report_job(job_id, JobEventKind.PROGRESS, data):
+            advance = max(1, step.step - before)
+            if await self._store.report_job(job_id, JobEventKind.PROGRESS, data, advance):
                 raise JobCancelled
 
         try:
             result = await self._data_plane.run(
-                prepared, RequestContext(), progress=report, preview=preview
+                prepared,
+                RequestContext(),
+                progress=report,
+                preview=preview,
+                checkpoints=checkpoints,
             )
             final = await self._store.finish_job(
                 job_id, JobStatus.SUCCEEDED, result=self._job_result(result)

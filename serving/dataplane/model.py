@@ -29,6 +29,7 @@ GENERAL_SAMPLERS = tuple(name for name in SCHEDULER_NAMES if name not in ("defau
 class ServedModel:
     name: str  # what the API reports
     id: str  # name and source: keys the result cache, so another checkpoint never hits
+    version: str  # the weights' fingerprint: a job's checkpoint resumes only on the same weights
     info: ModelInfo
     profile: ModelProfile
     guard: PromptGuard
@@ -41,6 +42,7 @@ class ServedModel:
         return cls(
             name=name,
             id=f"{name}@{source}",
+            version=loader.weights_fingerprint(source),
             info=info,
             profile=profile(name, info, settings, spec),
             guard=PromptGuard(loader.load_tokenizers(source)[0]),

@@ -7,6 +7,8 @@ Keys start with `sd:v1:`, the schema version, so an upgrade can tell old records
   job:<id>           hash: status, progress, parameters, result, error, webhook, timestamps
   job:<id>:events    stream: the job's ordered event log (`GET /v1/jobs/{id}/events`)
   job:<id>:preview   the latest step preview only (the log keeps its place, not its pixels)
+  job:<id>:checkpoints  hash: each image's latest denoising checkpoint, with the weights'
+                     fingerprint (deleted when the job finishes)
   jobs:active        sorted set of queued and running jobs by creation time (SD_MAX_JOBS)
   result:<key>       a fully determined request's digests and seeds (SD_IMAGE_RETENTION_S)
   bucket:<client>    a rate-limit token bucket, on Redis's clock
@@ -15,13 +17,17 @@ Finished jobs expire after SD_JOB_TTL_S.
 
 from __future__ import annotations
 
+import base64
 import json
+import logging
 import time
 from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
 
+from serving.dataplane.checkpoints import Checkpoint
 from serving.dataplane.images import ImageStore, image_store
 from serving.dataplane.jobs import (
     FINAL_EVENT,
@@ -36,6 +42,8 @@ from serving.dataplane.results import CachedResult, StoredImage
 from serving.dataplane.store import ResultHit, images_of, keep_images
 from serving.errors import ErrorDetail, QueueFull
 from serving.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 SCHEMA = "sd:v1"
 HEARTBEAT_S = 15.0
@@ -63,8 +71,9 @@ return tostring(wait)
 # job's step count and the queued → running change, so concurrent reports (the images of one
 # job report their steps side by side) can never interleave out of order.
 # KEYS: the job's hash, its event stream, its preview key.
-# ARGV: kind, data (a JSON object), preview (a JSON string, or ''), progress ('1'/'0'), now,
-# touch ('1'/'0': whether updated_at moves).
+# ARGV: kind, data (a JSON object), preview (a JSON string, or ''), steps the event advances the
+# job by (a progress event: 1, or more for the first step after a resume; else 0), now, touch
+# ('1'/'0': whether updated_at moves).
 APPEND_EVENT = """
 local function add(kind, data)
   local index = redis.call('HINCRBY', KEYS[1], 'events', 1) - 1
@@ -77,12 +86,12 @@ local function with(data, fields)
   return '{' .. fields .. ',' .. string.sub(data, 2)
 end
 local data = ARGV[2]
-if ARGV[4] == '1' then
+if tonumber(ARGV[4]) > 0 then
   if redis.call('HGET', KEYS[1], 'status') == 'queued' then
     redis.call('HSET', KEYS[1], 'status', 'running')
     add('status', '{"status":"running"}')
   end
-  local done = redis.call('HINCRBY', KEYS[1], 'steps_done', 1)
+  local done = redis.call('HINCRBY', KEYS[1], 'steps_done', ARGV[4])
   local total = redis.call('HGET', KEYS[1], 'steps_total')
   data = with(data, '"steps_done":' .. done .. ',"steps_total":' .. total)
 end
@@ -114,6 +123,7 @@ class RedisStore:
         self._max_jobs = settings.max_jobs
         self._job_ttl_s = settings.job_ttl_s
         self._retention_s = settings.image_retention_s
+        self._settings = settings
         self._clock = clock
         self.heartbeat_s = HEARTBEAT_S
         self._take_token = redis.register_script(TAKE_TOKEN)
@@ -187,11 +197,13 @@ class RedisStore:
         fields = await self._redis.hgetall(self._job(job_id))
         return _view(fields) if fields else None
 
-    async def report_job(self, job_id: str, kind: JobEventKind, data: dict[str, Any]) -> bool:
+    async def report_job(
+        self, job_id: str, kind: JobEventKind, data: dict[str, Any], advance: int = 1
+    ) -> bool:
         status, cancel = await self._redis.hmget(self._job(job_id), ["status", "cancel"])
         if status is None or JobStatus(status).finished:
             return True
-        await self._append(job_id, kind, data)  # progress also counts the step, atomically
+        await self._append(job_id, kind, data, advance=advance)  # progress counts its steps
         return cancel == "1"
 
     async def finish_job(
@@ -221,6 +233,7 @@ class RedisStore:
         await self._append(job_id, FINAL_EVENT[status], final.model_dump(mode="json"), touch=False)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.zrem(f"{SCHEMA}:jobs:active", job_id)
+            pipe.delete(f"{key}:checkpoints")
             for name in (key, f"{key}:events", f"{key}:preview"):
                 pipe.expire(name, int(self._job_ttl_s))
             await pipe.execute()
@@ -262,17 +275,26 @@ class RedisStore:
                 if event.kind in FINAL_KINDS:
                     return
 
-    async def begin_attempt(self, job_id: str) -> tuple[int, bool]:
-        """A worker starts the job: its attempt number, and whether a cancel was asked for. A
-        second attempt (the replica running the first stopped) starts its progress over."""
+    async def begin_attempt(self, job_id: str) -> Attempt:
+        """A worker starts the job. A second attempt (the replica running the first stopped)
+        starts its progress over; its images resume from their checkpoints."""
         key = self._job(job_id)
         attempt = await self._redis.hincrby(key, "attempts", 1)
+        steps_before = int(await self._redis.hget(key, "steps_done") or 0)
         if attempt > 1:
             await self._redis.hset(key, mapping={"status": JobStatus.QUEUED.value, "steps_done": 0})
             await self._append(
                 job_id, JobEventKind.STATUS, {"status": "queued", "attempt": attempt}
             )
-        return attempt, await self._redis.hget(key, "cancel") == "1"
+        cancel_requested = await self._redis.hget(key, "cancel") == "1"
+        return Attempt(attempt, cancel_requested, steps_before)
+
+    def checkpoints(self, job_id: str, weights: str) -> RedisCheckpoints:
+        """The job's denoising checkpoints, for the model whose weights' fingerprint is
+        `weights`."""
+        return RedisCheckpoints(
+            self._redis, f"{self._job(job_id)}:checkpoints", weights, self._settings
+        )
 
     # -- rate limits
     async def take_token(self, client: str, per_minute: float, burst: int) -> float:
@@ -297,7 +319,12 @@ class RedisStore:
         return f"{SCHEMA}:job:{job_id}"
 
     async def _append(
-        self, job_id: str, kind: JobEventKind, data: dict[str, Any], touch: bool = True
+        self,
+        job_id: str,
+        kind: JobEventKind,
+        data: dict[str, Any],
+        touch: bool = True,
+        advance: int = 1,
     ) -> None:
         """Only the latest preview is kept (its event remembers its place); a progress event
         carries the job's step count."""
@@ -309,7 +336,7 @@ class RedisStore:
             kind.value,
             _json(fields),
             "" if preview is None else _json(preview),
-            int(progress),
+            advance if progress else 0,
             self._clock(),
             int(touch),
         ]
@@ -324,6 +351,57 @@ class RedisStore:
             if latest is not None and json.loads(latest)["index"] == event["index"]:
                 data["preview"] = json.loads(latest)["preview"]
         return JobEvent(event["index"], kind, data)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    number: int  # 1 for the first run, 2 once a worker takes over a job its replica dropped
+    cancel_requested: bool
+    steps_before: int  # the steps the job had reported when this attempt began
+
+
+class RedisCheckpoints:
+    """A job's checkpoints in one hash, image index → the step, the weights' fingerprint and the
+    engine's bytes (base64: the client decodes every answer as text). Read once per attempt."""
+
+    def __init__(self, redis: Redis, key: str, weights: str, settings: Settings) -> None:
+        self._redis = redis
+        self._key = key
+        self._weights = weights
+        self._every = settings.job_checkpoint_steps
+        self._ttl_s = int(settings.job_ttl_s)
+        self._loaded: dict[int, Checkpoint] | None = None
+
+    @property
+    def every(self) -> int:
+        return self._every
+
+    async def load(self) -> dict[int, Checkpoint]:
+        if self._loaded is None:
+            self._loaded = {}
+            for image_index, value in (await self._redis.hgetall(self._key)).items():
+                record = json.loads(value)
+                if record["weights"] != self._weights:
+                    logger.warning(
+                        "%s: image %s's checkpoint was made with other weights; starting it over",
+                        self._key,
+                        image_index,
+                    )
+                    continue
+                state = base64.b64decode(record["state"])
+                self._loaded[int(image_index)] = Checkpoint(record["step"], state)
+        return self._loaded
+
+    async def save(self, image_index: int, checkpoint: Checkpoint) -> None:
+        record = {
+            "step": checkpoint.step,
+            "weights": self._weights,
+            "state": base64.b64encode(checkpoint.state).decode(),
+        }
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self._key, str(image_index), _json(record))
+            pipe.expire(self._key, self._ttl_s)  # a job nobody finishes leaves nothing behind
+            await pipe.execute()
 
 
 def _view(fields: dict[str, str]) -> JobView:

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from serving.dataplane.checkpoints import Checkpoint, JobCheckpoints
 from serving.dataplane.codecs import MEDIA_TYPES, decode_image, encode_image
 from serving.dataplane.model import ServedModel
 from serving.dataplane.request import GenerateParams, GenerationRequest, RequestContext, resolve
@@ -171,9 +172,12 @@ class DataPlane:
         progress: ProgressSink | None = None,
         preview: bool = False,
         pixels: bool = False,
+        checkpoints: JobCheckpoints | None = None,
     ) -> GenerationResult:
         """Encoded images for a prepared request. With `progress`, every denoising step of every
-        image is reported as it happens (with a latent preview when `preview`). A determined
+        image is reported as it happens (with a latent preview when `preview`); with
+        `checkpoints` too (a durable job), each image resumes from its saved checkpoint and a new
+        one is saved every `checkpoints.every` steps. A determined
         request made before is answered from the result cache without touching the stages.
         Past the deadline (the server's, or the client's own when shorter) the work is cancelled
         and the client gets DeadlineExceeded."""
@@ -181,7 +185,7 @@ class DataPlane:
         deadline = limit if context.timeout_s is None else min(limit, context.timeout_s)
         try:
             result = await asyncio.wait_for(
-                self._run(prepared, progress, preview, pixels), deadline
+                self._run(prepared, progress, preview, pixels, checkpoints), deadline
             )
         except TimeoutError:
             raise DeadlineExceeded(
@@ -197,6 +201,7 @@ class DataPlane:
         progress: ProgressSink | None,
         preview: bool,
         pixels: bool,
+        checkpoints: JobCheckpoints | None,
     ) -> GenerationResult:
         started = time.perf_counter()
         request = prepared.request
@@ -220,7 +225,7 @@ class DataPlane:
                     pixels=[decode_image(image.data) for image in stored] if pixels else None,
                 )
         # 2. Text encoder, UNet, VAE.
-        rendered, timings = await self._render(route, request, progress, preview)
+        rendered, timings = await self._render(route, request, progress, preview, checkpoints)
         # 3. Encode, then store the images (and remember a determined request's result).
         before = time.perf_counter()
         encoded = [encode_image(image, request.output_format) for image in rendered]
@@ -244,6 +249,7 @@ class DataPlane:
         request: GenerationRequest,
         progress: ProgressSink | None,
         preview: bool,
+        checkpoints: JobCheckpoints | None,
     ) -> tuple[list[np.ndarray], dict[str, float]]:
         """Pixels from the model's three stages, and the time each took."""
         started = time.perf_counter()
@@ -264,6 +270,10 @@ class DataPlane:
             negative = conditioning(embeddings[0], request, zeros=True)
         elif guided:
             negative = conditioning(embeddings[1], request)
+        saved: dict[int, Checkpoint] = {}
+        if checkpoints is not None and progress is not None:
+            saved = await checkpoints.load()
+        every = 0 if checkpoints is None else checkpoints.every
         jobs = [
             DenoiseJob(
                 conditioning=positive,
@@ -275,15 +285,17 @@ class DataPlane:
                 guidance_rescale=request.guidance_rescale,
                 seed=seed,
                 scheduler=request.scheduler,
+                checkpoint_every=every,
+                resume=saved[index].state if index in saved else None,
             )
-            for seed in request.seeds()
+            for index, seed in enumerate(request.seeds())
         ]
         if progress is None:
             denoised = await all_or_none([stages.denoise(job) for job in jobs])
         else:
             denoised = await all_or_none(
                 [
-                    self._denoise_reporting(stages, job, i, progress, preview)
+                    self._denoise_reporting(stages, job, i, progress, preview, checkpoints)
                     for i, job in enumerate(jobs)
                 ]
             )
@@ -305,12 +317,15 @@ class DataPlane:
         index: int,
         progress: ProgressSink,
         preview: bool,
+        checkpoints: JobCheckpoints | None,
     ) -> DenoiseResult:
         async with aclosing(stages.denoise_stream(job, preview)) as stream:
             async for item in stream:
                 if isinstance(item, DenoiseResult):
                     return item
-                await progress(replace(item, image_index=index))
+                if item.checkpoint is not None and checkpoints is not None:
+                    await checkpoints.save(index, Checkpoint(item.step, item.checkpoint))
+                await progress(replace(item, image_index=index, checkpoint=None))
         raise RuntimeError("the UNet's progress stream ended without a result")
 
     # -- what the protocols share besides generation

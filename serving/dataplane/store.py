@@ -48,8 +48,12 @@ class Store(Protocol):
 
     async def get_job(self, job_id: str) -> JobView | None: ...
 
-    async def report_job(self, job_id: str, kind: JobEventKind, data: dict[str, Any]) -> bool:
-        """Record a job event; True when the job should stop."""
+    async def report_job(
+        self, job_id: str, kind: JobEventKind, data: dict[str, Any], advance: int = 1
+    ) -> bool:
+        """Record a job event (progress moves the job's step count by `advance`: more than one
+        for the first step of an image resumed from its checkpoint); True when the job should
+        stop."""
         ...
 
     async def finish_job(
@@ -152,8 +156,10 @@ class InMemoryStore:
     async def get_job(self, job_id: str) -> JobView | None:
         return self._jobs.get(job_id)
 
-    async def report_job(self, job_id: str, kind: JobEventKind, data: dict[str, Any]) -> bool:
-        return await self._jobs.report(job_id, kind, data)
+    async def report_job(
+        self, job_id: str, kind: JobEventKind, data: dict[str, Any], advance: int = 1
+    ) -> bool:
+        return await self._jobs.report(job_id, kind, data, advance)
 
     async def finish_job(
         self,

@@ -103,8 +103,10 @@ class RayStore:
     async def get_job(self, job_id: str) -> JobView | None:
         return await answer(self._handle.get_job.remote(job_id))
 
-    async def report_job(self, job_id: str, kind: JobEventKind, data: dict[str, Any]) -> bool:
-        return await answer(self._handle.report_job.remote(job_id, kind, data))
+    async def report_job(
+        self, job_id: str, kind: JobEventKind, data: dict[str, Any], advance: int = 1
+    ) -> bool:
+        return await answer(self._handle.report_job.remote(job_id, kind, data, advance))
 
     async def finish_job(
         self,

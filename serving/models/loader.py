@@ -6,6 +6,7 @@ directory, KServe's /mnt/models, an embedded model built by this project, or a H
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from serving.models.device import Placement
 from serving.settings import Settings
 
 SDXL_PIPELINES = ("StableDiffusionXLPipeline",)
+SAMPLE = 64 * 1024  # bytes read at each of three places of a weights file for its fingerprint
 
 
 def resolve_source(source: str, settings: Settings) -> str:
@@ -40,6 +42,25 @@ def resolve_source(source: str, settings: Settings) -> str:
             raise NotFound(f"model directory {local} has no model_index.json")
         return str(local)
     return source  # a Hub id; from_pretrained downloads it where there is network
+
+
+def weights_fingerprint(source: str) -> str:
+    """A short digest that changes when the weights do: each weights file's path, size and
+    samples of its bytes (start, middle, end), without reading gigabytes. A Hub id is its own
+    fingerprint (its cache path carries the revision)."""
+    root = Path(source)
+    if not root.is_dir():
+        return hashlib.sha256(source.encode()).hexdigest()[:16]
+    digest = hashlib.sha256()
+    files = [p for p in sorted(root.rglob("*")) if p.suffix in (".safetensors", ".bin")]
+    for path in files:
+        size = path.stat().st_size
+        digest.update(f"{path.relative_to(root)}:{size}".encode())
+        with path.open("rb") as weights:
+            for offset in (0, max(0, size // 2 - SAMPLE // 2), max(0, size - SAMPLE)):
+                weights.seek(offset)
+                digest.update(weights.read(SAMPLE))
+    return digest.hexdigest()[:16]
 
 
 def _has(source: str, component: str) -> bool:

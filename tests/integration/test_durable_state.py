@@ -1,6 +1,6 @@
 """With SD_REDIS_URL (a real redis-server), shared state outlives the service: the real service
 is stopped and started again, and still answers for the jobs, images and cached results of its
-first run, and finishes the job it was running when it crashed."""
+first run, and finishes the job it was running when it crashed from its last checkpoint."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from tests.helpers.requests import first_image, job, job_events, submit
 pytestmark = pytest.mark.integration
 
 REQUEST = {"prompt": "a blue square on a black background", "steps": 4, "seed": 11}
-# Seconds of work (150 steps at 128²): under way when the crash comes, after its first step.
+# Seconds of work (150 steps at 128²): under way when the crash comes, past its second
+# checkpoint (every 5 steps).
 LONG = {"prompt": "a red circle", "steps": 150, "seed": 12, "width": 128, "height": 128}
 
 
@@ -28,6 +29,7 @@ def test_a_restarted_service_answers_for_its_jobs_images_and_results_and_ends_a_
             "SD_REDIS_URL": url,
             "SD_IMAGE_STORE_URL": (base / "images").as_uri(),
             "SD_JOB_LEASE_S": "10",
+            "SD_JOB_CHECKPOINT_STEPS": "5",
         }
         with start_service(base / "cache", settings) as first:
             created = submit(first.url, **REQUEST)
@@ -42,7 +44,7 @@ def test_a_restarted_service_answers_for_its_jobs_images_and_results_and_ends_a_
             # A job under way when the service crashes (SIGKILL to it and all of Ray's processes).
             interrupted = submit(first.url, **LONG)
             for event in job_events(first.url, interrupted["id"]):
-                if event.kind == "progress":
+                if event.kind == "progress" and event.data["step"] > 10:
                     break
             first.crash()
 
@@ -62,6 +64,10 @@ def test_a_restarted_service_answers_for_its_jobs_images_and_results_and_ends_a_
             assert resumed[-1].kind == "result", resumed[-1].data.get("error")
             attempts = [e.data for e in resumed if e.kind == "status" and "attempt" in e.data]
             assert attempts == [{"status": "queued", "attempt": 2}]
+            # ... from its last checkpoint, not from the first step.
+            retried = [e.data for e in resumed].index(attempts[0])
+            first_step = next(e.data for e in resumed[retried:] if e.kind == "progress")
+            assert first_step["resumed_from"] >= 10 and first_step["resumed_from"] % 5 == 0
             # The worker's series: the queue and the job it took over.
             exported = httpx.get(second.metrics_url, timeout=30).text
             assert "ray_sd_jobs_queued{" in exported
@@ -71,6 +77,12 @@ def test_a_restarted_service_answers_for_its_jobs_images_and_results_and_ends_a_
                 if line.startswith("ray_sd_jobs_taken_over_total{")
             ]
             assert sum(taken_over) == 1
+            resumed_series = [
+                float(line.rsplit(" ", 1)[1])
+                for line in exported.splitlines()
+                if line.startswith("ray_sd_jobs_resumed_total{")
+            ]
+            assert sum(resumed_series) == 1
             # Its image is the one an uninterrupted run gives (two images: not the cached one).
             done = job(second.url, interrupted["id"])["result"]["images"][0]
             again = httpx.get(second.url + done["url"], timeout=30).content

@@ -37,6 +37,8 @@ ONLY_WITH_REDIS = {
     "ray_sd_jobs_queued",
     "ray_sd_jobs_taken_over_total",
     "ray_sd_jobs_dead_lettered_total",
+    "ray_sd_jobs_resumed_total",
+    "ray_sd_job_steps_redone_total",
 }
 
 

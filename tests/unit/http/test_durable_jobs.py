@@ -1,6 +1,7 @@
 """Jobs that outlive their replica (Redis's durable queue): a replica that stops mid-job leaves the
-job queued, and a worker takes it over once its lease lapses and runs it to the same image; after
-too many lost attempts the job fails with the reason and a dead-letter record."""
+job queued, and a worker takes it over once its lease lapses and resumes it from its last
+denoising checkpoint to the same image; after too many lost attempts the job fails with the
+reason and a dead-letter record."""
 
 from __future__ import annotations
 
@@ -36,21 +37,24 @@ def redis_of(service: LocalService) -> Any:
     return redis.Redis.from_url(url.get_secret_value(), decode_responses=True)
 
 
-def wait_for_progress(service: LocalService, job_id: str) -> None:
+def wait_for_step(service: LocalService, job_id: str, step: int) -> None:
     for event in job_events(service.url, job_id):
-        if event.kind == "progress":
+        if event.kind == "progress" and event.data["step"] >= step:
             return
-    raise AssertionError("the job ended before its first step")
+    raise AssertionError(f"the job ended before step {step}")
 
 
-def test_a_job_its_replica_dropped_is_taken_over_and_gives_the_same_image(
+def test_a_job_its_replica_dropped_resumes_from_its_checkpoint_to_the_same_image(
     durable: LocalService,
 ) -> None:
+    every = durable.services.settings.job_checkpoint_steps
+    redone_before = durable.meter.value("sd_job_steps_redone")
     created = submit(durable.url, **REQUEST)
-    wait_for_progress(durable, created["id"])
+    wait_for_step(durable, created["id"], 2 * every + 1)
     durable.run(durable.services.jobs.stop())  # the replica goes away mid-denoise
     stopped = job(durable.url, created["id"])
-    assert stopped["status"] == "running" and 0 < stopped["progress"]["steps_done"] < 40
+    reached = stopped["progress"]["steps_done"]
+    assert stopped["status"] == "running" and 2 * every < reached < 40
     durable.run(durable.services.jobs.start())  # a replica is back; the lease lapses after 2 s
 
     events = list(job_events(durable.url, created["id"]))
@@ -58,6 +62,17 @@ def test_a_job_its_replica_dropped_is_taken_over_and_gives_the_same_image(
     assert durable.meter.value("sd_jobs_taken_over") >= 1
     retried = [e.data for e in events if e.kind == "status" and "attempt" in e.data]
     assert retried == [{"status": "queued", "attempt": 2}]
+    # The second attempt starts at the last checkpoint before the stop, not at step 1.
+    after = events[[e.data for e in events].index(retried[0]) :]
+    first = next(e.data for e in after if e.kind == "progress")
+    checkpointed = first["resumed_from"]
+    # The checkpoint is saved before its step is reported: it may be one the stop hid.
+    assert checkpointed % every == 0 and reached - every < checkpointed <= reached + 1
+    assert first["step"] == checkpointed + 1
+    assert first["steps_done"] == checkpointed + 1  # progress counts the resumed steps
+    assert durable.meter.value("sd_jobs_resumed") >= 1
+    redone = durable.meter.value("sd_job_steps_redone") - redone_before
+    assert redone == max(0, reached - checkpointed) < every
     final = job(durable.url, created["id"])
     assert final["status"] == "succeeded" and final["progress"]["steps_done"] == 40
     image = pixels(httpx.get(durable.url + final["result"]["images"][0]["url"]).content)
