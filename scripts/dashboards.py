@@ -293,6 +293,26 @@ def scaling() -> dict[str, Any]:
                 "failed after SD_JOB_MAX_ATTEMPTS lost attempts (alert SdServingJobsDeadLettered).",
             ),
             panel(
+                "Shared store and job checkpoints",
+                [
+                    ("min(ray_sd_store_up)", "store up (min over ingress replicas)"),
+                    ("max(ray_sd_jobs_oldest_waiting_seconds)", "oldest waiting job (s)"),
+                    (
+                        "histogram_quantile(0.95, sum by (le) "
+                        f"(rate(ray_sd_job_checkpoint_seconds_bucket{RATE})))",
+                        "checkpoint save p95 (s)",
+                    ),
+                    (
+                        f"sum(increase(ray_sd_job_checkpoint_failures_total{RATE}))",
+                        "checkpoint saves failed",
+                    ),
+                ],
+                description="Whether every ingress replica reaches the shared store (alert "
+                "SdServingStoreDown); how long the oldest untaken job has waited (alert "
+                "SdServingJobQueueStalled); how long a denoising checkpoint takes to save and "
+                "how many could not be (alert SdServingJobCheckpointsFailing).",
+            ),
+            panel(
                 "GPU utilisation (DCGM)",
                 [("avg by (Hostname, gpu) (DCGM_FI_DEV_GPU_UTIL)", "{{Hostname}} GPU {{gpu}}")],
                 unit="percent",

@@ -52,6 +52,13 @@ EXPORTED: dict[str, str] = {
     "from its denoising checkpoint",
     "ray_sd_job_steps_redone_total": "with Redis: denoising steps a taken-over job ran again "
     "(those after its last checkpoint, or all of them without one)",
+    "ray_sd_jobs_oldest_waiting_seconds": "with Redis: age of the oldest job no worker has taken "
+    "yet (0: none waiting)",
+    "ray_sd_job_checkpoint_seconds": "with Redis: time to save one denoising checkpoint",
+    "ray_sd_job_checkpoint_failures_total": "with Redis: checkpoints that could not be saved (the "
+    "job goes on; a takeover would redo more steps)",
+    "ray_sd_store_up": "1 when the shared store (Redis, or the in-memory ResultStore) answers the "
+    "ingress's readiness probe, else 0",
 }
 
 Tags = dict[str, str]
@@ -139,6 +146,10 @@ class IngressMetrics:
     jobs_dead_lettered: Counter
     jobs_resumed: Counter
     job_steps_redone: Counter
+    jobs_oldest_waiting: Gauge
+    checkpoint_seconds: Histogram
+    checkpoint_failures: Counter
+    store_up: Gauge
 
     def record_request(self, route: str, protocol: str, status: int, seconds: float) -> None:
         self.requests.inc(tags={"route": route, "protocol": protocol, "status": str(status)})
@@ -192,6 +203,18 @@ class IngressMetrics:
             job_steps_redone=meter.counter(
                 "sd_job_steps_redone", EXPORTED["ray_sd_job_steps_redone_total"]
             ),
+            jobs_oldest_waiting=meter.gauge(
+                "sd_jobs_oldest_waiting_seconds", EXPORTED["ray_sd_jobs_oldest_waiting_seconds"]
+            ),
+            checkpoint_seconds=meter.histogram(
+                "sd_job_checkpoint_seconds",
+                EXPORTED["ray_sd_job_checkpoint_seconds"],
+                QUEUE_BUCKETS_S,
+            ),
+            checkpoint_failures=meter.counter(
+                "sd_job_checkpoint_failures", EXPORTED["ray_sd_job_checkpoint_failures_total"]
+            ),
+            store_up=meter.gauge("sd_store_up", EXPORTED["ray_sd_store_up"]),
         )
 
 

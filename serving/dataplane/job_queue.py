@@ -71,6 +71,19 @@ class RedisJobQueue:
         """Jobs waiting or running (an entry leaves the stream when its job is done)."""
         return int(await self._redis.xlen(QUEUE))
 
+    async def oldest_waiting_s(self) -> float:
+        """How long the oldest job no worker has taken yet has waited (0: none): the first
+        entry after the group's last delivered one; its id is its enqueue time in ms."""
+        await self._ensure_group()
+        groups = await self._redis.xinfo_groups(QUEUE)
+        delivered = next(g["last-delivered-id"] for g in groups if g["name"] == GROUP)
+        waiting = await self._redis.xrange(QUEUE, min=f"({delivered}", count=1)
+        if not waiting:
+            return 0.0
+        seconds, microseconds = await self._redis.time()
+        queued_ms = int(waiting[0][0].split("-")[0])
+        return max(0.0, seconds + microseconds / 1e6 - queued_ms / 1000)
+
     async def renew(self, entry_id: str) -> None:
         """Restart the lease: the entry's idle time goes back to 0."""
         await self._redis.xclaim(QUEUE, GROUP, self.consumer, 0, [entry_id], justid=True)

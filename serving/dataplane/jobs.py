@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from serving.dataplane.webhooks import WebhookSender
 
 logger = logging.getLogger(__name__)
+QUEUE_WATCH_S = 2.0
 
 
 class JobStatus(StrEnum):
@@ -312,6 +313,7 @@ class JobRunner:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._cancelled_here: set[str] = set()
         self._worker: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
         self._finished = asyncio.Event()
 
     @property
@@ -356,15 +358,18 @@ class JobRunner:
         """With a queue: start this replica's worker (the HTTP app's startup calls this)."""
         if self._queue is not None and self._worker is None:
             self._worker = asyncio.create_task(self._work(self._queue))
+            self._watcher = asyncio.create_task(self._watch(self._queue))
 
     async def stop(self) -> None:
         """Shutting down: with a queue, the jobs running here stop without an ending; their
         leases lapse and another replica runs them again."""
         if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
-            self._worker = None
+            for task in (self._worker, self._watcher):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            self._worker = self._watcher = None
             running = list(self._running.values())
             for task in running:
                 task.cancel()
@@ -382,7 +387,6 @@ class JobRunner:
 
     async def _work(self, queue: RedisJobQueue) -> None:
         """Take queued jobs while this replica has room for them (SD_JOB_WORKERS)."""
-        metrics = self._data_plane.metrics
         while True:
             room = self._data_plane.settings.job_workers - len(self._running)
             if room <= 0:
@@ -396,7 +400,6 @@ class JobRunner:
                     await asyncio.sleep(1.0)
                     continue
                 taken = await queue.take(room, block_s=1.0)
-                metrics.jobs_queued.set(await queue.length())
             except Exception:  # Redis away: say so, and try again
                 logger.exception("taking queued jobs failed; retrying in 1 s")
                 await asyncio.sleep(1.0)
@@ -404,6 +407,18 @@ class JobRunner:
             for job in taken:
                 if job.job_id not in self._running:  # a reclaim of its own running job
                     self._start(job.job_id, self._execute(queue, job))
+
+    async def _watch(self, queue: RedisJobQueue) -> None:
+        """The queue's gauges, every QUEUE_WATCH_S, busy or not (a full worker still reports
+        how long jobs wait)."""
+        metrics = self._data_plane.metrics
+        while True:
+            try:
+                metrics.jobs_queued.set(await queue.length())
+                metrics.jobs_oldest_waiting.set(await queue.oldest_waiting_s())
+            except Exception:
+                logger.warning("reading the job queue's length failed", exc_info=True)
+            await asyncio.sleep(QUEUE_WATCH_S)
 
     async def _execute(self, queue: RedisJobQueue, job: QueuedJob) -> None:
         view = await self._store.get_job(job.job_id)

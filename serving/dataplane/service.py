@@ -11,6 +11,7 @@ through `StageClient` and `Store`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from contextlib import aclosing
@@ -36,6 +37,7 @@ from serving.errors import DeadlineExceeded, NotFound
 from serving.metrics import IngressMetrics
 from serving.settings import Settings
 
+logger = logging.getLogger(__name__)
 T = TypeVar("T")
 ProgressSink = Callable[[StepProgress], Awaitable[None]]
 READINESS_TTL_S = 1.0  # probes, kserve's per-inference check and v1 status share one answer
@@ -324,9 +326,24 @@ class DataPlane:
                 if isinstance(item, DenoiseResult):
                     return item
                 if item.checkpoint is not None and checkpoints is not None:
-                    await checkpoints.save(index, Checkpoint(item.step, item.checkpoint))
+                    await self._save_checkpoint(checkpoints, index, item)
                 await progress(replace(item, image_index=index, checkpoint=None))
         raise RuntimeError("the UNet's progress stream ended without a result")
+
+    async def _save_checkpoint(
+        self, checkpoints: JobCheckpoints, index: int, step: StepProgress
+    ) -> None:
+        """Saved before its step is reported; a failed save is counted and the job goes on (a
+        takeover would resume from an older checkpoint)."""
+        assert step.checkpoint is not None
+        started = time.perf_counter()
+        try:
+            await checkpoints.save(index, Checkpoint(step.step, step.checkpoint))
+        except Exception:
+            logger.exception("saving image %s's checkpoint at step %s failed", index, step.step)
+            self.metrics.checkpoint_failures.inc()
+            return
+        self.metrics.checkpoint_seconds.observe(time.perf_counter() - started)
 
     # -- what the protocols share besides generation
 
@@ -350,6 +367,16 @@ class DataPlane:
     async def ready(self) -> bool:
         return all((await self.readiness()).values())
 
+    async def watch_readiness(self, interval_s: float = 5.0) -> None:
+        """Probe every `interval_s` whether or not anyone asks, so the store's gauge is fresh
+        (Ray drops a series that stops being recorded) and a probe finds a recent answer."""
+        while True:
+            try:
+                await self.readiness()
+            except Exception:
+                logger.warning("probing readiness failed", exc_info=True)
+            await asyncio.sleep(interval_s)
+
     async def _probe_stages(self) -> dict[str, bool]:
         """Stages by name (`unet`), or by model and name (`sdxl/unet`) when several models are
         served; and the shared store."""
@@ -370,6 +397,7 @@ class DataPlane:
             prefix = f"{name}/" if len(names) > 1 else ""
             readiness.update({prefix + stage: ready for stage, ready in stages.items()})
         self._readiness = {**readiness, "result_store": store}
+        self.metrics.store_up.set(1.0 if store else 0.0)
         self._readiness_at = time.monotonic()
         return self._readiness
 

@@ -8,6 +8,7 @@ keys, rate limits), then the route.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -47,9 +48,11 @@ def create_http_app(services: Services) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await services.jobs.start()  # with Redis: this replica's worker of queued jobs
+        watching = asyncio.create_task(services.data_plane.watch_readiness())
         try:
             yield
         finally:
+            watching.cancel()
             await services.jobs.stop()
 
     app = FastAPI(

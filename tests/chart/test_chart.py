@@ -4,10 +4,13 @@ cluster can verify."""
 
 from __future__ import annotations
 
+import base64
 import copy
 import importlib
 import json
 import os
+import re
+import shutil
 import subprocess
 from functools import cache
 from pathlib import Path
@@ -16,6 +19,7 @@ from typing import Any
 import jsonschema
 import kubernetes_validate
 import pytest
+import redis
 import yaml
 
 from scripts.render_k8s import (
@@ -31,6 +35,7 @@ from scripts.render_k8s import (
     render,
 )
 from serving.settings import Settings, StageSettings, check_environment
+from tests.helpers.net import free_port, wait_until
 
 KUBERNETES_VERSION = "1.34.0"
 CUSTOM_KINDS = {
@@ -332,13 +337,13 @@ def test_kuberay_serve_access_log_follows_the_sd_access_log_setting() -> None:
 
 
 def _app_pod_specs(node: Any) -> list[dict[str, Any]]:
-    """Every pod spec (predictor, Ray head and workers) whose containers run the app: they mount
-    the chart's scratch /tmp."""
+    """Every pod spec (predictor, Ray head and workers) whose containers run the app: they have
+    the app's environment (SD_HTTP_PORT among it)."""
     found: list[dict[str, Any]] = []
     if isinstance(node, dict):
         containers = node.get("containers")
         if isinstance(containers, list) and any(
-            m.get("name") == "tmp" for c in containers for m in c.get("volumeMounts", [])
+            e.get("name") == "SD_HTTP_PORT" for c in containers for e in c.get("env", [])
         ):
             found.append(node)
         for value in node.values():
@@ -409,6 +414,100 @@ def test_shared_state_settings_reach_every_app_container(
             settings = Settings()
             assert settings.image_store_url == "s3://images-bucket/sd"
             assert settings.image_retention_s == 86400
+
+
+def _redis_docs(*extra: str) -> dict[str, Any]:
+    """The chart's Redis objects by kind, rendered from the default profile."""
+    docs = render("cpu-dev", "--set", "redis.enabled=true", *extra)
+    return {
+        doc["kind"]: doc
+        for doc in docs
+        if doc["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "redis"
+    } | {"_app": _app_pod_specs(docs)}
+
+
+def test_the_chart_deploys_redis_with_a_generated_password_a_volume_and_no_eviction() -> None:
+    objects = _redis_docs("--set", "redis.persistence.size=20Gi")
+    secret = objects["Secret"]
+    password = base64.b64decode(secret["data"]["redis-password"]).decode()
+    assert len(password) == 32 and password.isalnum()
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    stateful = objects["StatefulSet"]
+    claim = stateful["spec"]["volumeClaimTemplates"][0]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "20Gi"
+    container = stateful["spec"]["template"]["spec"]["containers"][0]
+    script = container["args"][0]
+    assert "--appendonly yes" in script and "--maxmemory-policy noeviction" in script
+    assert password not in json.dumps(stateful)  # from the mounted Secret at start, never inline
+    assert objects["Service"]["spec"]["ports"][0]["port"] == 6379
+    allowed = objects["NetworkPolicy"]["spec"]["ingress"][0]["from"][0]["podSelector"]
+    assert allowed["matchLabels"] == {"serving.kserve.io/inferenceservice": FULLNAME}
+    # Every app container reaches it with the password Kubernetes puts into the URL.
+    for spec in objects["_app"]:
+        for container in spec["containers"]:
+            env = {e["name"]: e for e in container["env"]}
+            reference = env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+            assert reference == {"name": secret["metadata"]["name"], "key": "redis-password"}
+            url = env["SD_REDIS_URL"]["value"].replace("$(REDIS_PASSWORD)", password)
+            assert url == f"redis://:{password}@{FULLNAME}-redis:6379/0"
+
+
+def test_the_chart_redis_takes_an_existing_password_and_refuses_a_second_redis() -> None:
+    objects = _redis_docs("--set", "redis.auth.existingSecret=my-redis")
+    assert "Secret" not in objects
+    volumes = objects["StatefulSet"]["spec"]["template"]["spec"]["volumes"]
+    assert volumes[0]["secret"]["secretName"] == "my-redis"
+    result = subprocess.run(
+        [
+            helm(),
+            "template",
+            RELEASE,
+            str(CHART),
+            "--set",
+            "redis.enabled=true",
+            "--set",
+            "sharedState.redisSecret=external",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0 and "set only one" in result.stderr
+
+
+def test_the_chart_redis_commands_start_redis_and_its_probes_answer(tmp_path: Path) -> None:
+    """The container's start script and probes, run against Debian's redis-server with the
+    chart's paths moved into a temporary folder: the password file is what Redis requires."""
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not installed: run `make tools` (Debian's redis-server)")
+    container = _redis_docs()["StatefulSet"]["spec"]["template"]["spec"]["containers"][0]
+    (tmp_path / "auth").mkdir()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "auth" / "password").write_text("s3cret")
+    port = free_port()
+
+    def local(command: str) -> str:
+        moved = {"/etc/redis-auth": "auth", "/data": "data", "/tmp": "tmp"}
+        command = re.sub(
+            r"/etc/redis-auth|/data|/tmp", lambda m: str(tmp_path / moved[m[0]]), command
+        )
+        return command.replace("redis-cli", f"redis-cli -p {port}")
+
+    start = local(container["args"][0]) + f" --port {port} --bind 127.0.0.1"
+    server = subprocess.Popen(["sh", "-c", start])
+    try:
+        probe = local(container["readinessProbe"]["exec"]["command"][2])
+        assert wait_until(
+            lambda: subprocess.run(["sh", "-c", probe]).returncode == 0, timeout_s=20
+        ), "the readiness probe never passed"
+        client = redis.Redis(port=port, password="s3cret")
+        assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+        assert client.config_get("appendonly") == {"appendonly": "yes"}
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=port).ping()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
 
 
 def test_kuberay_unet_pool_worker_group_has_gpus_placement_and_the_pool_resource() -> None:

@@ -39,6 +39,9 @@ ONLY_WITH_REDIS = {
     "ray_sd_jobs_dead_lettered_total",
     "ray_sd_jobs_resumed_total",
     "ray_sd_job_steps_redone_total",
+    "ray_sd_jobs_oldest_waiting_seconds",
+    "ray_sd_job_checkpoint_seconds_bucket",
+    "ray_sd_job_checkpoint_failures_total",
 }
 
 

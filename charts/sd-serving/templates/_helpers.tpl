@@ -218,6 +218,14 @@ affinity:
     secretKeyRef:
       name: {{ .Values.sharedState.redisSecret }}
       key: {{ .Values.sharedState.redisKey }}
+{{- else if include "sd-serving.chartRedis" . }}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "sd-serving.redisPasswordSecret" . }}
+      key: {{ .Values.redis.auth.key }}
+- name: SD_REDIS_URL
+  value: {{ printf "redis://:$(REDIS_PASSWORD)@%s-redis:6379/0" (include "sd-serving.fullname" .) | quote }}
 {{- end }}
 {{- with .Values.sharedState.imageStoreUrl }}
 - name: SD_IMAGE_STORE_URL
@@ -362,4 +370,19 @@ GPU shares cannot fit there, which would otherwise leave the pod waiting forever
 {{- if gt $needed (addf .Values.embedded.gpus 0.001) -}}
 {{- fail (printf "embedded mode: the stages' minReplicas x numGpus add up to %.2f GPUs, more than the predictor pod's embedded.gpus=%v" $needed .Values.embedded.gpus) -}}
 {{- end -}}
+{{- end -}}
+
+{{/* "true" when the chart deploys its own Redis (templates/redis.yaml) for the shared state. */}}
+{{- define "sd-serving.chartRedis" -}}
+{{- if .Values.redis.enabled -}}
+{{- if .Values.sharedState.redisSecret -}}
+{{- fail "redis.enabled deploys a Redis and sharedState.redisSecret names another one: set only one" -}}
+{{- end -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/* The Secret holding the chart's Redis password: the user's, or the one the chart generates. */}}
+{{- define "sd-serving.redisPasswordSecret" -}}
+{{- .Values.redis.auth.existingSecret | default (printf "%s-redis-auth" (include "sd-serving.fullname" .)) -}}
 {{- end -}}

@@ -4,16 +4,23 @@ sibling cancellation, progress, metrics and readiness, in milliseconds."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from serving.dataplane.checkpoints import Checkpoint
 from serving.dataplane.model import ServedModel
 from serving.dataplane.request import GenerateParams, RequestContext
-from serving.dataplane.service import DataPlane, ModelRoute, all_or_none
+from serving.dataplane.service import (
+    READINESS_TTL_S,
+    DataPlane,
+    GenerationResult,
+    ModelRoute,
+    all_or_none,
+)
 from serving.dataplane.stages import DenoiseJob, DenoiseResult, StepProgress, TextEmbedding
 from serving.dataplane.store import InMemoryStore
 from serving.errors import DeadlineExceeded, InvalidArgument, QueueFull
@@ -30,6 +37,7 @@ class ScriptedStages:
     fail_seed: int | None = None
     calls: list[str] = field(default_factory=list)
     cancelled: list[int] = field(default_factory=list)
+    resumed: list[bytes | None] = field(default_factory=list)
     probes: int = 0
 
     async def encode_text(self, text: str) -> TextEmbedding:
@@ -52,8 +60,11 @@ class ScriptedStages:
     async def denoise_stream(
         self, job: DenoiseJob, preview: bool
     ) -> AsyncGenerator[StepProgress | DenoiseResult, None]:
+        self.resumed.append(job.resume)
+        every = job.checkpoint_every
         for step in range(1, job.steps + 1):
-            yield StepProgress(step, job.steps)
+            state = f"{job.seed}@{step}".encode() if every and step % every == 0 else None
+            yield StepProgress(step, job.steps, checkpoint=state)
         yield await self.denoise(job)
 
     async def decode(self, latents: np.ndarray) -> np.ndarray:
@@ -182,6 +193,34 @@ def test_readiness_is_probed_once_per_interval(model: ServedModel) -> None:
     assert stages.probes == 1
 
 
+class AwayStore(InMemoryStore):
+    async def ready(self) -> bool:
+        raise ConnectionError("Redis is away")
+
+
+def test_the_store_gauge_follows_readiness_probed_on_a_timer(model: ServedModel) -> None:
+    meter = MemoryMeter()
+    config = Settings()
+    store = InMemoryStore(config)
+    plane = DataPlane(
+        config,
+        {model.name: ModelRoute(model, ScriptedStages())},
+        store,
+        IngressMetrics.create(meter),
+    )
+
+    async def watch_for(seconds: float) -> None:
+        watching = asyncio.create_task(plane.watch_readiness(interval_s=0.01))
+        await asyncio.sleep(seconds)
+        watching.cancel()
+
+    asyncio.run(watch_for(0.05))  # nobody asked: the timer probed
+    assert meter.value("sd_store_up") == 1.0
+    plane.store = AwayStore(config)
+    asyncio.run(watch_for(READINESS_TTL_S + 0.2))  # once the last answer is stale
+    assert meter.value("sd_store_up") == 0.0
+
+
 def test_all_or_none_returns_in_order_or_cancels_the_rest() -> None:
     cancelled = []
 
@@ -205,3 +244,65 @@ def test_all_or_none_returns_in_order_or_cancels_the_rest() -> None:
     with pytest.raises(ValueError):
         asyncio.run(all_or_none([failing(), slow()]))
     assert cancelled == [True]
+
+
+@dataclass
+class ListedCheckpoints:
+    """Checkpoints in a dict; `broken` makes every save fail (Redis away)."""
+
+    saved: dict[int, Checkpoint] = field(default_factory=dict)
+    broken: bool = False
+    every: int = 2
+
+    async def load(self) -> dict[int, Checkpoint]:
+        return dict(self.saved)
+
+    async def save(self, image_index: int, checkpoint: Checkpoint) -> None:
+        if self.broken:
+            raise ConnectionError("Redis is away")
+        self.saved[image_index] = checkpoint
+
+
+async def as_job(
+    plane: DataPlane,
+    params: GenerateParams,
+    progress: Callable[[StepProgress], Awaitable[None]],
+    checkpoints: ListedCheckpoints,
+) -> GenerationResult:
+    """What a durable job's worker calls."""
+    prepared = plane.prepare(params)
+    return await plane.run(prepared, RequestContext(), progress=progress, checkpoints=checkpoints)
+
+
+def test_a_job_resumes_each_image_from_its_checkpoint_and_saves_new_ones(
+    model: ServedModel,
+) -> None:
+    stages = ScriptedStages()
+    plane, _ = data_plane(model, stages)
+    checkpoints = ListedCheckpoints(saved={1: Checkpoint(2, b"image 1 at 2")})
+    steps: list[StepProgress] = []
+
+    async def progress(step: StepProgress) -> None:
+        steps.append(step)
+
+    params = GenerateParams(prompt="a cat", seed=5, steps=5, num_images=2)
+    asyncio.run(as_job(plane, params, progress, checkpoints))
+    assert stages.resumed == [None, b"image 1 at 2"]
+    assert checkpoints.saved == {0: Checkpoint(4, b"5@4"), 1: Checkpoint(4, b"6@4")}
+    assert all(step.checkpoint is None for step in steps)  # the bytes never reach the board
+
+
+def test_a_checkpoint_that_cannot_be_saved_is_counted_and_the_job_goes_on(
+    model: ServedModel,
+) -> None:
+    stages = ScriptedStages()
+    plane, meter = data_plane(model, stages)
+    steps: list[StepProgress] = []
+
+    async def progress(step: StepProgress) -> None:
+        steps.append(step)
+
+    params = GenerateParams(prompt="a cat", seed=5, steps=5)
+    result = asyncio.run(as_job(plane, params, progress, ListedCheckpoints(broken=True)))
+    assert len(result.images) == 1 and len(steps) == 5
+    assert meter.value("sd_job_checkpoint_failures") == 2

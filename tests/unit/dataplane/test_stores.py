@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 import redis
 
+from serving.dataplane.checkpoints import Checkpoint
 from serving.dataplane.images import FsspecImages
+from serving.dataplane.job_queue import RedisJobQueue
 from serving.dataplane.jobs import JobEvent, JobEventKind, JobResult, JobStatus
 from serving.dataplane.redis_store import RedisStore
 from serving.dataplane.results import StoredImage
@@ -277,6 +279,59 @@ def test_keys_carry_the_schema_version_and_finished_jobs_expire(
     assert 0 < client.ttl("sd:v1:job:a") <= 100 and 0 < client.ttl("sd:v1:job:a:events") <= 100
     assert 900 < client.ttl("sd:v1:result:key") <= 1000
     assert client.zcard("sd:v1:jobs:active") == 0
+
+
+def test_checkpoints_resume_only_on_the_same_weights_and_go_with_the_finished_job(
+    tmp_path: Path, redis_url: str
+) -> None:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client.flushdb()
+    config = redis_settings(tmp_path, redis_url, job_checkpoint_steps=4)
+
+    async def scenario() -> tuple[Any, ...]:
+        store = RedisStore.from_settings(config)
+        await store.create_job("a", {}, 8, None)
+        replica = store.checkpoints("a", weights="w1")
+        await replica.save(0, Checkpoint(4, b"\x00state at 4\xff"))
+        await replica.save(1, Checkpoint(4, b"other image"))
+        await replica.save(0, Checkpoint(8, b"\x00state at 8\xff"))  # the latest wins
+        same = await store.checkpoints("a", weights="w1").load()  # another replica
+        other = await store.checkpoints("a", weights="w2").load()  # new weights since
+        await store.finish_job("a", JobStatus.SUCCEEDED, result=NO_IMAGES)
+        await store.close()
+        return replica.every, same, other
+
+    every, same, other = asyncio.run(scenario())
+    assert every == 4
+    assert same == {0: Checkpoint(8, b"\x00state at 8\xff"), 1: Checkpoint(4, b"other image")}
+    assert other == {}  # never resumed with other weights: those images start over
+    assert not client.exists("sd:v1:job:a:checkpoints")
+
+
+def test_the_queue_says_how_long_its_oldest_untaken_job_has_waited(
+    tmp_path: Path, redis_url: str
+) -> None:
+    redis.Redis.from_url(redis_url).flushdb()
+    config = redis_settings(tmp_path, redis_url)
+
+    async def scenario() -> list[float]:
+        store = RedisStore.from_settings(config)
+        queue = RedisJobQueue(store, "worker-1", lease_s=30)
+        ages = [await queue.oldest_waiting_s()]
+        await queue.put("a", {})
+        await asyncio.sleep(0.3)
+        await queue.put("b", {})
+        ages.append(await queue.oldest_waiting_s())
+        await queue.take(1, block_s=0.1)  # "a" is taken: "b" is the oldest waiting
+        ages.append(await queue.oldest_waiting_s())
+        await queue.take(1, block_s=0.1)
+        ages.append(await queue.oldest_waiting_s())
+        await store.close()
+        return ages
+
+    none, both, second, taken = asyncio.run(scenario())
+    assert none == 0.0 and taken == 0.0
+    assert 0.3 <= both < 5 and second < both
 
 
 def test_a_silent_job_yields_heartbeats_and_an_unknown_one_nothing(
