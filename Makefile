@@ -36,7 +36,7 @@ UV_COMPILE = SSL_CERT_FILE=$(CA_BUNDLE) $(UV) pip compile pyproject.toml --quiet
   --custom-compile-command "make lock" \
   $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX) --index-strategy unsafe-best-match,$(foreach d,$(PIP_LOCAL_WHEELS),--find-links $(d)))
 
-.PHONY: help install lock tools debian-tools serve test test-fast test-unit test-integration test-image image test-chart lint format export-model demo-model render-k8s loadtest bench bench-adherence bench-families bench-gpu bench-protocols fuzz protos dashboards crds crds-info clean
+.PHONY: help install lock tools debian-tools serve test test-fast test-unit test-integration test-image image test-chart lint format export-model demo-model render-k8s loadtest bench bench-adherence bench-families bench-gpu bench-protocols fuzz reliability protos dashboards crds crds-info clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -131,6 +131,10 @@ bench-protocols: install ## overhead of every protocol over the bare pipeline (a
 	$(BIN)/python -m loadtest.protocols
 
 fuzz: install ## schemathesis over /openapi.json (examples, coverage, fuzzing) and Hypothesis over v2 gRPC, against :8000/:9000 or a service it starts with tiny limits (writes loadtest/results/cpu/fuzz.*)
+	$(BIN)/python -m loadtest.fuzz
+
+reliability: install tools ## fairness under a flood (loadtest/fairness.py) and fuzzing (make fuzz), each starting its own service (writes loadtest/results/cpu/fairness.*, fuzz.*)
+	$(BIN)/python -m loadtest.fairness
 	$(BIN)/python -m loadtest.fuzz
 
 protos: install ## regenerate the Python client's v2 messages from serving/client/open_inference.proto

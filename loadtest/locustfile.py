@@ -144,7 +144,8 @@ class GenerateUser(HttpUser):
 
 
 class JobUser(HttpUser):
-    """An IoT or mobile client that submits a job and comes back for it, polling."""
+    """An IoT or mobile client that submits a background job (priority `batch`: it waits while
+    interactive requests wait) and comes back for it, polling."""
 
     wait_time = between(1.0, 3.0)
     weight = 1
@@ -158,7 +159,7 @@ class JobUser(HttpUser):
         started = time.perf_counter()
         with self.client.post(
             "/v1/jobs",
-            json={"model": model, "prompt": prompt, **params},
+            json={"model": model, "prompt": prompt, "priority": "batch", **params},
             name=f"/v1/jobs ({model})",
             catch_response=True,
         ) as response:

@@ -293,6 +293,28 @@ def scaling() -> dict[str, Any]:
                 "failed after SD_JOB_MAX_ATTEMPTS lost attempts (alert SdServingJobsDeadLettered).",
             ),
             panel(
+                "Fair sharing",
+                [
+                    (
+                        "histogram_quantile(0.95, sum by (le, client) "
+                        f"(rate(ray_sd_client_request_seconds_bucket{RATE})))",
+                        "p95 {{client}}",
+                    ),
+                    (
+                        "histogram_quantile(0.95, sum by (le, priority) "
+                        f"(rate(ray_sd_unet_queue_seconds_bucket{RATE})))",
+                        "UNet wait p95 {{priority}}",
+                    ),
+                    ("sum(ray_sd_unet_waiting_clients)", "clients waiting"),
+                    ("sum by (priority) (ray_sd_unet_queued_by_priority)", "waiting {{priority}}"),
+                    (f"sum(increase(ray_sd_unet_pushed_out_total{RATE}))", "pushed out"),
+                ],
+                unit="s",
+                description="Latency by client (API key name; anonymous without one) and the "
+                "UNet wait by priority; clients and requests waiting by priority; waiting requests "
+                "refused to make room for other clients (alert SdServingUNetQueueHogged).",
+            ),
+            panel(
                 "Shared store and job checkpoints",
                 [
                     ("min(ray_sd_store_up)", "store up (min over ingress replicas)"),

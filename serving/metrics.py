@@ -30,7 +30,15 @@ EXPORTED: dict[str, str] = {
     "ray_sd_request_duration_seconds": "end-to-end latency at the ingress, by route and protocol",
     "ray_sd_stage_duration_seconds": "time per stage seen from the ingress: text_encoder, unet, "
     "vae, encode",
-    "ray_sd_unet_queue_seconds": "time a request waited for a UNet batch slot",
+    "ray_sd_unet_queue_seconds": "time a request waited for a UNet batch slot, by priority "
+    "(interactive, batch)",
+    "ray_sd_unet_queued_by_priority": "requests waiting for a UNet batch slot, by priority",
+    "ray_sd_unet_waiting_clients": "distinct clients (API keys, else addresses) with requests "
+    "waiting for a UNet batch slot",
+    "ray_sd_unet_pushed_out_total": "waiting requests refused (503) to make room for a client "
+    "with less waiting per weight, or for an interactive request",
+    "ray_sd_client_request_seconds": "time to answer a generation, by client (the API key's "
+    "name; `anonymous` without one) and priority",
     "ray_sd_unet_active_requests": "requests in the UNet's running batch",
     "ray_sd_unet_queue_depth": "requests waiting for a UNet batch slot",
     "ray_sd_unet_batch_size": "requests per UNet iteration",
@@ -150,6 +158,7 @@ class IngressMetrics:
     checkpoint_seconds: Histogram
     checkpoint_failures: Counter
     store_up: Gauge
+    client_request_seconds: Histogram
 
     def record_request(self, route: str, protocol: str, status: int, seconds: float) -> None:
         self.requests.inc(tags={"route": route, "protocol": protocol, "status": str(status)})
@@ -215,6 +224,12 @@ class IngressMetrics:
                 "sd_job_checkpoint_failures", EXPORTED["ray_sd_job_checkpoint_failures_total"]
             ),
             store_up=meter.gauge("sd_store_up", EXPORTED["ray_sd_store_up"]),
+            client_request_seconds=meter.histogram(
+                "sd_client_request_seconds",
+                EXPORTED["ray_sd_client_request_seconds"],
+                LATENCY_BUCKETS_S,
+                ("client", "priority"),
+            ),
         )
 
 
@@ -226,10 +241,18 @@ class UNetMetrics:
     steps: Counter
     queue_seconds: Histogram
     compile_seconds: Gauge
+    queued_by_priority: Gauge
+    waiting_clients: Gauge
+    pushed_out: Counter
 
-    def record_load(self, active: int, queued: int) -> None:
+    def record_load(
+        self, active: int, queued: int, by_priority: dict[str, int], clients: int
+    ) -> None:
         self.active.set(active)
         self.queue_depth.set(queued)
+        for priority, depth in by_priority.items():
+            self.queued_by_priority.set(depth, tags={"priority": priority})
+        self.waiting_clients.set(clients)
 
     @classmethod
     def create(cls, meter: Meter) -> UNetMetrics:
@@ -241,10 +264,24 @@ class UNetMetrics:
             ),
             steps=meter.counter("sd_denoising_steps", EXPORTED["ray_sd_denoising_steps_total"]),
             queue_seconds=meter.histogram(
-                "sd_unet_queue_seconds", EXPORTED["ray_sd_unet_queue_seconds"], QUEUE_BUCKETS_S
+                "sd_unet_queue_seconds",
+                EXPORTED["ray_sd_unet_queue_seconds"],
+                QUEUE_BUCKETS_S,
+                ("priority",),
             ),
             compile_seconds=meter.gauge(
                 "sd_unet_compile_seconds", EXPORTED["ray_sd_unet_compile_seconds"]
+            ),
+            queued_by_priority=meter.gauge(
+                "sd_unet_queued_by_priority",
+                EXPORTED["ray_sd_unet_queued_by_priority"],
+                ("priority",),
+            ),
+            waiting_clients=meter.gauge(
+                "sd_unet_waiting_clients", EXPORTED["ray_sd_unet_waiting_clients"]
+            ),
+            pushed_out=meter.counter(
+                "sd_unet_pushed_out", EXPORTED["ray_sd_unet_pushed_out_total"]
             ),
         )
 

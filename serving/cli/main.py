@@ -56,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--guidance-scale", type=float)
     generate.add_argument("--seed", type=int)
     generate.add_argument("--scheduler")
+    generate.add_argument(
+        "--priority",
+        choices=["interactive", "batch"],
+        help="interactive (the default) is served before batch when the UNet is busy",
+    )
 
     gateway = commands.add_parser(
         "gateway", help="forward HTTP to a Serve app elsewhere (the chart's kuberay mode)"
@@ -296,6 +301,7 @@ def _generate(args: argparse.Namespace) -> int:
             "guidance_scale",
             "seed",
             "scheduler",
+            "priority",
         )
     }
     if args.model and not args.grpc:

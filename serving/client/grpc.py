@@ -50,6 +50,7 @@ def infer_request(model: str, prompt: str, fields: dict[str, Any]) -> pb.ModelIn
     """A ModelInfer request asking for the encoded images (`image_bytes`) and their seeds."""
     values = {"prompt": prompt, **{k: v for k, v in fields.items() if v is not None}}
     output_format = str(values.pop("output_format", "png"))
+    priority = values.pop("priority", None)
     request = pb.ModelInferRequest(
         model_name=model,
         inputs=[_tensor(name, value) for name, value in values.items()],
@@ -59,6 +60,8 @@ def infer_request(model: str, prompt: str, fields: dict[str, Any]) -> pb.ModelIn
         ],
     )
     request.parameters["output_format"].string_param = output_format
+    if priority is not None:
+        request.parameters["priority"].string_param = str(priority)
     return request
 
 
@@ -142,7 +145,7 @@ class GrpcClient:
 
     def generate(self, prompt: str, **fields: Any) -> Generation:
         """Fields: negative_prompt, num_images, width, height, steps, guidance_scale, seed,
-        scheduler, output_format."""
+        scheduler, output_format, priority (interactive or batch)."""
         request = infer_request(self._model, prompt, fields)
         try:
             response = self._infer(

@@ -114,8 +114,8 @@ class Client:
         self, prompt: str, *, deadline_s: float | None = None, **fields: Any
     ) -> Generation:
         """Fields: model, negative_prompt, num_images, width, height, steps, guidance_scale,
-        guidance_rescale, seed, scheduler, output_format, and for SDXL original_size,
-        crops_coords_top_left, target_size ([a, b] pairs)."""
+        guidance_rescale, seed, scheduler, output_format, priority (interactive or batch), and
+        for SDXL original_size, crops_coords_top_left, target_size ([a, b] pairs)."""
         answer = self._http.post(
             "/v1/generate", json=_body(prompt, fields), headers=_headers(self._api_key, deadline_s)
         )

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from serving.dataplane.clients import bearer_token, load_key_file
 from serving.dataplane.request import client_id
 from serving.dataplane.store import Store, rate_limited
 from serving.errors import Unauthenticated
@@ -38,17 +39,14 @@ UNAUTHENTICATED = (
 
 
 def load_api_keys(path: Path) -> tuple[bytes, ...]:
-    """One key per line (a mounted Secret in Kubernetes)."""
-    keys = tuple(line.strip().encode() for line in path.read_text().splitlines() if line.strip())
-    if not keys:
-        raise ValueError(f"{path} holds no API key")
-    return keys
+    """The keys of the key file (a mounted Secret in Kubernetes; serving/dataplane/clients.py
+    has its format)."""
+    return tuple(entry.key for entry in load_key_file(path))
 
 
 def is_authorized(header: str | None, keys: tuple[bytes, ...]) -> bool:
     """Constant-time comparison against every key, so timing reveals neither key nor match."""
-    scheme, _, token = (header or "").partition(" ")
-    presented = token.strip().encode() if scheme.lower() == "bearer" else b""
+    presented = bearer_token(header)
     matched = False
     for key in keys:
         matched |= hmac.compare_digest(presented, key)

@@ -56,6 +56,11 @@ class GenerateParams(BaseModel):
         None, description="SDXL: [top, left] of the seeming crop (default: [0, 0])"
     )
     target_size: Pair | None = Field(None, description="SDXL: [height, width] (default: its size)")
+    priority: str | None = Field(
+        None,
+        description="interactive (the default: served first) or batch, at most what the API "
+        "key allows",
+    )
 
 
 class GenerationRequest(BaseModel):

@@ -15,12 +15,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import numpy as np
 
 from serving.dataplane.checkpoints import Checkpoint, JobCheckpoints
+from serving.dataplane.clients import ANONYMOUS, ClientDirectory, ClientShare, Priority
 from serving.dataplane.codecs import MEDIA_TYPES, decode_image, encode_image
 from serving.dataplane.model import ServedModel
 from serving.dataplane.request import GenerateParams, GenerationRequest, RequestContext, resolve
@@ -33,7 +34,7 @@ from serving.dataplane.stages import (
     TextEmbedding,
 )
 from serving.dataplane.store import Store
-from serving.errors import DeadlineExceeded, NotFound
+from serving.errors import DeadlineExceeded, InvalidArgument, NotFound
 from serving.metrics import IngressMetrics
 from serving.settings import Settings
 
@@ -41,6 +42,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 ProgressSink = Callable[[StepProgress], Awaitable[None]]
 READINESS_TTL_S = 1.0  # probes, kserve's per-inference check and v1 status share one answer
+UNKNOWN_CLIENT = ClientShare("addr:unknown", ANONYMOUS, 1.0, Priority.INTERACTIVE)
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class PreparedRequest:
     determined: bool  # the client chose the seed: the result may come from the result cache
     warnings: list[str]
     denoising_steps: int  # per image: what progress counts (PNDM runs one more than `steps`)
+    share: ClientShare = field(default_factory=lambda: UNKNOWN_CLIENT)  # its fair share
 
     def to_json(self) -> dict[str, Any]:
         """What a queued job carries (serving/dataplane/job_queue.py)."""
@@ -59,15 +62,18 @@ class PreparedRequest:
             "determined": self.determined,
             "warnings": self.warnings,
             "denoising_steps": self.denoising_steps,
+            "share": self.share.to_json(),
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PreparedRequest:
+        share = data.get("share")  # absent from jobs queued before fair sharing
         return cls(
             GenerationRequest.model_validate(data["request"]),
             determined=data["determined"],
             warnings=list(data["warnings"]),
             denoising_steps=data["denoising_steps"],
+            share=UNKNOWN_CLIENT if share is None else ClientShare.from_json(share),
         )
 
 
@@ -110,10 +116,12 @@ class DataPlane:
         routes: dict[str, ModelRoute],
         store: Store,
         metrics: IngressMetrics,
+        clients: ClientDirectory | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.metrics = metrics
+        self._clients = clients or ClientDirectory()
         self._routes = routes
         self._default = settings.default_model_name()
         self._readiness: dict[str, bool] = {}
@@ -139,17 +147,29 @@ class DataPlane:
 
     # -- the generation call
 
-    def prepare(self, params: GenerateParams) -> PreparedRequest:
+    def prepare(
+        self,
+        params: GenerateParams,
+        context: RequestContext | None = None,
+        *,
+        default_priority: Priority = Priority.INTERACTIVE,
+    ) -> PreparedRequest:
         """Defaults applied and every limit and the prompt's token count checked; raises
-        InvalidArgument naming the field (NotFound for a model not served)."""
+        InvalidArgument naming the field (NotFound for a model not served). The caller's fair
+        share comes from its API key or address (`context`)."""
         model = self.model(params.model)
         request = resolve(params, self.settings.limits, model.profile)
         warnings = model.guard.check(request, self.settings.limits)
+        context = context or RequestContext()
+        share, warning = self._clients.share(
+            context.authorization, context.address, _priority(params.priority), default_priority
+        )
         return PreparedRequest(
             request,
             determined=params.seed is not None,
-            warnings=warnings,
+            warnings=[*warnings, warning] if warning else warnings,
             denoising_steps=model.denoising_steps(request),
+            share=share,
         )
 
     async def generate(
@@ -163,7 +183,11 @@ class DataPlane:
     ) -> GenerationResult:
         """Prepare and run: the call of every synchronous protocol."""
         return await self.run(
-            self.prepare(params), context, progress=progress, preview=preview, pixels=pixels
+            self.prepare(params, context),
+            context,
+            progress=progress,
+            preview=preview,
+            pixels=pixels,
         )
 
     async def run(
@@ -195,6 +219,11 @@ class DataPlane:
             ) from None
         images = 0 if result.cached else len(result.images)
         self.metrics.record_result(prepared.request.model, result.timings_ms, images)
+        share = prepared.share
+        self.metrics.client_request_seconds.observe(
+            result.timings_ms["total"] / 1000,
+            tags={"client": share.name, "priority": share.priority.value},
+        )
         return result
 
     async def _run(
@@ -227,7 +256,9 @@ class DataPlane:
                     pixels=[decode_image(image.data) for image in stored] if pixels else None,
                 )
         # 2. Text encoder, UNet, VAE.
-        rendered, timings = await self._render(route, request, progress, preview, checkpoints)
+        rendered, timings = await self._render(
+            route, request, prepared.share, progress, preview, checkpoints
+        )
         # 3. Encode, then store the images (and remember a determined request's result).
         before = time.perf_counter()
         encoded = [encode_image(image, request.output_format) for image in rendered]
@@ -249,6 +280,7 @@ class DataPlane:
         self,
         route: ModelRoute,
         request: GenerationRequest,
+        share: ClientShare,
         progress: ProgressSink | None,
         preview: bool,
         checkpoints: JobCheckpoints | None,
@@ -289,6 +321,9 @@ class DataPlane:
                 scheduler=request.scheduler,
                 checkpoint_every=every,
                 resume=saved[index].state if index in saved else None,
+                client=share.client,
+                weight=share.weight,
+                priority_rank=share.priority.rank,
             )
             for index, seed in enumerate(request.seeds())
         ]
@@ -400,6 +435,16 @@ class DataPlane:
         self.metrics.store_up.set(1.0 if store else 0.0)
         self._readiness_at = time.monotonic()
         return self._readiness
+
+
+def _priority(value: str | None) -> Priority | None:
+    if value is None:
+        return None
+    try:
+        return Priority(value)
+    except ValueError:
+        choices = ", ".join(priority.value for priority in Priority)
+        raise InvalidArgument("priority", f"must be one of {choices} (got {value!r})") from None
 
 
 def conditioning(

@@ -9,6 +9,7 @@ import uuid
 from dataclasses import dataclass
 
 from serving.dataplane.access import AccessPolicy
+from serving.dataplane.clients import ClientDirectory, load_key_file
 from serving.dataplane.job_queue import RedisJobQueue
 from serving.dataplane.jobs import JobRunner
 from serving.dataplane.model import ServedModel
@@ -47,7 +48,10 @@ def build_services(
         name: ModelRoute(ServedModel.load(settings, name, spec), stages[name])
         for name, spec in settings.served_models().items()
     }
-    data_plane = DataPlane(settings, routes, store, IngressMetrics.create(meter))
+    clients = ClientDirectory()
+    if settings.api_keys_file is not None:
+        clients = ClientDirectory(load_key_file(settings.api_keys_file))
+    data_plane = DataPlane(settings, routes, store, IngressMetrics.create(meter), clients)
     secret = settings.webhook_secret
     webhooks = None
     if secret is not None:

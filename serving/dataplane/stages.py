@@ -46,6 +46,11 @@ class DenoiseJob:
     # such a checkpoint (serving/engine/checkpoint.py) instead of starting from noise.
     checkpoint_every: int = 0
     resume: bytes | None = None
+    # Who waits for it, for the UNet's fair sharing (serving/engine/fair_queue.py): the client,
+    # its weight, and the priority class's rank (0: interactive, 1: batch).
+    client: str = ""
+    weight: float = 1.0
+    priority_rank: int = 0
 
     @property
     def guided(self) -> bool:

@@ -91,8 +91,8 @@ def v2_field_name(field: str) -> str:
     """Where a v2 client put the field: `steps` → `inputs[steps]`."""
     if field.startswith(("inputs", "outputs", "parameters")) or field == "X-Timeout-S":
         return field
-    if field == "output_format":
-        return "parameters.output_format"
+    if field in ("output_format", "priority"):
+        return f"parameters.{field}"
     return f"inputs[{field}]"
 
 
@@ -107,6 +107,11 @@ def params_from_infer_request(payload: InferRequest) -> GenerateParams:
                 "parameters.output_format", f"must be a string (got {output_format!r})"
             )
         values["output_format"] = normalize_format(output_format, "parameters.output_format")
+    priority = parameter_value(payload.parameters, "priority")
+    if priority is not None:
+        if not isinstance(priority, str):
+            raise InvalidArgument("parameters.priority", f"must be a string (got {priority!r})")
+        values["priority"] = priority
     try:
         return GenerateParams.model_validate(values)
     except ValueError as error:  # types were checked per tensor; this is a safety net

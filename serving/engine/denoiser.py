@@ -19,7 +19,6 @@ import itertools
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import resca
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
+from serving.dataplane.clients import PRIORITIES
 from serving.dataplane.stages import DenoiseJob, DenoiseResult, StepProgress
 from serving.engine import checkpoint
 from serving.engine.compiled import (
@@ -42,6 +42,7 @@ from serving.engine.compiled import (
     prepare_unet,
     warm_up_example,
 )
+from serving.engine.fair_queue import FairQueue
 from serving.engine.preview import latent_preview
 from serving.engine.schedulers import SchedulerFactory, step_kwargs
 from serving.errors import QueueFull
@@ -139,6 +140,8 @@ class _Active:
 class EngineStats:
     active: int
     queued: int
+    queued_by_priority: dict[str, int] = field(default_factory=dict)
+    waiting_clients: int = 0
 
 
 class ContinuousBatchingEngine:
@@ -176,7 +179,7 @@ class ContinuousBatchingEngine:
         self._max_queue = max_queue
         self._metrics = metrics
         self._ids = itertools.count()
-        self._pending: deque[tuple[DenoiseJob, Ticket]] = deque()
+        self._pending: FairQueue[tuple[DenoiseJob, Ticket]] = FairQueue()
         self._active: list[_Active] = []
         self._wake = threading.Condition()
         self._turn = 0
@@ -211,29 +214,52 @@ class ContinuousBatchingEngine:
     # -- caller side (any thread)
 
     def submit(self, job: DenoiseJob, on_step: StepObserver | None = None) -> Ticket:
+        """Queue a job by its client's fair share; in a full room it pushes out the newest
+        request of a heavier client, or is refused (QueueFull)."""
+        pushed_out = None
         with self._wake:
             waiting = len(self._pending) + len(self._active)
             if waiting >= self._max_batch + self._max_queue:
-                raise QueueFull(
-                    f"the UNet is busy: {waiting} requests in flight, limit "
-                    f"{self._max_batch + self._max_queue}; retry later"
-                )
+                pushed_out = self._pending.push_out(job.client, job.priority_rank, job.weight)
+                if pushed_out is None:
+                    raise QueueFull(
+                        f"the UNet is busy: {waiting} requests in flight, limit "
+                        f"{self._max_batch + self._max_queue}; retry later"
+                    )
             ticket = Ticket(id=next(self._ids), on_step=on_step)
-            self._pending.append((job, ticket))
+            self._pending.push((job, ticket), job.client, job.priority_rank, job.weight, _cost(job))
             self._wake.notify()
+        if pushed_out is not None:
+            _fail(
+                pushed_out[1],
+                QueueFull(
+                    "the UNet is busy and this client has more requests waiting than its share; "
+                    "retry later"
+                ),
+            )
+            if self._metrics is not None:
+                self._metrics.pushed_out.inc()
         self.publish_load()
         return ticket
 
     def stats(self) -> EngineStats:
         with self._wake:
-            return EngineStats(active=len(self._active), queued=len(self._pending))
+            pending = self._pending
+            return EngineStats(
+                active=len(self._active),
+                queued=len(pending),
+                queued_by_priority={p.value: pending.depth(p.rank) for p in PRIORITIES},
+                waiting_clients=pending.clients(),
+            )
 
     def publish_load(self) -> None:
         """Set the active/queued and compile-time gauges (also on a timer: an idle replica still
         reports them)."""
         if self._metrics is not None:
             stats = self.stats()
-            self._metrics.record_load(stats.active, stats.queued)
+            self._metrics.record_load(
+                stats.active, stats.queued, stats.queued_by_priority, stats.waiting_clients
+            )
             # Ray exports a gauge only while it is being set: republished with the load.
             self._metrics.compile_seconds.set(self._compile_seconds)
 
@@ -250,7 +276,7 @@ class ContinuousBatchingEngine:
             latents = await asyncio.wrap_future(ticket.future)
         finally:
             ticket.cancel()  # a no-op once done; otherwise the caller went away
-        return self._result(ticket, latents)
+        return self._result(job, ticket, latents)
 
     async def denoise_stream(
         self, job: DenoiseJob, preview: bool = False
@@ -278,13 +304,14 @@ class ContinuousBatchingEngine:
             latents = ticket.future.result()
         finally:
             ticket.cancel()  # a no-op once done
-        yield self._result(ticket, latents)
+        yield self._result(job, ticket, latents)
 
-    def _result(self, ticket: Ticket, latents: np.ndarray) -> DenoiseResult:
+    def _result(self, job: DenoiseJob, ticket: Ticket, latents: np.ndarray) -> DenoiseResult:
         started = ticket.started_at or ticket.submitted_at
         queued_s = started - ticket.submitted_at
         if self._metrics is not None:
-            self._metrics.queue_seconds.observe(queued_s)
+            priority = PRIORITIES[job.priority_rank].value
+            self._metrics.queue_seconds.observe(queued_s, tags={"priority": priority})
         return DenoiseResult(latents=latents, queued_ms=queued_s * 1000)
 
     def start(self) -> None:
@@ -351,9 +378,8 @@ class ContinuousBatchingEngine:
                     break
             self.step()
         with self._wake:
-            abandoned = [ticket for _, ticket in self._pending]
+            abandoned = [ticket for _, ticket in self._pending.drain()]
             abandoned += [request.ticket for request in self._active]
-            self._pending.clear()
             self._active.clear()
         for ticket in abandoned:
             ticket.cancel()
@@ -361,8 +387,11 @@ class ContinuousBatchingEngine:
     def _admit(self) -> None:
         with self._wake:
             admitted: list[tuple[DenoiseJob, Ticket]] = []
-            while self._pending and len(self._active) + len(admitted) < self._max_batch:
-                admitted.append(self._pending.popleft())
+            while len(self._active) + len(admitted) < self._max_batch:
+                waiting = self._pending.pop()
+                if waiting is None:
+                    break
+                admitted.append(waiting)
         for job, ticket in admitted:
             if ticket.future.cancelled():
                 continue
@@ -441,6 +470,7 @@ class ContinuousBatchingEngine:
     def _drop_cancelled(self) -> None:
         with self._wake:
             self._active = [r for r in self._active if not r.ticket.future.cancelled()]
+            self._pending.remove(lambda waiting: waiting[1].future.cancelled())
 
     def _next_group(self) -> list[_Active]:
         """Requests sharing the latent shape; shapes take turns so no size starves."""
@@ -488,6 +518,12 @@ class ContinuousBatchingEngine:
             if request.ticket.on_step is not None:
                 _notify(request.ticket.on_step, request)
         return offset
+
+
+def _cost(job: DenoiseJob) -> float:
+    """A job's UNet work, for fair sharing: steps times rows times latent pixels (64² at 512²)."""
+    rows = 2 if job.guided else 1
+    return float(job.steps * rows * (job.height // 8) * (job.width // 8)) / 4096.0
 
 
 def _notify(observer: StepObserver, request: _Active) -> None:

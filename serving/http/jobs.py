@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from serving.dataplane.jobs import JobEvent, JobView
 from serving.errors import InvalidArgument, NotFound
-from serving.http.dependencies import ServicesDep
+from serving.http.dependencies import ContextDep, ServicesDep
 from serving.http.models import ERRORS, JobRequest, JobResponse
 
 router = APIRouter(tags=["jobs"])
@@ -37,11 +37,11 @@ def unknown_job(job_id: str) -> NotFound:
 
 
 @router.post("/v1/jobs", status_code=202, responses={202: {"model": JobResponse}, **ERRORS})
-async def submit(body: JobRequest, services: ServicesDep) -> JSONResponse:
+async def submit(body: JobRequest, services: ServicesDep, context: ContextDep) -> JSONResponse:
     if body.webhook_url is not None:
         await services.jobs.check_webhook_url(body.webhook_url)
     # Checked now (a prompt too long fails with 422 here, not later in the job).
-    prepared = services.data_plane.prepare(body.params())
+    prepared = services.data_plane.prepare(body.params(), context)
     view = await services.jobs.submit(prepared, preview=body.preview, webhook_url=body.webhook_url)
     return JSONResponse(
         job_response(view).model_dump(mode="json"),

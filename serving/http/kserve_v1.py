@@ -43,7 +43,8 @@ async def predict(
     prepared = []
     for index, instance in enumerate(body.instances):  # every instance checked before any runs
         with fields_renamed(functools.partial("instances[{}].{}".format, index)):
-            prepared.append(data_plane.prepare(instance.model_copy(update={"model": model})))
+            instance = instance.model_copy(update={"model": model})
+            prepared.append(data_plane.prepare(instance, context))
     results = await all_or_none([data_plane.run(item, context) for item in prepared])
     return V1PredictResponse(
         predictions=[

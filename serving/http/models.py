@@ -72,6 +72,9 @@ class OpenAIImageRequest(BaseModel):
     seed: int | None = None
     scheduler: str | None = None
     output_format: str | None = None
+    priority: str | None = Field(
+        None, description="interactive (the default: served first) or batch"
+    )
 
 
 class OpenAIImage(BaseModel):

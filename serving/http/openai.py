@@ -54,6 +54,7 @@ def to_params(body: OpenAIImageRequest) -> GenerateParams:
         seed=body.seed,
         scheduler=body.scheduler,
         output_format=body.output_format,
+        priority=body.priority,
     )
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from serving.dataplane.checkpoints import Checkpoint
+from serving.dataplane.clients import ClientDirectory, load_key_file
 from serving.dataplane.model import ServedModel
 from serving.dataplane.request import GenerateParams, RequestContext
 from serving.dataplane.service import (
@@ -38,6 +39,7 @@ class ScriptedStages:
     calls: list[str] = field(default_factory=list)
     cancelled: list[int] = field(default_factory=list)
     resumed: list[bytes | None] = field(default_factory=list)
+    jobs: list[DenoiseJob] = field(default_factory=list)
     probes: int = 0
 
     async def encode_text(self, text: str) -> TextEmbedding:
@@ -46,6 +48,7 @@ class ScriptedStages:
 
     async def denoise(self, job: DenoiseJob) -> DenoiseResult:
         self.calls.append(f"denoise:{job.seed}")
+        self.jobs.append(job)
         if job.seed == self.fail_seed:
             await asyncio.sleep(0.01)
             raise QueueFull("the UNet is busy")
@@ -306,3 +309,31 @@ def test_a_checkpoint_that_cannot_be_saved_is_counted_and_the_job_goes_on(
     result = asyncio.run(as_job(plane, params, progress, ListedCheckpoints(broken=True)))
     assert len(result.images) == 1 and len(steps) == 5
     assert meter.value("sd_job_checkpoint_failures") == 2
+
+
+def test_each_image_waits_as_its_callers_share(model: ServedModel, tmp_path: Path) -> None:
+    (tmp_path / "keys").write_text("k-night name=nightly weight=2 priority=batch\n")
+    stages = ScriptedStages()
+    meter = MemoryMeter()
+    config = Settings()
+    plane = DataPlane(
+        config,
+        {model.name: ModelRoute(model, stages)},
+        InMemoryStore(config),
+        IngressMetrics.create(meter),
+        ClientDirectory(load_key_file(tmp_path / "keys")),
+    )
+    context = RequestContext(authorization="Bearer k-night", address="10.1.1.1")
+    asked = GenerateParams(prompt="a cat", steps=2, num_images=2, priority="interactive")
+    result = asyncio.run(plane.generate(asked, context))
+    assert any("it ran as 'batch'" in warning for warning in result.warnings)
+    assert [(j.client, j.weight, j.priority_rank) for j in stages.jobs] == [
+        ("key:nightly", 2.0, 1)
+    ] * 2
+    assert (
+        len(meter.observations("sd_client_request_seconds", client="nightly", priority="batch"))
+        == 1
+    )
+    with pytest.raises(InvalidArgument) as caught:
+        plane.prepare(GenerateParams(prompt="a cat", priority="urgent"))
+    assert caught.value.field == "priority" and "interactive, batch" in caught.value.message

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -196,7 +197,9 @@ def test_closing_a_stream_early_frees_its_slot(components: Components) -> None:
         assert asyncio.run(scenario()).latents.shape == (4, 16, 16)
     finally:
         engine.stop()
-    assert engine.stats() == EngineStats(active=0, queued=0)
+    assert engine.stats() == EngineStats(
+        active=0, queued=0, queued_by_priority={"interactive": 0, "batch": 0}
+    )
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
@@ -223,3 +226,49 @@ def test_a_dead_engine_thread_fails_the_health_check(components: Components) -> 
         return False
 
     assert wait_until(unhealthy, 60)
+
+
+def test_a_client_behind_another_clients_flood_is_admitted_next(components: Components) -> None:
+    engine = components.engine(max_batch_size=1)
+    flood = [
+        engine.submit(replace(components.job("a dog", steps=2, seed=n), client="addr:heavy"))
+        for n in range(6)
+    ]
+    light = engine.submit(replace(components.job("a cat", steps=2, seed=9), client="addr:light"))
+    finished: list[Ticket] = []
+    while not light.future.done():
+        engine.step()
+        finished += [t for t in flood if t.future.done() and t not in finished]
+    assert len(finished) <= 1  # it waited for the request already running, not the flood
+    run_to_completion(engine, flood)
+
+
+def test_interactive_requests_are_admitted_before_batch_ones(components: Components) -> None:
+    engine = components.engine(max_batch_size=1)
+    running = engine.submit(components.job("first", steps=2))
+    batch = engine.submit(replace(components.job("later", steps=2), priority_rank=1))
+    interactive = engine.submit(components.job("urgent", steps=2))
+    while not interactive.future.done():
+        engine.step()
+    assert not batch.future.done()
+    run_to_completion(engine, [running, batch])
+
+
+def test_a_full_room_refuses_the_floods_newest_to_admit_another_client(
+    components: Components,
+) -> None:
+    meter = MemoryMeter()
+    engine = components.engine(max_batch_size=1, max_queue=3, metrics=UNetMetrics.create(meter))
+    flood = [
+        engine.submit(replace(components.job("a dog", steps=2, seed=n), client="addr:heavy"))
+        for n in range(4)  # one runs (once admitted), three wait: full
+    ]
+    light = engine.submit(replace(components.job("a cat", steps=2), client="addr:light"))
+    with pytest.raises(QueueFull, match="more requests waiting than its share"):
+        flood[-1].future.result(timeout=1)
+    with pytest.raises(QueueFull, match="the UNet is busy"):  # the flood itself gets no more
+        engine.submit(replace(components.job("a dog", steps=2), client="addr:heavy"))
+    assert meter.value("sd_unet_pushed_out") == 1
+    stats = engine.stats()
+    assert stats.waiting_clients == 2 and stats.queued_by_priority == {"interactive": 4, "batch": 0}
+    run_to_completion(engine, [*flood[:-1], light])
