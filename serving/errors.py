@@ -18,13 +18,18 @@ class Reason(StrEnum):
     QUEUE_FULL = "queue_full"
     RATE_LIMITED = "rate_limited"
     NOT_READY = "not_ready"
+    UNAVAILABLE = "unavailable"
     DEADLINE_EXCEEDED = "deadline_exceeded"
     INTERNAL = "internal"
 
 
 # How long a client should wait before retrying, where waiting helps (HTTP Retry-After,
 # gRPC `retry-after` trailing metadata); rate limits compute their own.
-RETRY_AFTER_S: dict[Reason, int] = {Reason.QUEUE_FULL: 2, Reason.NOT_READY: 5}
+RETRY_AFTER_S: dict[Reason, int] = {
+    Reason.QUEUE_FULL: 2,
+    Reason.NOT_READY: 5,
+    Reason.UNAVAILABLE: 2,
+}
 
 
 class ErrorDetail(BaseModel):
@@ -126,6 +131,19 @@ class NotReady(ServingError):
 
 class DeadlineExceeded(ServingError):
     reason = Reason.DEADLINE_EXCEEDED
+
+
+class StoreUnavailable(ServingError):
+    """The shared store (Redis) does not answer: the job operation cannot be done now."""
+
+    reason = Reason.UNAVAILABLE
+
+
+class StageLost(ServingError):
+    """A stage's replica stopped while it held the request (it crashed, or was replaced) and
+    the request could not be sent again without redoing denoising: the client should retry."""
+
+    reason = Reason.UNAVAILABLE
 
 
 @contextlib.contextmanager

@@ -5,19 +5,26 @@ the batch slot at its next step), the one cancellation rule of serving/dataplane
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
-from typing import Any, cast
+import logging
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import aclosing
+from typing import Any, TypeVar, cast
 
 import numpy as np
+from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from serving.dataplane.jobs import JobEvent, JobEventKind, JobResult, JobStatus, JobView
 from serving.dataplane.results import StoredImage
 from serving.dataplane.stages import DenoiseJob, DenoiseResult, StepProgress, TextEmbedding
 from serving.dataplane.store import ResultHit
-from serving.errors import ErrorDetail
+from serving.errors import ErrorDetail, StageLost
 
 PROBE_TIMEOUT_S = 2.0
+# What a call raises when the replica running it died or is being replaced.
+LOST = (RayActorError, ActorUnavailableError)
+T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 
 async def answer(response: Any) -> Any:
@@ -48,24 +55,63 @@ class RayStages:
         self._vae = vae
 
     async def encode_text(self, text: str) -> TextEmbedding:
-        return await answer(self._text_encoder.encode.remote(text))
+        return await once_more(lambda: answer(self._text_encoder.encode.remote(text)), "text")
 
     async def denoise(self, job: DenoiseJob) -> DenoiseResult:
-        return await answer(self._unet.denoise.remote(job))
+        """The stream, told to report only its first step: whether denoising had begun is what
+        decides between sending the request again and answering 503."""
+        async with aclosing(self._denoise(job, preview=False, first_step_only=True)) as stream:
+            async for item in stream:
+                if isinstance(item, DenoiseResult):
+                    return item
+        raise RuntimeError("the UNet's stream ended without a result")
 
     def denoise_stream(
         self, job: DenoiseJob, preview: bool
     ) -> AsyncGenerator[StepProgress | DenoiseResult, None]:
-        stream = self._unet.options(stream=True).denoise_with_progress.remote(job, preview)
-        return streamed(cast(DeploymentResponseGenerator, stream))
+        return self._denoise(job, preview, first_step_only=False)
+
+    async def _denoise(
+        self, job: DenoiseJob, preview: bool, first_step_only: bool
+    ) -> AsyncGenerator[StepProgress | DenoiseResult, None]:
+        """Sent again, once, to another replica when the first one stopped before its first
+        step; StageLost (503) when it stopped mid-denoise, at once, never at the deadline."""
+        for attempt in (1, 2):
+            began = False
+            method = self._unet.options(stream=True).denoise_with_progress
+            stream = method.remote(job, preview, first_step_only)
+            try:
+                async for item in streamed(cast(DeploymentResponseGenerator, stream)):
+                    began = began or isinstance(item, StepProgress)
+                    yield item
+                return
+            except LOST as error:
+                if began or attempt == 2:
+                    raise StageLost(
+                        "the UNet replica denoising this request stopped; retry the request"
+                    ) from error
+                logger.warning("a UNet replica stopped before denoising began; sending again")
 
     async def decode(self, latents: np.ndarray) -> np.ndarray:
-        return await answer(self._vae.decode.remote(latents))
+        return await once_more(lambda: answer(self._vae.decode.remote(latents)), "VAE")
 
     async def readiness(self) -> dict[str, bool]:
         stages = {"text_encoder": self._text_encoder, "unet": self._unet, "vae": self._vae}
         answers = await asyncio.gather(*(probe(handle) for handle in stages.values()))
         return dict(zip(stages, answers, strict=True))
+
+
+async def once_more(call: Callable[[], Awaitable[T]], stage: str) -> T:
+    """A call sent again, once, when the replica that took it stopped (it is idempotent and
+    denoises nothing); StageLost when the second one is lost too."""
+    try:
+        return await call()
+    except LOST:
+        logger.warning("a %s replica stopped during a call; sending it again", stage)
+    try:
+        return await call()
+    except LOST as error:
+        raise StageLost(f"the {stage} stage lost two replicas in a row; retry") from error
 
 
 async def probe(handle: DeploymentHandle) -> bool:

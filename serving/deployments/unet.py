@@ -31,15 +31,17 @@ class UNetDenoiser:
         self._engine.start()
         self._stop_publishing = keep_publishing(self._engine.publish_load)
 
-    async def denoise(self, job: DenoiseJob) -> DenoiseResult:
-        return await self._engine.denoise(job)
-
     async def denoise_with_progress(
-        self, job: DenoiseJob, preview: bool = False
+        self, job: DenoiseJob, preview: bool = False, first_step_only: bool = False
     ) -> AsyncIterator[StepProgress | DenoiseResult]:
-        """Streamed (handle.options(stream=True)): a StepProgress after every step, then the
-        DenoiseResult."""
+        """Streamed (handle.options(stream=True)): a StepProgress after every step (or only
+        the first: the caller learns that denoising began), then the DenoiseResult."""
+        reported = False
         async for item in self._engine.denoise_stream(job, preview):
+            if isinstance(item, StepProgress) and first_step_only:
+                if reported:
+                    continue
+                reported = True
             yield item
 
     def check_health(self) -> None:

@@ -19,6 +19,7 @@ GRPC_STATUS: dict[Reason, grpc.StatusCode] = {
     Reason.QUEUE_FULL: grpc.StatusCode.UNAVAILABLE,
     Reason.RATE_LIMITED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Reason.NOT_READY: grpc.StatusCode.UNAVAILABLE,
+    Reason.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     Reason.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
     Reason.INTERNAL: grpc.StatusCode.INTERNAL,
 }

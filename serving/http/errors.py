@@ -36,6 +36,7 @@ HTTP_STATUS: dict[Reason, int] = {
     Reason.QUEUE_FULL: 503,
     Reason.RATE_LIMITED: 429,
     Reason.NOT_READY: 503,
+    Reason.UNAVAILABLE: 503,
     Reason.DEADLINE_EXCEEDED: 504,
     Reason.INTERNAL: 500,
 }
@@ -47,6 +48,7 @@ OPENAI_ERROR_TYPE: dict[Reason, str] = {
     Reason.QUEUE_FULL: "server_error",
     Reason.RATE_LIMITED: "rate_limit_error",
     Reason.NOT_READY: "server_error",
+    Reason.UNAVAILABLE: "server_error",
     Reason.DEADLINE_EXCEEDED: "server_error",
     Reason.INTERNAL: "server_error",
 }

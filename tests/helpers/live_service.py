@@ -43,6 +43,16 @@ class RunningService:
                 os.kill(pid, signal.SIGKILL)
         self.process.wait(timeout=30)
 
+    def kill_replicas(self, deployment: str) -> list[int]:
+        """SIGKILL the replica processes of one deployment (`UNetDenoiser`): a crash of that
+        stage alone, which Ray Serve answers by starting a replacement."""
+        pids = [pid for pid in _descendants(self.process.pid) if deployment in _cmdline(pid)]
+        assert pids, f"no replica process of {deployment} under the service"
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return pids
+
     def client(self, timeout: float = 120.0) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=timeout)
 
@@ -53,6 +63,34 @@ class RunningService:
     @property
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        raw = (Path("/proc") / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return ""
+    return raw.replace(b"\0", b" ").decode(errors="replace")
+
+
+def _descendants(root: int) -> list[int]:
+    """Every process below `root` (Ray's raylet, workers and replicas below the driver)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                # The parent is the 2nd field after the parenthesised command name.
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, frontier = [], [root]
+    while frontier:
+        pid = frontier.pop()
+        for child in children.get(pid, []):
+            found.append(child)
+            frontier.append(child)
+    return found
 
 
 def _processes_mentioning(marker: str) -> list[int]:
