@@ -29,7 +29,14 @@ from serving.dataplane.codecs import png_data_url
 from serving.dataplane.request import RequestContext
 from serving.dataplane.stages import StepProgress
 from serving.dataplane.webhooks import check_webhook_url
-from serving.errors import ErrorDetail, NotFound, QueueFull, as_serving_error
+from serving.errors import (
+    ErrorDetail,
+    NotFound,
+    QueueFull,
+    StageLost,
+    StoreUnavailable,
+    as_serving_error,
+)
 
 if TYPE_CHECKING:
     from serving.dataplane.checkpoints import JobCheckpoints
@@ -425,6 +432,29 @@ class JobRunner:
         if view is None or view.status.finished:  # expired, or an earlier attempt finished it
             await queue.done(job.entry_id)
             return
+        renewing = asyncio.create_task(self._renew(queue, job.entry_id))
+        try:
+            # A stage replica lost mid-job (StageLost) costs an attempt, not the job: the next
+            # one resumes from the checkpoints on another replica, here and now.
+            while not await self._attempt(queue, job):
+                logger.warning("job %s lost a stage replica; resuming it", job.job_id)
+                await self._until_ready()
+        except Exception:  # Redis away mid-job: the entry stays pending, its lease lapses, and
+            # a worker takes it over (from its checkpoints) once Redis answers again
+            logger.exception("job %s stopped; it stays queued for another attempt", job.job_id)
+        finally:
+            renewing.cancel()
+
+    async def _until_ready(self, timeout_s: float = 120.0) -> None:
+        """Until the stages answer again (Ray Serve is replacing the lost replica), so the next
+        attempt is not lost to the same dead replica at once."""
+        await asyncio.sleep(2.0)  # past the readiness answer cached before the loss
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not await self._data_plane.ready():
+            await asyncio.sleep(1.0)
+
+    async def _attempt(self, queue: RedisJobQueue, job: QueuedJob) -> bool:
+        """One run of the job; False when a stage replica it used stopped (run it again)."""
         attempt = await queue.store.begin_attempt(job.job_id)
         webhook_url = job.work["webhook_url"]
         limit = self._data_plane.settings.job_max_attempts
@@ -432,7 +462,7 @@ class JobRunner:
             final = await self._store.finish_job(job.job_id, JobStatus.CANCELLED)
             await queue.done(job.entry_id)
             await self._deliver(job.job_id, webhook_url, final)
-            return
+            return True
         if attempt.number > limit:
             reason = f"gave up after {limit} attempts: the replicas running it stopped"
             error = ErrorDetail(code="unavailable", message=reason)
@@ -440,17 +470,17 @@ class JobRunner:
             await queue.bury(job, reason)
             self._data_plane.metrics.jobs_dead_lettered.inc()
             await self._deliver(job.job_id, webhook_url, final)
-            return
+            return True
         from serving.dataplane.service import PreparedRequest  # service → store → jobs
 
-        renewing = asyncio.create_task(self._renew(queue, job.entry_id))
+        prepared = PreparedRequest.from_json(job.work["prepared"])
+        checkpoints = await self._checkpoints(queue, job.job_id, prepared, attempt)
         try:
-            prepared = PreparedRequest.from_json(job.work["prepared"])
-            checkpoints = await self._checkpoints(queue, job.job_id, prepared, attempt)
             await self._run(job.job_id, prepared, job.work["preview"], webhook_url, checkpoints)
-        finally:
-            renewing.cancel()
+        except StageLost:
+            return False
         await queue.done(job.entry_id)
+        return True
 
     async def _checkpoints(
         self, queue: RedisJobQueue, job_id: str, prepared: PreparedRequest, attempt: Attempt
@@ -524,6 +554,10 @@ class JobRunner:
             final = await self._store.finish_job(job_id, JobStatus.CANCELLED)
         except JobCancelled:
             final = await self._store.finish_job(job_id, JobStatus.CANCELLED)
+        except (StageLost, StoreUnavailable) as lost:
+            if self._queue is not None:
+                raise  # a durable job runs again from its checkpoints (see _execute)
+            final = await self._store.finish_job(job_id, JobStatus.FAILED, error=lost.to_detail())
         except Exception as error:
             serving_error = as_serving_error(error)
             if serving_error is None:

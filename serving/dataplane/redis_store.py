@@ -18,14 +18,17 @@ Finished jobs expire after SD_JOB_TTL_S.
 from __future__ import annotations
 
 import base64
+import contextlib
+import functools
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from serving.dataplane.checkpoints import Checkpoint
 from serving.dataplane.images import ImageStore, image_store
@@ -40,10 +43,12 @@ from serving.dataplane.jobs import (
 )
 from serving.dataplane.results import CachedResult, StoredImage
 from serving.dataplane.store import ResultHit, images_of, keep_images
-from serving.errors import ErrorDetail, QueueFull
+from serving.errors import ErrorDetail, QueueFull, StoreUnavailable
 from serving.settings import Settings
 
 logger = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 SCHEMA = "sd:v1"
 HEARTBEAT_S = 15.0
@@ -105,6 +110,29 @@ return index
 """
 
 
+@contextlib.contextmanager
+def _unavailable_on_redis_error() -> Iterator[None]:
+    try:
+        yield
+    except RedisError as error:
+        raise StoreUnavailable(
+            f"the shared store (Redis) is unreachable ({type(error).__name__}); retry"
+        ) from error
+
+
+def _reachable(
+    method: Callable[P, Coroutine[Any, Any, R]],
+) -> Callable[P, Coroutine[Any, Any, R]]:
+    """A job operation whose Redis errors become StoreUnavailable."""
+
+    @functools.wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        with _unavailable_on_redis_error():
+            return await method(*args, **kwargs)
+
+    return wrapper
+
+
 def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
@@ -147,7 +175,11 @@ class RedisStore:
         return await self._images.get(digest)
 
     async def lookup_result(self, key: str) -> ResultHit | None:
-        found = await self._redis.get(f"{SCHEMA}:result:{key}")
+        try:
+            found = await self._redis.get(f"{SCHEMA}:result:{key}")
+        except RedisError:  # Redis away: a miss, the request renders
+            logger.warning("the result cache is unreachable; rendering", exc_info=True)
+            return None
         if found is None:
             return None
         cached = json.loads(found)
@@ -159,10 +191,14 @@ class RedisStore:
         digests = await keep_images(self._images, images)
         if key is not None:
             entry = _json({"digests": digests, "seeds": seeds})
-            await self._redis.set(f"{SCHEMA}:result:{key}", entry, ex=int(self._retention_s))
+            try:
+                await self._redis.set(f"{SCHEMA}:result:{key}", entry, ex=int(self._retention_s))
+            except RedisError:  # the images are stored; only the cache entry is lost
+                logger.warning("the result cache is unreachable; not remembered", exc_info=True)
         return digests
 
     # -- async jobs
+    @_reachable
     async def create_job(
         self, job_id: str, parameters: dict[str, Any], steps_total: int, webhook_url: str | None
     ) -> JobView:
@@ -193,10 +229,12 @@ class RedisStore:
         assert view is not None
         return view
 
+    @_reachable
     async def get_job(self, job_id: str) -> JobView | None:
         fields = await self._redis.hgetall(self._job(job_id))
         return _view(fields) if fields else None
 
+    @_reachable
     async def report_job(
         self, job_id: str, kind: JobEventKind, data: dict[str, Any], advance: int = 1
     ) -> bool:
@@ -206,6 +244,7 @@ class RedisStore:
         await self._append(job_id, kind, data, advance=advance)  # progress counts its steps
         return cancel == "1"
 
+    @_reachable
     async def finish_job(
         self,
         job_id: str,
@@ -239,10 +278,12 @@ class RedisStore:
             await pipe.execute()
         return final
 
+    @_reachable
     async def record_webhook(self, job_id: str, delivery: dict[str, Any]) -> None:
         if await self._redis.exists(self._job(job_id)):
             await self._redis.hset(self._job(job_id), "webhook", _json(delivery))
 
+    @_reachable
     async def cancel_job(self, job_id: str) -> JobView | None:
         view = await self.get_job(job_id)
         if view is not None and not view.status.finished:
@@ -255,13 +296,17 @@ class RedisStore:
         """The stream read from its start (events at or before `after` skipped), then live with
         a blocking read; None after `heartbeat_s` of silence."""
         key = self._job(job_id)
-        if not await self._redis.exists(key):
-            return
+        with _unavailable_on_redis_error():
+            if not await self._redis.exists(key):
+                return
         position = "0-0"
         while True:
-            answer = await self._redis.xread(
-                {f"{key}:events": position}, block=max(1, int(self.heartbeat_s * 1000)), count=100
-            )
+            with _unavailable_on_redis_error():
+                answer = await self._redis.xread(
+                    {f"{key}:events": position},
+                    block=max(1, int(self.heartbeat_s * 1000)),
+                    count=100,
+                )
             if not answer:
                 if not await self._redis.exists(key):  # expired while we waited
                     return
@@ -275,6 +320,7 @@ class RedisStore:
                 if event.kind in FINAL_KINDS:
                     return
 
+    @_reachable
     async def begin_attempt(self, job_id: str) -> Attempt:
         """A worker starts the job. A second attempt (the replica running the first stopped)
         starts its progress over; its images resume from their checkpoints."""
@@ -299,7 +345,11 @@ class RedisStore:
     # -- rate limits
     async def take_token(self, client: str, per_minute: float, burst: int) -> float:
         keys = [f"{SCHEMA}:bucket:{client}"]
-        return float(await self._take_token(keys=keys, args=[per_minute / 60.0, burst]))
+        try:
+            return float(await self._take_token(keys=keys, args=[per_minute / 60.0, burst]))
+        except RedisError:  # fail open: a store outage must not refuse every request
+            logger.warning("the rate-limit buckets are unreachable; admitting", exc_info=True)
+            return 0.0
 
     async def ready(self) -> bool:
         try:

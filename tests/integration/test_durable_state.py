@@ -4,6 +4,10 @@ first run, and finishes the job it was running when it crashed from its last che
 
 from __future__ import annotations
 
+import threading
+import time
+from typing import Any
+
 import httpx
 import pytest
 
@@ -92,3 +96,60 @@ def test_a_restarted_service_answers_for_its_jobs_images_and_results_and_ends_a_
             assert max_pixel_difference(pixels(again), first_image(uninterrupted)) <= 1
     stored = base / "images" / image_url.rsplit("/", 1)[1].split(".")[0]
     assert stored.read_bytes() == image.content and stored.with_suffix(".json").is_file()
+
+
+def test_a_killed_unet_replica_costs_a_sync_request_a_prompt_503_and_a_job_a_few_steps(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """SIGKILL to the denoiser replica while a durable job and a synchronous request are both
+    mid-denoise: the request answers 503 with Retry-After at once, not at its deadline; the job
+    resumes from its last checkpoint on the replica Ray Serve starts instead, to the same image
+    as an uninterrupted run; the replacement then serves new requests."""
+    base = tmp_path_factory.mktemp("recovery")
+    with redis_server(base) as url:
+        settings = {
+            "SD_REDIS_URL": url,
+            "SD_IMAGE_STORE_URL": (base / "images").as_uri(),
+            "SD_JOB_CHECKPOINT_STEPS": "5",
+        }
+        with start_service(base / "cache", settings) as running:
+            created = submit(running.url, **LONG)
+            sync: dict[str, Any] = {}
+
+            def synchronous() -> None:
+                started = time.monotonic()
+                answer = httpx.post(running.url + "/v1/generate", json=LONG, timeout=600)
+                sync.update(
+                    status=answer.status_code,
+                    retry_after=answer.headers.get("retry-after"),
+                    body=answer.json(),
+                    finished=time.monotonic(),
+                    started=started,
+                )
+
+            caller = threading.Thread(target=synchronous)
+            for event in job_events(running.url, created["id"]):
+                if event.kind == "progress" and event.data["step"] == 3:
+                    caller.start()  # batched with the job from here on
+                if event.kind == "progress" and event.data["step"] > 10:
+                    break
+            killed_at = time.monotonic()
+            running.kill_replicas("UNetDenoiser")
+            caller.join(timeout=120)
+            assert sync["status"] == 503 and sync["retry_after"] == "2", sync
+            assert sync["body"]["error"]["code"] == "unavailable"
+            assert sync["finished"] - killed_at < 30  # at once, not at the 300 s deadline
+
+            events = list(job_events(running.url, created["id"]))
+            assert events[-1].kind == "result", events[-1].data.get("error")
+            attempts = [e.data for e in events if e.kind == "status" and "attempt" in e.data]
+            assert attempts == [{"status": "queued", "attempt": 2}]
+            retried = [e.data for e in events].index(attempts[0])
+            first_step = next(e.data for e in events[retried:] if e.kind == "progress")
+            assert first_step["resumed_from"] >= 10 and first_step["resumed_from"] % 5 == 0
+            done = job(running.url, created["id"])["result"]["images"][0]
+            image = httpx.get(running.url + done["url"], timeout=30).content
+            two = {**LONG, "num_images": 2}  # the replacement serves; batched: within 1/255
+            uninterrupted = httpx.post(running.url + "/v1/generate", json=two, timeout=600)
+            assert uninterrupted.status_code == 200
+            assert max_pixel_difference(pixels(image), first_image(uninterrupted.json())) <= 1

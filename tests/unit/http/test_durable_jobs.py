@@ -6,6 +6,7 @@ reason and a dead-letter record."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,7 +15,8 @@ import redis
 
 from serving.dataplane.job_queue import DEAD_LETTERS
 from tests.helpers.images import max_pixel_difference, pixels
-from tests.helpers.local_service import LocalService
+from tests.helpers.local_service import LocalService, local_service
+from tests.helpers.redis_server import redis_process
 from tests.helpers.requests import first_image, generate, job, job_events, submit
 
 REQUEST = {"prompt": "a lighthouse at dusk", "steps": 40, "seed": 21, "scheduler": "ddim"}
@@ -114,3 +116,47 @@ def test_a_job_cancelled_while_queued_never_runs(
     events = list(job_events(durable.url, created["id"]))
     assert [e.kind for e in events] == ["status", "cancelled"]
     assert job(durable.url, created["id"])["progress"]["steps_done"] == 0
+
+
+@pytest.fixture
+def restartable(embedded_model_dir: Path, tmp_path: Path) -> Iterator[tuple[LocalService, Any]]:
+    """A service on a Redis that can crash and come back with its append-only file."""
+    with (
+        redis_process(tmp_path / "redis", persistent=True) as server,
+        local_service(
+            embedded_model_dir,
+            redis_url=server.url,
+            image_store_url=(tmp_path / "images").as_uri(),
+            job_lease_s=2.0,
+            rate_limit_per_minute=600,
+        ) as service,
+    ):
+        yield service, server
+
+
+def test_a_redis_crash_costs_no_job_and_no_synchronous_request(
+    restartable: tuple[LocalService, Any],
+) -> None:
+    service, redis_server = restartable
+    created = submit(service.url, **{**REQUEST, "seed": 31})
+    wait_for_step(service, created["id"], 11)
+    redis_server.crash()
+    # Synchronous requests go on without the result cache and rate limits (they fail open);
+    # job operations answer 503 with Retry-After, naming the store.
+    answer = generate(service.url, **{**REQUEST, "steps": 2, "seed": 5})
+    assert answer["images"]
+    refused = httpx.post(f"{service.url}/v1/jobs", json={"prompt": "x", "steps": 2}, timeout=30)
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "2"
+    assert "Redis" in refused.json()["error"]["message"]
+    assert httpx.get(f"{service.url}/v1/jobs/{created['id']}", timeout=30).status_code == 503
+    redis_server.start()  # its append-only file brings the job, its log and checkpoints back
+
+    events = list(job_events(service.url, created["id"]))
+    assert events[-1].kind == "result", events[-1].data
+    final = job(service.url, created["id"])
+    assert final["status"] == "succeeded" and final["progress"]["steps_done"] == 40
+    resumed = [e.data for e in events if e.kind == "progress" and "resumed_from" in e.data]
+    assert resumed and resumed[0]["resumed_from"] >= 10
+    image = pixels(httpx.get(service.url + final["result"]["images"][0]["url"]).content)
+    alone = generate(service.url, **{**REQUEST, "seed": 31}, num_images=2)
+    assert max_pixel_difference(image, first_image(alone)) <= 1
