@@ -38,12 +38,17 @@ def deployment_name(stage_class: str, model: str, settings: Settings) -> str:
     return stage_class if len(settings.served_models()) == 1 else f"{stage_class}-{model}"
 
 
-def _configured(deployment: Any, stage: StageSettings, name: str | None = None) -> Deployment:
+def _configured(
+    deployment: Any, stage: StageSettings, drain_timeout_s: float, name: str | None = None
+) -> Deployment:
     # `Any`: mypy sees a @serve.deployment class as the plain class, not as a Deployment.
     options: dict[str, Any] = {
         "autoscaling_config": stage.autoscaling_config(),
         "ray_actor_options": stage.ray_actor_options(),
         "max_ongoing_requests": stage.max_ongoing_requests,
+        # A stopping replica finishes what it holds, up to the drain timeout, then goes.
+        "graceful_shutdown_timeout_s": drain_timeout_s,
+        "graceful_shutdown_wait_loop_s": 1.0,
     }
     if name is not None:
         options["name"] = name
@@ -61,6 +66,7 @@ def build_app(args: dict[str, Any] | Settings | None = None) -> Application:
             stage: _configured(
                 deployment,
                 settings.stage(stage, model),
+                settings.drain_timeout_s,
                 deployment_name(deployment.name, model, settings),
             ).bind(settings, model)
             for stage, deployment in MODEL_STAGES.items()
@@ -69,5 +75,7 @@ def build_app(args: dict[str, Any] | Settings | None = None) -> Application:
     }
     results = None
     if settings.redis_url is None:
-        results = _configured(ResultStore, settings.result_store).bind(settings)
-    return _configured(Ingress, settings.ingress).bind(settings, stages, results)
+        store = _configured(ResultStore, settings.result_store, settings.drain_timeout_s)
+        results = store.bind(settings)
+    ingress = _configured(Ingress, settings.ingress, settings.drain_timeout_s)
+    return ingress.bind(settings, stages, results)

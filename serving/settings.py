@@ -237,6 +237,17 @@ class Settings(BaseSettings):
     http_port: int = Field(8000, ge=1, le=65535)
     grpc_port: int = Field(9000, ge=1, le=65535)
     ray_temp_dir: Path = Path("/tmp/sd-serving-ray")
+    drain_timeout_s: float = Field(
+        20.0,
+        gt=0,
+        description="on SIGTERM: readiness answers not-ready at once, then requests in flight "
+        "get this long to finish before the replicas stop (keep it under the pod's grace period)",
+    )
+    drain_marker: Path | None = Field(
+        None,
+        description="set by `sd-serving serve` (in its Ray session's folder): while this file "
+        "exists the service is stopping and readiness answers not-ready",
+    )
     metrics_port: int = Field(8080, ge=1, le=65535, description="port of Ray's /metrics endpoint")
     app_name: str = "sd-serving"
     access_log: bool = Field(
@@ -390,6 +401,9 @@ class Settings(BaseSettings):
 
     def http_url(self) -> str:
         return f"http://{self.http_host}:{self.http_port}"
+
+    def draining(self) -> bool:
+        return self.drain_marker is not None and self.drain_marker.exists()
 
 
 ENV_PREFIX = "SD_"

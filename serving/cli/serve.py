@@ -10,7 +10,9 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from serving.settings import Settings
@@ -76,13 +78,39 @@ def run_app(settings: Settings, name: str | None = None) -> None:
     )
 
 
+def drain(settings: Settings, quiet_polls: int = 3, interval_s: float = 0.5) -> None:
+    """Until no ingress replica has a generation under way (`quiet_polls` zeros in a row: the
+    handle picks a replica per call), or SD_DRAIN_TIMEOUT_S."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle("Ingress", settings.app_name)
+    deadline = time.monotonic() + settings.drain_timeout_s
+    quiet = 0
+    while quiet < quiet_polls and time.monotonic() < deadline:
+        try:
+            busy = handle.in_flight.remote().result(timeout_s=5.0)
+        except Exception:  # no ingress answers: nothing to wait for
+            return
+        quiet = 0 if busy else quiet + 1
+        time.sleep(interval_s)
+
+
 def run_local(settings: Settings, announce: Callable[[str], None] = print) -> int:
-    """Start Ray and Serve, run the app until a signal arrives, then tear everything down."""
+    """Start Ray and Serve, run the app until a signal arrives, then drain and tear everything
+    down: readiness answers not-ready at once (the drain marker), requests in flight get
+    SD_DRAIN_TIMEOUT_S to finish, then Serve and Ray stop."""
     stop = threading.Event()
     previous: dict[int, Any] = {}
+    marker: Path | None = None
     try:
         with local_ray(settings):
+            import ray
             from ray import serve
+
+            # In this Ray session's folder: the replicas of this service, and no other, see it.
+            session = settings.ray_temp_dir / ray.get_runtime_context().get_session_name()
+            marker = session / "sd-serving-draining"
+            settings = settings.model_copy(update={"drain_marker": marker})
 
             # After ray.init, which installs a SIGTERM handler of its own that skips teardown;
             # ours stay until Ray has shut down.
@@ -98,9 +126,17 @@ def run_local(settings: Settings, announce: Callable[[str], None] = print) -> in
                 )
                 announce(f"sd-serving ready at {settings.http_url()} (models: {served})")
                 stop.wait()
-            announce("sd-serving shutting down")
+            marker.touch()
+            announce(f"sd-serving shutting down (draining up to {settings.drain_timeout_s:g} s)")
+            # Stages stop together, so the ingress must hold nothing that still needs one: wait
+            # for its generations to finish (up to the drain timeout), then the app, then Serve.
+            drain(settings)
+            with contextlib.suppress(Exception):
+                serve.delete(settings.app_name)
             serve.shutdown()
     finally:
+        if marker is not None:
+            marker.unlink(missing_ok=True)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0

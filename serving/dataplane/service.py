@@ -124,6 +124,7 @@ class DataPlane:
         self._clients = clients or ClientDirectory()
         self._routes = routes
         self._default = settings.default_model_name()
+        self.in_flight = 0  # generations under way (a stopping service waits for them)
         self._readiness: dict[str, bool] = {}
         self._readiness_at = -READINESS_TTL_S
         self._probe: asyncio.Task[dict[str, bool]] | None = None
@@ -209,6 +210,7 @@ class DataPlane:
         and the client gets DeadlineExceeded."""
         limit = self.settings.request_timeout_s
         deadline = limit if context.timeout_s is None else min(limit, context.timeout_s)
+        self.in_flight += 1
         try:
             result = await asyncio.wait_for(
                 self._run(prepared, progress, preview, pixels, checkpoints), deadline
@@ -217,6 +219,8 @@ class DataPlane:
             raise DeadlineExceeded(
                 f"the request took longer than its {deadline:g} s deadline and was cancelled"
             ) from None
+        finally:
+            self.in_flight -= 1
         images = 0 if result.cached else len(result.images)
         self.metrics.record_result(prepared.request.model, result.timings_ms, images)
         share = prepared.share
@@ -393,6 +397,8 @@ class DataPlane:
     async def readiness(self) -> dict[str, bool]:
         """Per stage (and the shared store): loaded and answering. One source for every probe
         on every transport, probed at most once per READINESS_TTL_S."""
+        if self.settings.draining():  # stopping: at once, whatever was cached
+            return {**self._readiness, "accepting": False}
         if time.monotonic() - self._readiness_at < READINESS_TTL_S:
             return self._readiness
         if self._probe is None or self._probe.done():

@@ -46,6 +46,11 @@ class Ingress(InferenceServiceMethods):
                 ceilings[handle.deployment_name] = settings.stage(stage, model).max_replicas
         self._stop_publishing = keep_publishing(max_replicas_publisher(meter, ceilings))
 
+    def in_flight(self) -> int:
+        """Generations under way in this replica: `sd-serving serve` waits for 0 before it
+        stops the stages they need."""
+        return self._services.data_plane.in_flight
+
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_http_app(self._services)
 

@@ -337,3 +337,15 @@ def test_each_image_waits_as_its_callers_share(model: ServedModel, tmp_path: Pat
     with pytest.raises(InvalidArgument) as caught:
         plane.prepare(GenerateParams(prompt="a cat", priority="urgent"))
     assert caught.value.field == "priority" and "interactive, batch" in caught.value.message
+
+
+def test_a_stopping_service_answers_not_ready_at_once(model: ServedModel, tmp_path: Path) -> None:
+    marker = tmp_path / "draining"
+    plane, _ = data_plane(model, ScriptedStages(), drain_marker=marker)
+
+    async def scenario() -> tuple[bool, bool]:
+        before = await plane.ready()
+        marker.touch()  # `sd-serving serve` got SIGTERM
+        return before, await plane.ready()  # within the readiness cache's second
+
+    assert asyncio.run(scenario()) == (True, False)
