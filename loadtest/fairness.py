@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -37,7 +35,7 @@ from typing import Any
 
 import httpx
 
-from loadtest.run import is_up
+from loadtest.run import started_service
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "cpu"
@@ -136,27 +134,15 @@ def service(max_batch: int) -> Iterator[str]:
     with tempfile.TemporaryDirectory() as scratch:
         keys = Path(scratch) / "keys"
         keys.write_text(KEY_FILE)
-        port = free_port()
         environment = {
-            **os.environ,
             "SD_API_KEYS_FILE": str(keys),
             "SD_UNET__MAX_BATCH_SIZE": str(max_batch),
             "SD_METRICS_PORT": str(free_port()),
             "SD_GRPC_PORT": str(free_port()),
         }
-        command = [sys.executable, "-m", "serving.cli", "serve", "--port", str(port)]
-        process = subprocess.Popen(command, env=environment)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 300
-            while not is_up(url):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("the service did not start")
-                time.sleep(1)
+        url = f"http://127.0.0.1:{free_port()}"
+        with started_service(url, already_up=False, environment=environment):
             yield url
-        finally:
-            process.terminate()
-            process.wait(timeout=120)
 
 
 def markdown(runs: dict[str, dict[str, Any]]) -> str:

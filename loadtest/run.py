@@ -70,15 +70,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 @contextlib.contextmanager
-def started_service(url: str, *, already_up: bool) -> Iterator[None]:
-    """Nothing when a service answers at `url`; else `sd-serving serve` on its port, stopped
-    with SIGTERM afterwards."""
+def started_service(
+    url: str, *, already_up: bool, environment: dict[str, str] | None = None
+) -> Iterator[None]:
+    """Nothing when a service answers at `url`; else `sd-serving serve` on its port (with
+    `environment` over this process's), stopped with SIGTERM afterwards."""
     if already_up:
         yield
         return
     print(f"no service at {url}: starting `sd-serving serve` for this run", flush=True)
     port = url.rsplit(":", 1)[-1].rstrip("/")
-    service = subprocess.Popen([sys.executable, "-m", "serving.cli", "serve", "--port", port])
+    service = subprocess.Popen(
+        [sys.executable, "-m", "serving.cli", "serve", "--port", port],
+        env={**os.environ, **(environment or {})},
+    )
     try:
         deadline = time.monotonic() + 300
         while not is_up(url):

@@ -54,8 +54,8 @@ EXPORTED: dict[str, str] = {
     "ingress replica reports the whole queue)",
     "ray_sd_jobs_taken_over_total": "with Redis: jobs run again because the replica running them "
     "stopped",
-    "ray_sd_jobs_dead_lettered_total": "with Redis: jobs failed after SD_JOB_MAX_ATTEMPTS lost "
-    "attempts (kept in sd:v1:jobs:dead)",
+    "ray_sd_jobs_dead_lettered_total": "with Redis: jobs failed after SD_JOB_MAX_ATTEMPTS "
+    "attempts lost without progress (kept in sd:v1:jobs:dead)",
     "ray_sd_jobs_resumed_total": "with Redis: jobs taken over that resumed at least one image "
     "from its denoising checkpoint",
     "ray_sd_job_steps_redone_total": "with Redis: denoising steps a taken-over job ran again "
@@ -108,6 +108,8 @@ class _MemorySeries:
     )
 
     def inc(self, value: float = 1.0, tags: Tags | None = None) -> None:
+        if not value > 0:  # as Ray's counters: what passes here passes in the app
+            raise ValueError(f"value must be >0, got {value}")
         self.values[_key(tags)] = self.values.get(_key(tags), 0.0) + value
 
     def set(self, value: float, tags: Tags | None = None) -> None:

@@ -299,7 +299,10 @@ class Settings(BaseSettings):
         "dies, another takes the job over this long after the last renewal",
     )
     job_max_attempts: int = Field(
-        3, ge=1, description="with Redis: runs of a job whose replicas died, before it fails"
+        3,
+        ge=1,
+        description="with Redis: attempts of a job lost in a row (its replicas died) without "
+        "getting past the previous attempt's checkpoints, before it fails",
     )
     job_checkpoint_steps: int = Field(
         5,

@@ -463,18 +463,21 @@ class JobRunner:
             await queue.done(job.entry_id)
             await self._deliver(job.job_id, webhook_url, final)
             return True
-        if attempt.number > limit:
-            reason = f"gave up after {limit} attempts: the replicas running it stopped"
+        from serving.dataplane.service import PreparedRequest  # service → store → jobs
+
+        prepared = PreparedRequest.from_json(job.work["prepared"])
+        checkpoints, stalled = await self._checkpoints(queue, job.job_id, prepared, attempt)
+        if stalled >= limit:
+            reason = (
+                f"gave up after {limit} attempts that got no further: the replicas running it "
+                "stopped"
+            )
             error = ErrorDetail(code="unavailable", message=reason)
             final = await self._store.finish_job(job.job_id, JobStatus.FAILED, error=error)
             await queue.bury(job, reason)
             self._data_plane.metrics.jobs_dead_lettered.inc()
             await self._deliver(job.job_id, webhook_url, final)
             return True
-        from serving.dataplane.service import PreparedRequest  # service → store → jobs
-
-        prepared = PreparedRequest.from_json(job.work["prepared"])
-        checkpoints = await self._checkpoints(queue, job.job_id, prepared, attempt)
         try:
             await self._run(job.job_id, prepared, job.work["preview"], webhook_url, checkpoints)
         except StageLost:
@@ -484,23 +487,29 @@ class JobRunner:
 
     async def _checkpoints(
         self, queue: RedisJobQueue, job_id: str, prepared: PreparedRequest, attempt: Attempt
-    ) -> JobCheckpoints | None:
+    ) -> tuple[JobCheckpoints | None, int]:
         """The job's checkpoints for the weights served now (None when its model no longer
-        is: the run fails naming it); a taken-over job counts what it resumes and redoes."""
+        is: the run fails naming it), and how many attempts in a row were lost without getting
+        past the previous one's checkpoints: a job that crashes its replica every time fails
+        after SD_JOB_MAX_ATTEMPTS of those, one that moves on between faults never does. A
+        taken-over job counts what it resumes and redoes."""
         try:
             model = self._data_plane.model(prepared.request.model)
         except NotFound:
-            return None
+            return None, 0
         checkpoints = queue.store.checkpoints(job_id, model.version)
-        if attempt.number > 1:
-            metrics = self._data_plane.metrics
-            metrics.jobs_taken_over.inc()
-            saved = await checkpoints.load()
-            if saved:
-                metrics.jobs_resumed.inc()
-            resumed_steps = sum(checkpoint.step for checkpoint in saved.values())
-            metrics.job_steps_redone.inc(max(0, attempt.steps_before - resumed_steps))
-        return checkpoints
+        if attempt.number == 1:
+            return checkpoints, 0
+        metrics = self._data_plane.metrics
+        metrics.jobs_taken_over.inc()
+        saved = await checkpoints.load()
+        if saved:
+            metrics.jobs_resumed.inc()
+        resumed_steps = sum(checkpoint.step for checkpoint in saved.values())
+        redone = attempt.steps_before - resumed_steps
+        if redone > 0:  # Ray's counters refuse 0
+            metrics.job_steps_redone.inc(redone)
+        return checkpoints, await queue.store.record_resume(job_id, resumed_steps)
 
     @staticmethod
     async def _renew(queue: RedisJobQueue, entry_id: str) -> None:

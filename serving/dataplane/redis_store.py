@@ -335,6 +335,17 @@ class RedisStore:
         cancel_requested = await self._redis.hget(key, "cancel") == "1"
         return Attempt(attempt, cancel_requested, steps_before)
 
+    @_reachable
+    async def record_resume(self, job_id: str, resumed_steps: int) -> int:
+        """A taken-over attempt resumes `resumed_steps` steps in all: the attempts lost in a
+        row without getting further than that (0 when it got further than the last one)."""
+        key = self._job(job_id)
+        mark = int(await self._redis.hget(key, "resumed_mark") or 0)
+        if resumed_steps > mark:
+            await self._redis.hset(key, mapping={"resumed_mark": resumed_steps, "stalled": 0})
+            return 0
+        return int(await self._redis.hincrby(key, "stalled", 1))
+
     def checkpoints(self, job_id: str, weights: str) -> RedisCheckpoints:
         """The job's denoising checkpoints, for the model whose weights' fingerprint is
         `weights`."""

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from serving.client.sse import Event
 from tests.helpers.images import max_pixel_difference, pixels
 from tests.helpers.live_service import start_service
 from tests.helpers.redis_server import redis_server
@@ -22,6 +23,17 @@ REQUEST = {"prompt": "a blue square on a black background", "steps": 4, "seed": 
 # Seconds of work (150 steps at 128²): under way when the crash comes, past its second
 # checkpoint (every 5 steps).
 LONG = {"prompt": "a red circle", "steps": 150, "seed": 12, "width": 128, "height": 128}
+
+
+def assert_resumed_from_a_checkpoint(events: list[Event]) -> None:
+    """The job ended with its result after one takeover, which resumed at a checkpoint (every
+    5 steps) at or past step 10, not at step 1."""
+    assert events[-1].kind == "result", events[-1].data.get("error")
+    attempts = [e.data for e in events if e.kind == "status" and "attempt" in e.data]
+    assert attempts == [{"status": "queued", "attempt": 2}]
+    retried = [e.data for e in events].index(attempts[0])
+    first_step = next(e.data for e in events[retried:] if e.kind == "progress")
+    assert first_step["resumed_from"] >= 10 and first_step["resumed_from"] % 5 == 0
 
 
 def test_a_restarted_service_answers_for_its_jobs_images_and_results_and_ends_a_crashed_job(
@@ -64,14 +76,8 @@ def test_a_restarted_service_answers_for_its_jobs_images_and_results_and_ends_a_
             assert answer["cached"] is True
             assert answer["images"][0]["url"] == image_url
             # The crashed job is taken over once its lease lapses, and run to the end.
-            resumed = list(job_events(second.url, interrupted["id"]))
-            assert resumed[-1].kind == "result", resumed[-1].data.get("error")
-            attempts = [e.data for e in resumed if e.kind == "status" and "attempt" in e.data]
-            assert attempts == [{"status": "queued", "attempt": 2}]
             # ... from its last checkpoint, not from the first step.
-            retried = [e.data for e in resumed].index(attempts[0])
-            first_step = next(e.data for e in resumed[retried:] if e.kind == "progress")
-            assert first_step["resumed_from"] >= 10 and first_step["resumed_from"] % 5 == 0
+            assert_resumed_from_a_checkpoint(list(job_events(second.url, interrupted["id"])))
             # The worker's series: the queue and the job it took over.
             exported = httpx.get(second.metrics_url, timeout=30).text
             assert "ray_sd_jobs_queued{" in exported
@@ -140,13 +146,7 @@ def test_a_killed_unet_replica_costs_a_sync_request_a_prompt_503_and_a_job_a_few
             assert sync["body"]["error"]["code"] == "unavailable"
             assert sync["finished"] - killed_at < 30  # at once, not at the 300 s deadline
 
-            events = list(job_events(running.url, created["id"]))
-            assert events[-1].kind == "result", events[-1].data.get("error")
-            attempts = [e.data for e in events if e.kind == "status" and "attempt" in e.data]
-            assert attempts == [{"status": "queued", "attempt": 2}]
-            retried = [e.data for e in events].index(attempts[0])
-            first_step = next(e.data for e in events[retried:] if e.kind == "progress")
-            assert first_step["resumed_from"] >= 10 and first_step["resumed_from"] % 5 == 0
+            assert_resumed_from_a_checkpoint(list(job_events(running.url, created["id"])))
             done = job(running.url, created["id"])["result"]["images"][0]
             image = httpx.get(running.url + done["url"], timeout=30).content
             two = {**LONG, "num_images": 2}  # the replacement serves; batched: within 1/255

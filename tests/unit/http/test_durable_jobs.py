@@ -89,14 +89,15 @@ def test_a_job_lost_too_often_fails_with_the_reason_and_a_dead_letter(
 ) -> None:
     created = submit(durable.url, **{**REQUEST, "seed": 22})
     client = redis_of(durable)
-    client.hset(f"sd:v1:job:{created['id']}", "attempts", 3)  # three replicas lost it already
+    # Three replicas lost it already, the last two without getting past its first checkpoints.
+    client.hset(f"sd:v1:job:{created['id']}", mapping={"attempts": 3, "stalled": 2})
     durable.run(durable.services.jobs.start())
 
     final = list(job_events(durable.url, created["id"]))[-1]
     assert final.kind == "error"
     assert final.data["error"] == {
         "code": "unavailable",
-        "message": "gave up after 3 attempts: the replicas running it stopped",
+        "message": "gave up after 3 attempts that got no further: the replicas running it stopped",
         "field": None,
     }
     assert durable.meter.value("sd_jobs_dead_lettered") == 1
