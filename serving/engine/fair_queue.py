@@ -122,8 +122,13 @@ class FairQueue(Generic[T]):
         dropped = []
         for waiting_class in self._classes.values():
             for client, queue in list(waiting_class.queues.items()):
-                kept = deque(entry for entry in queue if not drop(entry.item))
-                dropped += [entry.item for entry in queue if drop(entry.item)]
+                kept: deque[_Waiting[T]] = deque()
+                gone: list[_Waiting[T]] = []
+                for entry in queue:  # one pass: `drop` is asked once per request
+                    (gone if drop(entry.item) else kept).append(entry)
+                if not gone:  # every engine step asks: untouched queues stay as they are
+                    continue
+                dropped += [entry.item for entry in gone]
                 waiting_class.queues[client] = kept
                 waiting_class._forget_if_idle(client)
         return dropped
