@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import numpy as np
@@ -53,7 +53,7 @@ class PreparedRequest:
     determined: bool  # the client chose the seed: the result may come from the result cache
     warnings: list[str]
     denoising_steps: int  # per image: what progress counts (PNDM runs one more than `steps`)
-    share: ClientShare = field(default_factory=lambda: UNKNOWN_CLIENT)  # its fair share
+    share: ClientShare = UNKNOWN_CLIENT  # its fair share (frozen: one default serves all)
 
     def to_json(self) -> dict[str, Any]:
         """What a queued job carries (serving/dataplane/job_queue.py)."""
