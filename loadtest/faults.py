@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import io
 import json
 import statistics
 import sys
@@ -32,10 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
-from PIL import Image
 
 from serving.client.sse import events
+from tests.helpers.images import max_pixel_difference, pixels
 from tests.helpers.live_service import RunningService, start_service
 from tests.helpers.net import wait_until
 from tests.helpers.redis_server import RedisProcess, redis_process
@@ -137,10 +135,6 @@ def redone_steps(job_events: list[Any]) -> tuple[int, int, list[int]]:
                 redone.append(max(0, lost[image] - start))
             reached[image] = event.data["step"]
     return attempts, resumed, redone
-
-
-def pixels(data: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
 
 
 def run(jobs: int, steps: int, checkpoint_steps: int, sync: int, timeout_s: float) -> dict:
@@ -249,7 +243,7 @@ def _compare(url: str, results: list[dict[str, Any]], steps: int) -> list[int | 
         body = {**job_body(index, steps), "num_images": 2}
         answer = httpx.post(f"{url}/v1/generate", json=body, timeout=600).json()
         again = pixels(base64.b64decode(answer["images"][0]["b64_data"]))
-        return int(np.abs(pixels(results[index]["image"]) - again).max())
+        return max_pixel_difference(pixels(results[index]["image"]), again)
 
     with ThreadPoolExecutor(8) as pool:
         return list(pool.map(reference, range(len(results))))
