@@ -9,12 +9,10 @@ store) when a rate limit is set. Each transport names its routes or methods with
 
 from __future__ import annotations
 
-import hmac
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
 
-from serving.dataplane.clients import bearer_token, load_key_file
+from serving.dataplane.clients import KeyBook
 from serving.dataplane.request import client_id
 from serving.dataplane.store import Store, rate_limited
 from serving.errors import Unauthenticated
@@ -38,21 +36,6 @@ UNAUTHENTICATED = (
 )
 
 
-def load_api_keys(path: Path) -> tuple[bytes, ...]:
-    """The keys of the key file (a mounted Secret in Kubernetes; serving/dataplane/clients.py
-    has its format)."""
-    return tuple(entry.key for entry in load_key_file(path))
-
-
-def is_authorized(header: str | None, keys: tuple[bytes, ...]) -> bool:
-    """Constant-time comparison against every key, so timing reveals neither key nor match."""
-    presented = bearer_token(header)
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(presented, key)
-    return matched and bool(presented)
-
-
 @dataclass(frozen=True)
 class RateLimit:
     per_minute: float
@@ -60,16 +43,15 @@ class RateLimit:
 
 
 class AccessPolicy:
-    def __init__(
-        self, keys: tuple[bytes, ...] | None, rate_limit: RateLimit | None, store: Store
-    ) -> None:
+    def __init__(self, keys: KeyBook | None, rate_limit: RateLimit | None, store: Store) -> None:
         self._keys = keys
         self._rate_limit = rate_limit
         self._store = store
 
     @classmethod
-    def from_settings(cls, settings: Settings, store: Store) -> AccessPolicy:
-        keys = None if settings.api_keys_file is None else load_api_keys(settings.api_keys_file)
+    def from_settings(cls, settings: Settings, store: Store, keys: KeyBook | None) -> AccessPolicy:
+        """`keys`: the key file's book (serving/dataplane/clients.py has its format), None when
+        no keys are configured."""
         limit = None
         if settings.rate_limit_per_minute is not None:
             limit = RateLimit(settings.rate_limit_per_minute, settings.rate_limit_burst)
@@ -81,7 +63,7 @@ class AccessPolicy:
         """Raises Unauthenticated or RateLimited; returns when the call may go on."""
         if operation in OPEN_OPERATIONS:
             return
-        if self._keys is not None and not is_authorized(authorization, self._keys):
+        if self._keys is not None and self._keys.find(authorization) is None:
             raise Unauthenticated(UNAUTHENTICATED)
         if self._rate_limit is not None:
             limit = self._rate_limit

@@ -68,7 +68,21 @@ class KeyEntry:
     allowance: Priority  # the highest priority its requests may have
 
 
-def load_key_file(path: Path) -> tuple[KeyEntry, ...]:
+def _entry(path: Path, number: int, key: str, options: dict[str, str]) -> KeyEntry:
+    try:
+        weight = float(options.get("weight", "1"))
+    except ValueError:
+        weight = 0.0
+    if not 0 < weight <= 1000:
+        raise ValueError(f"{path}:{number}: weight must be a number above 0, at most 1000")
+    priority = options.get("priority", Priority.INTERACTIVE.value)
+    if priority not in Priority.__members__.values():
+        raise ValueError(f"{path}:{number}: priority must be one of {', '.join(PRIORITIES)}")
+    name = options.get("name") or "key:" + hashlib.sha256(key.encode()).hexdigest()[:16]
+    return KeyEntry(key.encode(), name, weight, Priority(priority))
+
+
+def _read_key_file(path: Path) -> tuple[KeyEntry, ...]:
     """Every key with its name, weight and allowance; ValueError naming the line's problem."""
     entries = []
     for number, line in enumerate(path.read_text().splitlines(), start=1):
@@ -89,25 +103,33 @@ def load_key_file(path: Path) -> tuple[KeyEntry, ...]:
     return tuple(entries)
 
 
-def _entry(path: Path, number: int, key: str, options: dict[str, str]) -> KeyEntry:
-    try:
-        weight = float(options.get("weight", "1"))
-    except ValueError:
-        weight = 0.0
-    if not 0 < weight <= 1000:
-        raise ValueError(f"{path}:{number}: weight must be a number above 0, at most 1000")
-    priority = options.get("priority", Priority.INTERACTIVE.value)
-    if priority not in Priority.__members__.values():
-        raise ValueError(f"{path}:{number}: priority must be one of {', '.join(PRIORITIES)}")
-    name = options.get("name") or "key:" + hashlib.sha256(key.encode()).hexdigest()[:16]
-    return KeyEntry(key.encode(), name, weight, Priority(priority))
+class KeyBook:
+    """The key file, read once: the one place a presented key is looked up, by the access policy
+    (is it a key?) and the client directory (whose, with what share?)."""
+
+    def __init__(self, entries: tuple[KeyEntry, ...]) -> None:
+        self.entries = entries
+
+    @classmethod
+    def load(cls, path: Path) -> KeyBook:
+        return cls(_read_key_file(path))
+
+    def find(self, authorization: str | None) -> KeyEntry | None:
+        """The entry of the header's bearer key, compared in constant time against every key,
+        so timing reveals neither a key nor which one matched."""
+        token = bearer_token(authorization)
+        found = None
+        for entry in self.entries:
+            if hmac.compare_digest(token, entry.key) and token:
+                found = entry
+        return found
 
 
 class ClientDirectory:
     """Each call's ClientShare, from its key's entry or its address."""
 
-    def __init__(self, entries: tuple[KeyEntry, ...] = ()) -> None:
-        self._entries = entries
+    def __init__(self, keys: KeyBook | None = None) -> None:
+        self._keys = keys or KeyBook(())
 
     def share(
         self,
@@ -118,7 +140,7 @@ class ClientDirectory:
     ) -> tuple[ClientShare, str | None]:
         """The share, and a warning when the request asked for more than its key allows (it
         runs at what the key allows)."""
-        entry = self._entry(bearer_token(authorization))
+        entry = self._keys.find(authorization)
         if entry is None:
             client, name, weight = f"addr:{address or 'unknown'}", ANONYMOUS, 1.0
             allowance = Priority.INTERACTIVE
@@ -135,14 +157,6 @@ class ClientDirectory:
                 )
             priority = allowance
         return ClientShare(client, name, weight, priority), warning
-
-    def _entry(self, token: bytes) -> KeyEntry | None:
-        """The key's entry, compared in constant time against every key."""
-        found = None
-        for entry in self._entries:
-            if hmac.compare_digest(token, entry.key) and token:
-                found = entry
-        return found
 
 
 def bearer_token(header: str | None) -> bytes:

@@ -9,7 +9,7 @@ import uuid
 from dataclasses import dataclass
 
 from serving.dataplane.access import AccessPolicy
-from serving.dataplane.clients import ClientDirectory, load_key_file
+from serving.dataplane.clients import ClientDirectory, KeyBook
 from serving.dataplane.job_queue import RedisJobQueue
 from serving.dataplane.jobs import JobRunner
 from serving.dataplane.model import ServedModel
@@ -48,9 +48,8 @@ def build_services(
         name: ModelRoute(ServedModel.load(settings, name, spec), stages[name])
         for name, spec in settings.served_models().items()
     }
-    clients = ClientDirectory()
-    if settings.api_keys_file is not None:
-        clients = ClientDirectory(load_key_file(settings.api_keys_file))
+    keys = None if settings.api_keys_file is None else KeyBook.load(settings.api_keys_file)
+    clients = ClientDirectory(keys)
     data_plane = DataPlane(settings, routes, store, IngressMetrics.create(meter), clients)
     secret = settings.webhook_secret
     webhooks = None
@@ -68,6 +67,6 @@ def build_services(
     return Services(
         data_plane=data_plane,
         jobs=JobRunner(data_plane, store, webhooks, queue),
-        access=AccessPolicy.from_settings(settings, store),
+        access=AccessPolicy.from_settings(settings, store, keys),
         v2=ServingKServeDataPlane(data_plane),
     )

@@ -12,9 +12,8 @@ from serving.dataplane.access import (
     AccessPolicy,
     Operation,
     RateLimit,
-    is_authorized,
-    load_api_keys,
 )
+from serving.dataplane.clients import KeyBook, KeyEntry, Priority
 from serving.dataplane.store import InMemoryStore, TokenBuckets
 from serving.errors import RateLimited, Unauthenticated
 from serving.settings import Settings
@@ -50,25 +49,28 @@ def test_an_idle_client_refills_only_up_to_the_burst() -> None:
 def test_an_empty_key_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "keys").write_text("\n \n")
     with pytest.raises(ValueError, match="no API key"):
-        load_api_keys(tmp_path / "keys")
+        KeyBook.load(tmp_path / "keys")
 
 
 def test_keys_are_read_one_per_line(tmp_path: Path) -> None:
     (tmp_path / "keys").write_text("first-key\n\n  second-key  \n")
-    keys = load_api_keys(tmp_path / "keys")
-    assert keys == (b"first-key", b"second-key")
-    assert is_authorized("Bearer second-key", keys) and is_authorized("bearer first-key", keys)
+    keys = KeyBook.load(tmp_path / "keys")
+    assert [entry.key for entry in keys.entries] == [b"first-key", b"second-key"]
+    assert keys.find("Bearer second-key") == keys.entries[1]
+    assert keys.find("bearer first-key") == keys.entries[0]
     for header in (None, "Bearer wrong", "Bearer ", "Basic first-key", "first-key"):
-        assert not is_authorized(header, keys)
+        assert keys.find(header) is None
 
 
 def test_an_empty_token_never_matches() -> None:
-    assert not is_authorized("Bearer ", (b"",))
+    empty = KeyEntry(b"", "empty", 1.0, Priority.INTERACTIVE)
+    assert KeyBook((empty,)).find("Bearer ") is None
 
 
 def test_open_operations_need_no_key_and_are_never_limited() -> None:
     store = InMemoryStore(Settings())
-    policy = AccessPolicy((b"key",), RateLimit(per_minute=1, burst=1), store)
+    keys = KeyBook((KeyEntry(b"key", "k", 1.0, Priority.INTERACTIVE),))
+    policy = AccessPolicy(keys, RateLimit(per_minute=1, burst=1), store)
 
     async def scenario() -> None:
         for operation in OPEN_OPERATIONS:

@@ -11,8 +11,8 @@ from serving.dataplane.clients import (
     ANONYMOUS,
     ClientDirectory,
     ClientShare,
+    KeyBook,
     Priority,
-    load_key_file,
 )
 
 KEYS = """# mobile clients first
@@ -24,12 +24,12 @@ k-plain
 
 def directory(tmp_path: Path) -> ClientDirectory:
     (tmp_path / "keys").write_text(KEYS)
-    return ClientDirectory(load_key_file(tmp_path / "keys"))
+    return ClientDirectory(KeyBook.load(tmp_path / "keys"))
 
 
 def test_the_key_file_names_weights_and_allowances(tmp_path: Path) -> None:
     (tmp_path / "keys").write_text(KEYS)
-    mobile, nightly, plain = load_key_file(tmp_path / "keys")
+    mobile, nightly, plain = KeyBook.load(tmp_path / "keys").entries
     assert (mobile.key, mobile.name, mobile.weight) == (b"k-mobile", "mobile-app", 4.0)
     assert mobile.allowance is Priority.INTERACTIVE and nightly.allowance is Priority.BATCH
     assert plain.name.startswith("key:") and plain.weight == 1.0  # a hash, never the key
@@ -49,7 +49,7 @@ def test_a_bad_key_line_is_refused_naming_the_line(
 ) -> None:
     (tmp_path / "keys").write_text(f"good-key\n{line}\n")
     with pytest.raises(ValueError, match=f"keys:2: .*{complaint}"):
-        load_key_file(tmp_path / "keys")
+        KeyBook.load(tmp_path / "keys")
 
 
 def test_a_call_shares_as_its_key_or_else_its_address(tmp_path: Path) -> None:

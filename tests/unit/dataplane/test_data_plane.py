@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from serving.dataplane.checkpoints import Checkpoint
-from serving.dataplane.clients import ClientDirectory, load_key_file
+from serving.dataplane.clients import ClientDirectory, KeyBook
 from serving.dataplane.model import ServedModel
 from serving.dataplane.request import GenerateParams, RequestContext
 from serving.dataplane.service import (
@@ -321,7 +321,7 @@ def test_each_image_waits_as_its_callers_share(model: ServedModel, tmp_path: Pat
         {model.name: ModelRoute(model, stages)},
         InMemoryStore(config),
         IngressMetrics.create(meter),
-        ClientDirectory(load_key_file(tmp_path / "keys")),
+        ClientDirectory(KeyBook.load(tmp_path / "keys")),
     )
     context = RequestContext(authorization="Bearer k-night", address="10.1.1.1")
     asked = GenerateParams(prompt="a cat", steps=2, num_images=2, priority="interactive")
