@@ -71,6 +71,7 @@ ENV SD_HTTP_HOST=0.0.0.0 \
     SD_COMPILE_CACHE_DIR=/tmp/torch-compile \
     RAY_AUTH_MODE=disabled \
     RAY_USAGE_STATS_ENABLED=0 \
+    RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=serving.http.proxy:middlewares \
     HF_HUB_DISABLE_TELEMETRY=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     HOME=/tmp

@@ -15,14 +15,18 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from serving.http.proxy import CALLBACK_IMPORT_PATH as PROXY_CALLBACK
 from serving.settings import Settings
 
 
 def ray_local_env() -> None:
-    """Ray 2.60 asks for token auth on new clusters and reports usage; neither fits a local run
-    (a pod's image sets the same two variables for `ray start`)."""
+    """Ray 2.60 asks for token auth on new clusters and reports usage; neither fits a local run.
+    Serve's HTTP proxy answers a request whose ingress replica died through our middleware (a
+    503 with Retry-After, not a bare 500). A pod's image and the chart set the same three
+    variables for `ray start`."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", PROXY_CALLBACK)
 
 
 @contextlib.contextmanager

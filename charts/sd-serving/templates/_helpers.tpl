@@ -201,6 +201,8 @@ affinity:
   value: disabled
 - name: RAY_USAGE_STATS_ENABLED
   value: "0"
+- name: RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH
+  value: serving.http.proxy:middlewares
 {{- if .Values.apiKeys.existingSecret }}
 - name: SD_API_KEYS_FILE
   value: /etc/sd-serving/api-keys/{{ .Values.apiKeys.key }}

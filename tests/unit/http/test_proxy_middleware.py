@@ -1,0 +1,51 @@
+"""The middleware Serve's proxy runs: a request its replica never answered gets 503 with
+Retry-After in the path's protocol shape; an answer the replica did start is left alone."""
+
+from __future__ import annotations
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from serving.http.proxy import middlewares
+
+
+class ReplicaDied(Exception):
+    """What the proxy's own handler swallows (or raises) when the replica's actor is gone."""
+
+
+async def lost(request: Request) -> JSONResponse:
+    raise ReplicaDied
+
+
+async def failed(request: Request) -> JSONResponse:
+    return JSONResponse({"error": {"code": "internal"}}, status_code=500)
+
+
+@pytest.fixture
+def client() -> TestClient:
+    routes = [
+        Route(path, lost, methods=["POST"]) for path in ("/v1/generate", "/v2/models/m/infer")
+    ]
+    routes.append(Route("/v1/failed", failed, methods=["POST"]))
+    app = Starlette(routes=routes, middleware=middlewares())
+    return TestClient(app, raise_server_exceptions=True)
+
+
+def test_a_request_whose_replica_never_answered_gets_503_with_retry_after(
+    client: TestClient,
+) -> None:
+    response = client.post("/v1/generate", json={})
+    assert response.status_code == 503 and response.headers["Retry-After"] == "2"
+    assert response.json()["error"]["code"] == "unavailable"
+    assert "retry" in response.json()["error"]["message"]
+    v2 = client.post("/v2/models/m/infer", json={})
+    assert v2.status_code == 503 and isinstance(v2.json()["error"], str)
+
+
+def test_an_answer_the_replica_started_passes_unchanged(client: TestClient) -> None:
+    response = client.post("/v1/failed", json={})
+    assert response.status_code == 500 and "Retry-After" not in response.headers
