@@ -308,11 +308,16 @@ def scaling() -> dict[str, Any]:
                     ("sum(ray_sd_unet_waiting_clients)", "clients waiting"),
                     ("sum by (priority) (ray_sd_unet_queued_by_priority)", "waiting {{priority}}"),
                     (f"sum(increase(ray_sd_unet_pushed_out_total{RATE}))", "pushed out"),
+                    (
+                        f"sum(increase(ray_sd_unet_refused_past_deadline_total{RATE}))",
+                        "refused: past deadline",
+                    ),
                 ],
                 unit="s",
                 description="Latency by client (API key name; anonymous without one) and the "
                 "UNet wait by priority; clients and requests waiting by priority; waiting requests "
-                "refused to make room for other clients (alert SdServingUNetQueueHogged).",
+                "refused to make room for other clients (alert SdServingUNetQueueHogged); requests refused "
+                "because the work ahead would end after their deadline.",
             ),
             panel(
                 "Shared store and job checkpoints",

@@ -37,6 +37,8 @@ EXPORTED: dict[str, str] = {
     "waiting for a UNet batch slot",
     "ray_sd_unet_pushed_out_total": "waiting requests refused (503) to make room for a client "
     "with less waiting per weight, or for an interactive request",
+    "ray_sd_unet_refused_past_deadline_total": "requests refused (503) because the work ahead "
+    "of them would end after their deadline",
     "ray_sd_client_request_seconds": "time to answer a generation, by client (the API key's "
     "name; `anonymous` without one) and priority",
     "ray_sd_unet_active_requests": "requests in the UNet's running batch",
@@ -246,6 +248,7 @@ class UNetMetrics:
     queued_by_priority: Gauge
     waiting_clients: Gauge
     pushed_out: Counter
+    refused_past_deadline: Counter
 
     def record_load(
         self, active: int, queued: int, by_priority: dict[str, int], clients: int
@@ -284,6 +287,10 @@ class UNetMetrics:
             ),
             pushed_out=meter.counter(
                 "sd_unet_pushed_out", EXPORTED["ray_sd_unet_pushed_out_total"]
+            ),
+            refused_past_deadline=meter.counter(
+                "sd_unet_refused_past_deadline",
+                EXPORTED["ray_sd_unet_refused_past_deadline_total"],
             ),
         )
 

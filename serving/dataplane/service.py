@@ -125,6 +125,9 @@ class DataPlane:
         self._routes = routes
         self._default = settings.default_model_name()
         self.in_flight = 0  # generations under way (a stopping service waits for them)
+        # Seconds from the last denoising step to the stored image (decode, encode, store),
+        # averaged: the UNet must finish this much before a request's deadline.
+        self._after_unet_s = 0.0
         self._readiness: dict[str, bool] = {}
         self._readiness_at = -READINESS_TTL_S
         self._probe: asyncio.Task[dict[str, bool]] | None = None
@@ -213,7 +216,10 @@ class DataPlane:
         self.in_flight += 1
         try:
             result = await asyncio.wait_for(
-                self._run(prepared, progress, preview, pixels, checkpoints), deadline
+                self._run(
+                    prepared, progress, preview, pixels, checkpoints, time.monotonic() + deadline
+                ),
+                deadline,
             )
         except TimeoutError:
             raise DeadlineExceeded(
@@ -237,6 +243,7 @@ class DataPlane:
         preview: bool,
         pixels: bool,
         checkpoints: JobCheckpoints | None,
+        deadline_at: float,
     ) -> GenerationResult:
         started = time.perf_counter()
         request = prepared.request
@@ -261,7 +268,7 @@ class DataPlane:
                 )
         # 2. Text encoder, UNet, VAE.
         rendered, timings = await self._render(
-            route, request, prepared.share, progress, preview, checkpoints
+            route, request, prepared.share, progress, preview, checkpoints, deadline_at
         )
         # 3. Encode, then store the images (and remember a determined request's result).
         before = time.perf_counter()
@@ -271,6 +278,8 @@ class DataPlane:
         digests = await self.store.keep(
             [(data, request.output_format) for data in encoded], key, seeds
         )
+        after_unet_s = (time.perf_counter() - before) + timings["vae"] / 1000
+        self._after_unet_s = 0.8 * self._after_unet_s + 0.2 * after_unet_s
         timings["total"] = (time.perf_counter() - started) * 1000
         images = [
             EncodedImage(data, digest, seed)
@@ -288,6 +297,7 @@ class DataPlane:
         progress: ProgressSink | None,
         preview: bool,
         checkpoints: JobCheckpoints | None,
+        deadline_at: float,
     ) -> tuple[list[np.ndarray], dict[str, float]]:
         """Pixels from the model's three stages, and the time each took."""
         started = time.perf_counter()
@@ -312,6 +322,8 @@ class DataPlane:
         if checkpoints is not None and progress is not None:
             saved = await checkpoints.load()
         every = 0 if checkpoints is None else checkpoints.every
+        # The deadline on the wall clock, less what comes after the UNet (decode, encode, store).
+        finish_by = time.time() + (deadline_at - time.monotonic()) - self._after_unet_s
         jobs = [
             DenoiseJob(
                 conditioning=positive,
@@ -328,6 +340,7 @@ class DataPlane:
                 client=share.client,
                 weight=share.weight,
                 priority_rank=share.priority.rank,
+                finish_by=finish_by,
             )
             for index, seed in enumerate(request.seeds())
         ]

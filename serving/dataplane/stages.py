@@ -51,6 +51,10 @@ class DenoiseJob:
     client: str = ""
     weight: float = 1.0
     priority_rank: int = 0
+    # When the UNet must be done with it (wall clock, `time.time()`: the replica may be on
+    # another node): it refuses (QueueFull) a request it estimates it would finish later, rather
+    # than start work thrown away at the deadline. None: no deadline.
+    finish_by: float | None = None
 
     @property
     def guided(self) -> bool:

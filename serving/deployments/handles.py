@@ -18,7 +18,7 @@ from serving.dataplane.jobs import JobEvent, JobEventKind, JobResult, JobStatus,
 from serving.dataplane.results import StoredImage
 from serving.dataplane.stages import DenoiseJob, DenoiseResult, StepProgress, TextEmbedding
 from serving.dataplane.store import ResultHit
-from serving.errors import ErrorDetail, StageLost
+from serving.errors import ErrorDetail, QueueFull, StageLost
 
 PROBE_TIMEOUT_S = 2.0
 # What a call raises when the replica running it died or is being replaced.
@@ -82,6 +82,8 @@ class RayStages:
             stream = method.remote(job, preview, first_step_only)
             try:
                 async for item in streamed(cast(DeploymentResponseGenerator, stream)):
+                    if isinstance(item, QueueFull):  # a refusal, sent as a value
+                        raise item
                     began = began or isinstance(item, StepProgress)
                     yield item
                 return

@@ -10,6 +10,7 @@ from serving.dataplane.stages import DenoiseJob, DenoiseResult, StepProgress
 from serving.deployments._replica import RayMeter, keep_publishing, prepare_replica
 from serving.engine.compiled import choose_fast_path
 from serving.engine.denoiser import ContinuousBatchingEngine
+from serving.errors import QueueFull
 from serving.metrics import UNetMetrics
 from serving.settings import Settings, UNetStage
 
@@ -33,16 +34,21 @@ class UNetDenoiser:
 
     async def denoise_with_progress(
         self, job: DenoiseJob, preview: bool = False, first_step_only: bool = False
-    ) -> AsyncIterator[StepProgress | DenoiseResult]:
+    ) -> AsyncIterator[StepProgress | DenoiseResult | QueueFull]:
         """Streamed (handle.options(stream=True)): a StepProgress after every step (or only
-        the first: the caller learns that denoising began), then the DenoiseResult."""
+        the first: the caller learns that denoising began), then the DenoiseResult. A refusal
+        (QueueFull) is the stream's one item: raised, Serve would log every refusal of an
+        overload as a failed request with its traceback."""
         reported = False
-        async for item in self._engine.denoise_stream(job, preview):
-            if isinstance(item, StepProgress) and first_step_only:
-                if reported:
-                    continue
-                reported = True
-            yield item
+        try:
+            async for item in self._engine.denoise_stream(job, preview):
+                if isinstance(item, StepProgress) and first_step_only:
+                    if reported:
+                        continue
+                    reported = True
+                yield item
+        except QueueFull as refused:
+            yield refused
 
     def check_health(self) -> None:
         """Ray Serve calls this periodically: a dead engine thread makes Serve replace the

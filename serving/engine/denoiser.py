@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import functools
 import itertools
 import logging
@@ -137,6 +138,30 @@ class _Active:
 
 
 @dataclass(frozen=True)
+class _Pace:
+    """How fast the engine goes while saturated (a full batch, or requests waiting): UNet work
+    (fair-queue cost units) a second, and seconds an iteration (every request in the batch
+    advances one step)."""
+
+    work_per_s: float
+    iteration_s: float
+
+    def own_seconds(self, job: DenoiseJob) -> float:
+        """`job`'s steps in the batch: an iteration each, longer for a step costlier than the
+        batch's usual work (a 512² request among 64² ones)."""
+        return job.steps * max(self.iteration_s, _step_cost(job) / self.work_per_s)
+
+    def averaged_with(self, previous: _Pace | None, weight: float = 0.2) -> _Pace:
+        """This iteration's pace folded into the running average (the first one as it is)."""
+        if previous is None:
+            return self
+        return _Pace(
+            (1 - weight) * previous.work_per_s + weight * self.work_per_s,
+            (1 - weight) * previous.iteration_s + weight * self.iteration_s,
+        )
+
+
+@dataclass(frozen=True)
 class EngineStats:
     active: int
     queued: int
@@ -177,6 +202,7 @@ class ContinuousBatchingEngine:
         self._scale = vae_scale_factor
         self._max_batch = max_batch_size
         self._max_queue = max_queue
+        self._pace: _Pace | None = None  # measured while saturated; None until then
         self._metrics = metrics
         self._ids = itertools.count()
         self._pending: FairQueue[tuple[DenoiseJob, Ticket]] = FairQueue()
@@ -226,6 +252,7 @@ class ContinuousBatchingEngine:
                         f"the UNet is busy: {waiting} requests in flight, limit "
                         f"{self._max_batch + self._max_queue}; retry later"
                     )
+            self._refuse_past_deadline(job, waiting)
             ticket = Ticket(id=next(self._ids), on_step=on_step)
             self._pending.push((job, ticket), job.client, job.priority_rank, job.weight, _cost(job))
             self._wake.notify()
@@ -241,6 +268,33 @@ class ContinuousBatchingEngine:
                 self._metrics.pushed_out.inc()
         self.publish_load()
         return ticket
+
+    def _refuse_past_deadline(self, job: DenoiseJob, waiting: int) -> None:
+        """QueueFull when `job` would be done after its deadline, at the pace measured while
+        saturated: refused now (Retry-After) rather than answered 504 after waiting for it.
+
+        Done = a slot frees (the running request closest to its end finishes; none to wait for
+        when a slot is free and nobody waits ahead), the work the fair queue puts before it
+        drains, then its own steps, one per iteration, beside the rest of the batch."""
+        pace = self._pace
+        if job.finish_by is None or pace is None:
+            return
+        time_left_s = job.finish_by - time.time()
+        active = list(self._active)
+        ahead = self._pending.work_ahead(job.client, job.priority_rank)
+        first_slot_s = 0.0
+        if len(active) >= self._max_batch or ahead > 0:
+            closest = min((len(r.timesteps) - r.index for r in active), default=0)
+            first_slot_s = closest * pace.iteration_s
+        finish_s = first_slot_s + ahead / pace.work_per_s + pace.own_seconds(job)
+        if finish_s > DEADLINE_HEADROOM * time_left_s:
+            if self._metrics is not None:
+                self._metrics.refused_past_deadline.inc()
+            raise QueueFull(
+                f"the UNet would finish this request in about {finish_s:.0f} s ({waiting} "
+                f"requests in flight), after its deadline in {max(time_left_s, 0):.0f} s; "
+                "retry later"
+            )
 
     def stats(self) -> EngineStats:
         with self._wake:
@@ -337,11 +391,13 @@ class ContinuousBatchingEngine:
 
     def step(self) -> int:
         """Run one iteration; returns the number of UNet rows computed (0 when idle)."""
+        started = time.perf_counter()  # the whole iteration's time measures the rate of work
         self._drop_cancelled()  # first, so a freed slot is refilled in this same iteration
         self._admit()
         if not self._active:
             return 0
         group = self._next_group()
+        saturated = len(self._active) >= self._max_batch or bool(self._pending)
         try:
             rows = self._denoise_once(group)
         except Exception as error:  # a failed forward fails its batch, never the engine
@@ -353,6 +409,10 @@ class ContinuousBatchingEngine:
             if request.done:
                 self._active.remove(request)
                 _resolve(request.ticket, request.latents[0].float().cpu().numpy())
+        if saturated:
+            work = sum(_step_cost(request.job) for request in group)
+            seconds = time.perf_counter() - started
+            self._pace = _Pace(work / seconds, seconds).averaged_with(self._pace)
         if self._metrics is not None:
             self._metrics.batch_size.observe(len(group))
             self._metrics.steps.inc(len(group))
@@ -370,13 +430,20 @@ class ContinuousBatchingEngine:
             return
         finally:
             self._started.set()
+        worked = False
         while True:
+            with self._wake:
+                idle = not (self._pending or self._active or self._stopping)
+            if idle and worked:
+                give_back_freed_memory()
+                worked = False
             with self._wake:
                 while not (self._pending or self._active or self._stopping):
                     self._wake.wait()
                 if self._stopping:
                     break
             self.step()
+            worked = True
         with self._wake:
             abandoned = [ticket for _, ticket in self._pending.drain()]
             abandoned += [request.ticket for request in self._active]
@@ -387,11 +454,22 @@ class ContinuousBatchingEngine:
     def _admit(self) -> None:
         with self._wake:
             admitted: list[tuple[DenoiseJob, Ticket]] = []
+            hopeless: list[Ticket] = []
             while len(self._active) + len(admitted) < self._max_batch:
                 waiting = self._pending.pop()
                 if waiting is None:
                     break
-                admitted.append(waiting)
+                if self._too_late(waiting[0]):
+                    hopeless.append(waiting[1])
+                else:
+                    admitted.append(waiting)
+        for ticket in hopeless:  # the pace fell while it waited: a 503 now, not a 504 later
+            if self._metrics is not None:
+                self._metrics.refused_past_deadline.inc()
+            _fail(
+                ticket,
+                QueueFull("the UNet can no longer finish this request before its deadline; retry"),
+            )
         for job, ticket in admitted:
             if ticket.future.cancelled():
                 continue
@@ -405,6 +483,12 @@ class ContinuousBatchingEngine:
                 continue
             with self._wake:
                 self._active.append(request)
+
+    def _too_late(self, job: DenoiseJob) -> bool:
+        """Whether `job`, started now, would end its steps after its deadline."""
+        if job.finish_by is None or self._pace is None:
+            return False
+        return self._pace.own_seconds(job) > job.finish_by - time.time()
 
     def _prepare(self, job: DenoiseJob, ticket: Ticket) -> _Active:
         device, dtype = self._placement.device, self._placement.dtype
@@ -524,6 +608,33 @@ def _cost(job: DenoiseJob) -> float:
     """A job's UNet work, for fair sharing: steps times rows times latent pixels (64² at 512²)."""
     rows = 2 if job.guided else 1
     return float(job.steps * rows * (job.height // 8) * (job.width // 8)) / 4096.0
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (macOS, musl): nothing to give back this way
+        return None
+
+
+def give_back_freed_memory() -> None:
+    """glibc keeps the heap pages a busy batch freed, so a replica's resident memory would stay
+    at its busiest and creep up with fragmentation; malloc_trim returns them to the system.
+    Called when the engine goes idle (a millisecond or so)."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+# The estimate is the recent pace: a request admitted with no room to spare misses its deadline
+# whenever the pace slows (on a CPU shared with the load, it slows as the load grows), so the
+# UNet keeps a quarter of the time left in hand.
+DEADLINE_HEADROOM = 0.75
+
+
+def _step_cost(job: DenoiseJob) -> float:
+    return _cost(job) / job.steps
 
 
 def _notify(observer: StepObserver, request: _Active) -> None:

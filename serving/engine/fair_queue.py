@@ -32,6 +32,7 @@ class _Waiting(Generic[T]):
     start: float
     finish: float
     order: int
+    cost: float
 
 
 @dataclass
@@ -83,7 +84,7 @@ class FairQueue(Generic[T]):
         finish = start + cost / weight
         waiting_class.last_finish[client] = finish
         waiting_class.weights[client] = weight
-        entry = _Waiting(item, client, start, finish, next(self._order))
+        entry = _Waiting(item, client, start, finish, next(self._order), cost)
         waiting_class.queues.setdefault(client, deque()).append(entry)
 
     def pop(self) -> T | None:
@@ -99,6 +100,21 @@ class FairQueue(Generic[T]):
             waiting_class._forget_if_idle(first.client)
             return first.item
         return None
+
+    def work_ahead(self, client: str, rank: int) -> float:
+        """The cost of the waiting requests that would go before a request of `client` pushed
+        now at `rank`: all of a higher class, and those of its own class whose start tags are
+        not later than the one it would get (later arrivals of a higher class are unknowable)."""
+        ahead = 0.0
+        for other_rank, waiting_class in self._classes.items():
+            if other_rank > rank:
+                continue
+            start = max(waiting_class.virtual_time, waiting_class.last_finish.get(client, 0.0))
+            for queue in waiting_class.queues.values():
+                ahead += sum(
+                    entry.cost for entry in queue if other_rank < rank or entry.start <= start
+                )
+        return ahead
 
     def push_out(self, client: str, rank: int, weight: float) -> T | None:
         """Room for a request of `client` at `rank` in a full room: the newest waiting request of

@@ -45,9 +45,10 @@ ONLY_WITH_REDIS = {
 }
 
 
-# Counted only when a flood fills the UNet's waiting room (tests/unit/engine/test_engine.py
-# checks it is counted); Ray exports a counter only once it has been incremented.
-ONLY_UNDER_A_FLOOD = {"ray_sd_unet_pushed_out_total"}
+# Counted only when a flood fills the UNet's waiting room or outruns its pace
+# (tests/unit/engine/test_engine.py checks they are counted); Ray exports a counter only once it
+# has been incremented.
+ONLY_UNDER_A_FLOOD = {"ray_sd_unet_pushed_out_total", "ray_sd_unet_refused_past_deadline_total"}
 
 
 def dashboard_queries() -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -272,3 +273,35 @@ def test_a_full_room_refuses_the_floods_newest_to_admit_another_client(
     stats = engine.stats()
     assert stats.waiting_clients == 2 and stats.queued_by_priority == {"interactive": 4, "batch": 0}
     run_to_completion(engine, [*flood[:-1], light])
+
+
+def test_a_request_that_would_finish_after_its_deadline_is_refused_at_once(
+    components: Components,
+) -> None:
+    meter = MemoryMeter()
+    engine = components.engine(max_batch_size=2, max_queue=16, metrics=UNetMetrics.create(meter))
+    tickets = [engine.submit(components.job("busy", steps=8, seed=n)) for n in range(6)]
+    engine.step()  # saturated (a full batch, four waiting): the engine measures its rate
+    engine.step()
+    with pytest.raises(QueueFull, match="after its deadline"):
+        engine.submit(replace(components.job("late", steps=8), finish_by=time.time() + 1e-3))
+    assert meter.value("sd_unet_refused_past_deadline") == 1
+    on_time = engine.submit(replace(components.job("fits", steps=8), finish_by=time.time() + 3600))
+    no_deadline = engine.submit(components.job("whenever", steps=8))
+    run_to_completion(engine, [*tickets, on_time, no_deadline])
+    assert on_time.future.result().shape == no_deadline.future.result().shape
+
+
+def test_a_waiting_request_whose_deadline_can_no_longer_be_met_is_refused_not_started(
+    components: Components,
+) -> None:
+    meter = MemoryMeter()
+    engine = components.engine(max_batch_size=2, max_queue=16, metrics=UNetMetrics.create(meter))
+    busy = [engine.submit(components.job("busy", steps=8, seed=n)) for n in range(4)]
+    # Accepted on arrival (no pace measured yet), but its deadline passes while it waits.
+    late = engine.submit(replace(components.job("late", steps=8), finish_by=time.time() + 0.05))
+    run_to_completion(engine, [*busy, late])
+    with pytest.raises(QueueFull, match="can no longer finish"):
+        late.future.result()
+    assert late.steps_done == 0 and meter.value("sd_unet_refused_past_deadline") == 1
+    assert all(ticket.future.result().shape == (4, 16, 16) for ticket in busy)

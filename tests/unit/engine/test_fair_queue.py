@@ -83,3 +83,16 @@ def test_cancelled_requests_leave_the_room() -> None:
     assert served(queue, 2) == ["a-0", "a-2"] and len(queue) == 0
     queue.push("b-0", "b", rank=1, weight=1, cost=1)
     assert queue.drain() == ["b-0"] and queue.pop() is None
+
+
+def test_work_ahead_counts_what_would_go_first() -> None:
+    queue: FairQueue[str] = FairQueue()
+    for n in range(5):
+        queue.push(f"heavy-{n}", "heavy", rank=0, weight=1, cost=10)
+    queue.push("job-0", "jobs", rank=1, weight=1, cost=100)
+    # A newcomer goes after the flood's first request only; batch work is behind it.
+    assert queue.work_ahead("light", rank=0) == 10
+    # The flood's own next request goes after all five of its waiting ones.
+    assert queue.work_ahead("heavy", rank=0) == 50
+    # A batch request waits for every interactive one, and the batch request before it.
+    assert queue.work_ahead("jobs", rank=1) == 150
