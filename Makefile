@@ -133,8 +133,9 @@ bench-protocols: install ## overhead of every protocol over the bare pipeline (a
 fuzz: install ## schemathesis over /openapi.json (examples, coverage, fuzzing) and Hypothesis over v2 gRPC, against :8000/:9000 or a service it starts with tiny limits (writes loadtest/results/cpu/fuzz.*)
 	$(BIN)/python -m loadtest.fuzz
 
-reliability: install tools ## faults (40 jobs; denoiser, ingress, Redis killed), fairness under a flood, fuzzing; each starts its own service (writes loadtest/results/cpu/faults.*, fairness.*, fuzz.*)
+reliability: install tools ## faults (40 jobs; denoiser, ingress, Redis killed), overload (3x capacity, 60 s, open loop), fairness under a flood, fuzzing; each starts its own service (writes loadtest/results/cpu/faults.*, overload.*, fairness.*, fuzz.*)
 	$(BIN)/python -m loadtest.faults
+	$(BIN)/python -m loadtest.overload
 	$(BIN)/python -m loadtest.fairness
 	$(BIN)/python -m loadtest.fuzz
 

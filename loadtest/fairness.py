@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
 import sys
 import tempfile
@@ -36,17 +35,12 @@ from typing import Any
 import httpx
 
 from loadtest.run import started_service
+from tests.helpers.net import free_port
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "cpu"
 KEYS = {"light": "k-light-0000", "heavy": "k-heavy-0000"}
 KEY_FILE = "\n".join(f"{key} name={name}" for name, key in KEYS.items()) + "\n"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def p95(values: list[float]) -> float:

@@ -21,29 +21,34 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import random
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+import gevent
 import grpc
 import grpc.experimental.gevent
 import httpx
-from locust import HttpUser, LoadTestShape, User, between, events, task
+from locust import HttpUser, LoadTestShape, User, between, constant, events, task
+from requests.adapters import HTTPAdapter
 
 # Before any channel exists: gRPC's own threads would block gevent's loop.
 grpc.experimental.gevent.init_gevent()
+from loadtest.profiles import (  # noqa: E402
+    ACCEPTED,
+    DEADLINE,
+    OVERLOAD_DEADLINE_S,
+    OVERLOAD_DURATION_S,
+    OVERLOAD_RATE,
+    OVERLOAD_STEPS,
+    PROFILES,
+    PROMPTS,
+    WEIGHTS,
+)
 from serving.client.grpc import infer_request, model_infer  # noqa: E402
 
-PROMPTS = [
-    line.strip()
-    for line in (Path(__file__).parent / "prompts.txt").read_text().splitlines()
-    if line.strip() and not line.startswith("#")
-]
-# Zipf-like popularity: the k-th prompt is asked for in proportion to 1/k.
-WEIGHTS = [1 / (rank + 1) for rank in range(len(PROMPTS))]
 PARAMETER_MIX = [
     ({"steps": 20, "scheduler": "dpmpp_2m"}, 6),
     ({"steps": 10, "scheduler": "euler_a"}, 2),
@@ -53,19 +58,6 @@ PARAMETER_MIX = [
 ]
 
 
-@dataclass(frozen=True)
-class Profile:
-    stages: tuple[tuple[int, int, float], ...]  # (until second, users, spawn rate)
-    max_error_ratio: float
-    p95_ms: float
-
-
-PROFILES = {
-    "smoke": Profile(((20, 6, 6.0),), max_error_ratio=0.0, p95_ms=60_000),
-    "ramp": Profile(((60, 2, 1.0), (120, 4, 1.0), (180, 8, 1.0)), 0.01, 30_000),
-    "spike": Profile(((30, 2, 2.0), (60, 16, 16.0), (120, 2, 4.0)), 0.05, 60_000),
-    "soak": Profile(((1800, 4, 1.0),), 0.01, 30_000),
-}
 PROFILE_NAME = os.environ.get("LOADTEST_PROFILE", "smoke")
 WANTED_MODELS = [name for name in os.environ.get("LOADTEST_MODELS", "").split(",") if name]
 # model name -> its parameters from /v1/models/{name} (defaults, samplers, max_steps)
@@ -283,6 +275,47 @@ class GrpcUser(User):
             self._infer(request, timeout=120)
 
 
+class OverloadUser(HttpUser):
+    """Open-loop arrivals, as from many independent clients: each request is sent at its
+    Poisson arrival time by a greenlet of its own, whether or not earlier ones were answered.
+    (A closed-loop user waits for its answer, so an overloaded service slows its own load.)
+    Runs only in the overload profile, chosen on locust's command line."""
+
+    abstract = PROFILE_NAME != "overload"
+    fixed_count = 1
+    wait_time = constant(0)
+
+    def on_start(self) -> None:
+        # One connection per request in flight, not requests' default pool of ten.
+        self.client.mount("http://", HTTPAdapter(pool_connections=1, pool_maxsize=10_000))
+
+    @task
+    def arrivals(self) -> None:
+        started, pending = time.monotonic(), []
+        while time.monotonic() - started < OVERLOAD_DURATION_S:
+            pending.append(gevent.spawn(self.one_request))
+            gevent.sleep(random.expovariate(OVERLOAD_RATE))
+        gevent.joinall(pending)
+        self.environment.runner.quit()
+
+    def one_request(self) -> None:
+        body = {"prompt": pick_prompt(), "steps": OVERLOAD_STEPS, "seed": next(REQUEST_COUNT)}
+        headers = {"Accept": "image/png", "X-Timeout-S": str(OVERLOAD_DEADLINE_S)}
+        with self.client.post(
+            "/v1/generate", json=body, headers=headers, name=ACCEPTED, catch_response=True
+        ) as response:
+            status = response.status_code
+            if status == 200 and response.content.startswith(b"\x89PNG"):
+                return
+            if status in (429, 503) and response.headers.get("Retry-After"):
+                response.request_meta["name"] = f"refused {status}"
+                response.success()
+                return
+            # 504: the service gave up at the request's deadline (X-Timeout-S), as it should.
+            response.request_meta["name"] = DEADLINE if status == 504 else f"failed {status}"
+            response.failure(f"HTTP {status}: {response.text[:200]}")
+
+
 class ProfileShape(LoadTestShape):
     def tick(self) -> tuple[int, float] | None:
         elapsed = self.get_run_time()
@@ -292,17 +325,39 @@ class ProfileShape(LoadTestShape):
         return None
 
 
+RECORD_PATH = os.environ.get("LOADTEST_RECORD")  # a JSON line per request, when set
+RECORD: list[Any] = []
+
+
+@events.request.add_listener
+def record_request(  # type: ignore[no-untyped-def]
+    request_type, name, response_time, response=None, exception=None, **_: object
+) -> None:
+    if RECORD_PATH is None:
+        return
+    if not RECORD:
+        RECORD.append(open(RECORD_PATH, "a"))  # noqa: SIM115 (closed when locust quits)
+    status = getattr(response, "status_code", None)
+    retry_after = response.headers.get("Retry-After") if response is not None else None
+    line = {"name": name, "ms": round(response_time, 1), "status": status}
+    line |= {"retry_after": retry_after, "error": str(exception) if exception else None}
+    RECORD[0].write(json.dumps(line) + "\n")
+
+
 @events.quitting.add_listener
 def enforce_slos(environment, **_: object) -> None:  # type: ignore[no-untyped-def]
+    for record in RECORD:
+        record.close()
     total = environment.stats.total
+    measured = environment.stats.get(PROFILE.slo_entry, "POST") if PROFILE.slo_entry else total
     broken = []
-    if total.num_requests == 0:
+    if measured.num_requests == 0:
         broken.append("no request completed")
     elif total.fail_ratio > PROFILE.max_error_ratio:
         broken.append(f"error ratio {total.fail_ratio:.2%} > {PROFILE.max_error_ratio:.2%}")
-    elif total.get_response_time_percentile(0.95) > PROFILE.p95_ms:
+    elif measured.get_response_time_percentile(0.95) > PROFILE.p95_ms:
         broken.append(
-            f"p95 {total.get_response_time_percentile(0.95):.0f} ms > {PROFILE.p95_ms:.0f} ms"
+            f"p95 {measured.get_response_time_percentile(0.95):.0f} ms > {PROFILE.p95_ms:.0f} ms"
         )
     if broken:
         print(f"SLO broken in profile {PROFILE_NAME}: {'; '.join(broken)}")

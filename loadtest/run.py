@@ -30,7 +30,17 @@ def is_up(url: str) -> bool:
         return False
 
 
-def run_locust(url: str, profile: str, out: Path, grpc_target: str) -> int:
+def run_locust(
+    url: str,
+    profile: str,
+    out: Path,
+    grpc_target: str,
+    *,
+    user_classes: tuple[str, ...] = (),
+    environment: dict[str, str] | None = None,
+) -> int:
+    """Locust headless with the profile; `user_classes` names the users to run (all when
+    empty), `environment` adds to this process's (the overload profile's rate and record)."""
     out.mkdir(parents=True, exist_ok=True)
     locust = Path(sys.executable).with_name("locust")
     command = [
@@ -49,9 +59,11 @@ def run_locust(url: str, profile: str, out: Path, grpc_target: str) -> int:
         # still records every protocol the smoke run sent, instead of cutting them off.
         "--stop-timeout",
         "120",
+        *user_classes,
     ]
     # Locust patches the standard library with gevent: it gets a process of its own.
-    env = {**os.environ, "LOADTEST_PROFILE": profile, "LOADTEST_GRPC_TARGET": grpc_target}
+    env = {**os.environ, **(environment or {})}
+    env |= {"LOADTEST_PROFILE": profile, "LOADTEST_GRPC_TARGET": grpc_target}
     return subprocess.run(command, env=env, check=False).returncode
 
 
@@ -72,11 +84,11 @@ def main(argv: list[str] | None = None) -> int:
 @contextlib.contextmanager
 def started_service(
     url: str, *, already_up: bool, environment: dict[str, str] | None = None
-) -> Iterator[None]:
+) -> Iterator[subprocess.Popen[bytes] | None]:
     """Nothing when a service answers at `url`; else `sd-serving serve` on its port (with
-    `environment` over this process's), stopped with SIGTERM afterwards."""
+    `environment` over this process's), stopped with SIGTERM afterwards. Yields its process."""
     if already_up:
-        yield
+        yield None
         return
     print(f"no service at {url}: starting `sd-serving serve` for this run", flush=True)
     port = url.rsplit(":", 1)[-1].rstrip("/")
@@ -90,7 +102,7 @@ def started_service(
             if service.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit("the service did not start")
             time.sleep(1)
-        yield
+        yield service
     finally:
         service.send_signal(signal.SIGTERM)
         service.wait(timeout=120)
