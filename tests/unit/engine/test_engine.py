@@ -275,11 +275,16 @@ def test_a_full_room_refuses_the_floods_newest_to_admit_another_client(
     run_to_completion(engine, [*flood[:-1], light])
 
 
+def engine_of_two_slots(components: Components) -> tuple[ContinuousBatchingEngine, MemoryMeter]:
+    meter = MemoryMeter()
+    engine = components.engine(max_batch_size=2, max_queue=16, metrics=UNetMetrics.create(meter))
+    return engine, meter
+
+
 def test_a_request_that_would_finish_after_its_deadline_is_refused_at_once(
     components: Components,
 ) -> None:
-    meter = MemoryMeter()
-    engine = components.engine(max_batch_size=2, max_queue=16, metrics=UNetMetrics.create(meter))
+    engine, meter = engine_of_two_slots(components)
     tickets = [engine.submit(components.job("busy", steps=8, seed=n)) for n in range(6)]
     engine.step()  # saturated (a full batch, four waiting): the engine measures its rate
     engine.step()
@@ -295,8 +300,7 @@ def test_a_request_that_would_finish_after_its_deadline_is_refused_at_once(
 def test_a_waiting_request_whose_deadline_can_no_longer_be_met_is_refused_not_started(
     components: Components,
 ) -> None:
-    meter = MemoryMeter()
-    engine = components.engine(max_batch_size=2, max_queue=16, metrics=UNetMetrics.create(meter))
+    engine, meter = engine_of_two_slots(components)
     busy = [engine.submit(components.job("busy", steps=8, seed=n)) for n in range(4)]
     # Accepted on arrival (no pace measured yet), but its deadline passes while it waits.
     late = engine.submit(replace(components.job("late", steps=8), finish_by=time.time() + 0.05))
