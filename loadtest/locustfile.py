@@ -341,6 +341,11 @@ def record_request(  # type: ignore[no-untyped-def]
     retry_after = response.headers.get("Retry-After") if response is not None else None
     line = {"name": name, "ms": round(response_time, 1), "status": status}
     line |= {"retry_after": retry_after, "error": str(exception) if exception else None}
+    if status not in (None, 200):  # the service's own words: who refused, and why
+        try:
+            line["message"] = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            line["message"] = response.text[:120]
     RECORD[0].write(json.dumps(line) + "\n")
 
 

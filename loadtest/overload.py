@@ -57,6 +57,7 @@ def p95(values: list[float]) -> float:
 def capacity(url: str, clients: int, seconds: float, steps: int) -> float:
     """Requests answered per second by `clients` closed-loop clients, after a warm-up."""
     answered = Counter[int]()
+    refusals: list[str] = []
     stop = threading.Event()
     seeds = iter(range(10**9))
 
@@ -65,7 +66,10 @@ def capacity(url: str, clients: int, seconds: float, steps: int) -> float:
             while not stop.is_set():
                 body = {"prompt": PROMPTS[number % len(PROMPTS)], "steps": steps}
                 body["seed"] = next(seeds)  # never the same request twice: no cached answers
-                answered[client.post("/v1/generate", json=body).status_code] += 1
+                answer = client.post("/v1/generate", json=body)
+                answered[answer.status_code] += 1
+                if answer.status_code != 200:
+                    refusals.append(answer.text[:200])
 
     threads = [threading.Thread(target=loop, args=(n,), daemon=True) for n in range(clients)]
     for thread in threads:
@@ -78,7 +82,7 @@ def capacity(url: str, clients: int, seconds: float, steps: int) -> float:
     for thread in threads:
         thread.join(timeout=600)
     if set(answered) != {200}:
-        raise RuntimeError(f"the capacity run was refused: {dict(answered)}")
+        raise RuntimeError(f"the capacity run was refused: {dict(answered)}: {refusals[:3]}")
     return rate
 
 
@@ -119,6 +123,7 @@ def outcomes(record: list[dict[str, Any]], deadline_s: float) -> dict[str, Any]:
         "accepted_p95_ms": round(p95(accepted)) if accepted else None,
         "taken_on_and_finished": round(len(accepted) / max(1, len(accepted) + timed_out), 3),
         "refused": dict(Counter(str(line["status"]) for line in refused)),
+        "refused_by": dict(Counter(refuser(line.get("message", "")) for line in refused)),
         "refused_without_retry_after": sum(1 for line in refused if not line["retry_after"]),
         "answered_504_at_deadline": timed_out,
         "failed": dict(Counter(str(line["status"]) for line in failed)),
@@ -128,6 +133,19 @@ def outcomes(record: list[dict[str, Any]], deadline_s: float) -> dict[str, Any]:
         ),
         "longest_ms": round(max(line["ms"] for line in record)) if record else None,
     }
+
+
+REFUSERS = {
+    "after its deadline": "UNet: would finish after the deadline",
+    "can no longer finish": "UNet: deadline passed while waiting",
+    "the UNet is busy": "UNet: waiting room full",
+    "at capacity": "proxy: ingress queue full",
+}
+
+
+def refuser(message: str) -> str:
+    """Which of the service's limits refused, from the refusal's message."""
+    return next((who for words, who in REFUSERS.items() if words in message), "other")
 
 
 def run(
@@ -213,6 +231,10 @@ def markdown(summary: dict[str, Any]) -> str:
         f"{refused} | {summary['refused_without_retry_after']} | "
         f"{summary['answered_504_at_deadline']} | {failed} | "
         f"{summary['past_deadline']} | {(summary['longest_ms'] or 0) / 1000:.1f} |",
+        "",
+        "Refused by: "
+        + (", ".join(f"{who}: {n}" for who, n in sorted(summary["refused_by"].items())) or "-")
+        + ".",
         "",
         f"Resident memory, before the load and after it, each after {summary['settle_s']:.0f} s "
         "of quiet (tolerance 10 %):",

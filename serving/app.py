@@ -23,6 +23,7 @@ from serving.deployments.result_store import ResultStore
 from serving.deployments.text_encoder import TextEncoder
 from serving.deployments.unet import UNetDenoiser
 from serving.deployments.vae import VAEDecoder
+from serving.errors import RETRY_AFTER_S, Reason
 from serving.settings import Settings, Stage, StageSettings
 
 logger = logging.getLogger(__name__)
@@ -77,5 +78,9 @@ def build_app(args: dict[str, Any] | Settings | None = None) -> Application:
     if settings.redis_url is None:
         store = _configured(ResultStore, settings.result_store, settings.drain_timeout_s)
         results = store.bind(settings)
-    ingress = _configured(Ingress, settings.ingress, settings.drain_timeout_s)
+    ingress = _configured(Ingress, settings.ingress, settings.drain_timeout_s).options(
+        # Beyond them, Serve's proxy refuses (serving/http/proxy.py puts it in our error shape).
+        max_queued_requests=settings.ingress.max_queued_requests,
+        backpressure_config={"status_code": 503, "retry_after_s": RETRY_AFTER_S[Reason.QUEUE_FULL]},
+    )
     return ingress.bind(settings, stages, results)

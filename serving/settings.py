@@ -90,6 +90,12 @@ class StageSettings(BaseModel):
 class IngressStage(StageSettings):
     num_cpus: float = Field(0.25, ge=0)
     max_ongoing_requests: int = Field(256, ge=1)
+    max_queued_requests: int = Field(
+        1024,
+        ge=-1,
+        description="requests Serve's proxy holds for a busy ingress (every replica at "
+        "max_ongoing_requests) before answering 503 with Retry-After; -1: no bound",
+    )
 
 
 class TextEncoderStage(StageSettings):

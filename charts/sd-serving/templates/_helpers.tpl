@@ -175,6 +175,9 @@ affinity:
   "max_ongoing_requests" $stage.maxOngoingRequests
   "upscale_delay_s" $stage.upscaleDelayS
   "downscale_delay_s" $stage.downscaleDelayS -}}
+{{- if hasKey $stage "maxQueuedRequests" -}}
+{{- $_ := set $settings "max_queued_requests" $stage.maxQueuedRequests -}}
+{{- end -}}
 {{- if and .pinToPool $stage.pool -}}
 {{- $_ := set $settings "resources" (dict (printf "pool-%s" $stage.pool) 0.001) -}}
 {{- end -}}
