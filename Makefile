@@ -112,8 +112,8 @@ test-chart: install tools ## only the offline chart checks (helm lint/template, 
 render-k8s: install tools ## re-render k8s/ (plain manifests) from the chart's documented profiles
 	$(BIN)/python scripts/render_k8s.py --write
 
-loadtest: install ## locust profile (PROFILE=smoke|ramp|spike|soak) against :8000, starting the service if needed
-	$(BIN)/python -m loadtest.run --profile $(or $(PROFILE),smoke)
+loadtest: install ## locust profile (PROFILE=smoke|ramp|spike|soak|overload, RATE=arrivals/s for overload) against :8000, starting the service if needed
+	$(BIN)/python -m loadtest.run --profile $(or $(PROFILE),smoke) --rate $(or $(RATE),1)
 
 bench: install ## benchmark: bare pipeline vs monolithic Ray Serve vs this system (writes loadtest/results/cpu)
 	$(BIN)/python -m loadtest.bench

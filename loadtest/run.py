@@ -69,7 +69,17 @@ def run_locust(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtest.run", description=__doc__)
-    parser.add_argument("--profile", default="smoke", choices=["smoke", "ramp", "spike", "soak"])
+    parser.add_argument(
+        "--profile", default="smoke", choices=["smoke", "ramp", "spike", "soak", "overload"]
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=1.0,
+        help="overload profile: open-loop arrivals a second (loadtest/overload.py sets 3x the "
+        "measured capacity)",
+    )
+    parser.add_argument("--seconds", type=float, default=60.0, help="overload profile: duration")
     parser.add_argument("--url", default="http://127.0.0.1:8000")
     parser.add_argument("--out", type=Path, default=HERE / "out")
     parser.add_argument(
@@ -77,8 +87,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     grpc_target = args.grpc_target or f"{urlsplit(args.url).hostname}:9000"
+    users: tuple[str, ...] = ()
+    environment = {}
+    if args.profile == "overload":  # its own user, not the protocol mix
+        users = ("OverloadUser",)
+        environment = {"LOADTEST_RATE": str(args.rate), "LOADTEST_DURATION_S": str(args.seconds)}
     with started_service(args.url, already_up=is_up(args.url)):
-        return run_locust(args.url, args.profile, args.out, grpc_target)
+        return run_locust(
+            args.url,
+            args.profile,
+            args.out,
+            grpc_target,
+            user_classes=users,
+            environment=environment,
+        )
 
 
 @contextlib.contextmanager
