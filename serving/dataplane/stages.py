@@ -28,6 +28,15 @@ class TextEmbedding:
 
 
 @dataclass(frozen=True)
+class ImageLatents:
+    """An input image's latent distribution [C, h, w], scaled as the denoiser's latents are: the
+    denoiser draws the sample (mean + std · ε) from the request's generator."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+
+@dataclass(frozen=True)
 class DenoiseJob:
     """One image to denoise. The conditioning is a bag of per-row tensors named as the denoiser
     takes them (`encoder_hidden_states` [tokens, dim]; SDXL adds `text_embeds` [dim] and
@@ -55,6 +64,10 @@ class DenoiseJob:
     # another node): it refuses (QueueFull) a request it estimates it would finish later, rather
     # than start work thrown away at the deadline. None: no deadline.
     finish_by: float | None = None
+    # Image-to-image: the input image's latents, and how much of the schedule to run from them
+    # (strength 1: all of it, from noise over the image; 0.5: the second half).
+    init_image: ImageLatents | None = None
+    strength: float = 1.0
 
     @property
     def guided(self) -> bool:

@@ -33,7 +33,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
 from serving.dataplane.clients import PRIORITIES
-from serving.dataplane.stages import DenoiseJob, DenoiseResult, StepProgress
+from serving.dataplane.stages import DenoiseJob, DenoiseResult, ImageLatents, StepProgress
 from serving.engine import checkpoint
 from serving.engine.compiled import (
     EAGER,
@@ -500,9 +500,15 @@ class ContinuousBatchingEngine:
             job.height // self._scale,
             job.width // self._scale,
         )
-        # Same draw as the pipelines' prepare_latents for one image and this generator.
-        latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-        latents = latents * scheduler.init_noise_sigma
+        timesteps = scheduler.timesteps
+        if job.init_image is None:
+            # Same draw as the pipelines' prepare_latents for one image and this generator.
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+            latents = latents * scheduler.init_noise_sigma
+        else:
+            timesteps, latents = _image_start(
+                job, job.init_image, scheduler, generator, self._placement
+            )
         embedding_dim = self._denoiser.guidance_embedding_dim
         guided = job.negative_conditioning is not None and embedding_dim is None
         rows = [job.negative_conditioning, job.conditioning] if guided else [job.conditioning]
@@ -516,14 +522,14 @@ class ContinuousBatchingEngine:
         index = 0
         if job.resume is not None:
             index, latents = self._resume(job.resume, scheduler, generator, latents)
-        ticket.total_steps = len(scheduler.timesteps)
+        ticket.total_steps = len(timesteps)
         ticket.steps_done = index
         ticket.started_at = time.monotonic()
         return _Active(
             ticket=ticket,
             job=job,
             scheduler=scheduler,
-            timesteps=scheduler.timesteps,
+            timesteps=timesteps,
             latents=latents,
             conditioning=conditioning,
             guided=guided,
@@ -631,6 +637,32 @@ def give_back_freed_memory() -> None:
 # whenever the pace slows (on a CPU shared with the load, it slows as the load grows), so the
 # UNet keeps a quarter of the time left in hand.
 DEADLINE_HEADROOM = 0.75
+
+
+def _image_start(
+    job: DenoiseJob,
+    image: ImageLatents,
+    scheduler: SchedulerMixin,
+    generator: torch.Generator,
+    placement: Placement,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The timesteps left and the noised image latents an image-to-image request starts from,
+    as StableDiffusionImg2ImgPipeline's get_timesteps and prepare_latents make them: the
+    schedule's last `strength` part, the image's latent sample drawn from the generator first,
+    then the noise, added at the first timestep left."""
+    device, dtype = placement.device, placement.dtype
+    kept = min(int(job.steps * job.strength), job.steps)
+    begin = max(job.steps - kept, 0) * scheduler.order
+    timesteps = scheduler.timesteps[begin:]
+    if len(timesteps) == 0:
+        raise ValueError(f"strength {job.strength} leaves no step of {job.steps} to run")
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(begin)
+    mean = torch.from_numpy(image.mean).unsqueeze(0).to(device=device, dtype=dtype)
+    std = torch.from_numpy(image.std).unsqueeze(0).to(device=device, dtype=dtype)
+    sample = mean + std * randn_tensor(mean.shape, generator=generator, device=device, dtype=dtype)
+    noise = randn_tensor(mean.shape, generator=generator, device=device, dtype=dtype)
+    return timesteps, scheduler.add_noise(sample, noise, timesteps[:1])
 
 
 def _step_cost(job: DenoiseJob) -> float:
