@@ -143,6 +143,9 @@ class Limits(BaseModel):
     max_num_images: int = 4
     max_guidance_scale: float = 30.0
     max_prompt_chars: int = 4000
+    max_input_side: int = Field(
+        4096, ge=64, description="largest width or height of an input image (image-to-image)"
+    )
     prompt_overflow: Literal["reject", "truncate"] = Field(
         "reject",
         description="prompts over the tokenizer's limit are rejected (422) or truncated (with a "

@@ -8,6 +8,8 @@ import io
 import numpy as np
 from PIL import Image
 
+from serving.errors import InvalidArgument
+
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 FORMAT_BY_MEDIA_TYPE = {media: fmt for fmt, media in MEDIA_TYPES.items()}
 _PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
@@ -28,6 +30,50 @@ def decode_image(data: bytes) -> np.ndarray:
     """Bytes of any supported format → [H, W, 3] uint8."""
     with Image.open(io.BytesIO(data)) as image:
         return np.asarray(image.convert("RGB"))
+
+
+def input_image(data: bytes, field: str, max_side: int) -> Image.Image:
+    """An input image's file bytes, checked (a PNG, JPEG or WebP, no side over `max_side`,
+    read from its header before any pixel is decoded) and decoded to RGB; InvalidArgument
+    naming `field` otherwise."""
+    try:
+        image = Image.open(io.BytesIO(data))
+    except (OSError, SyntaxError, ValueError) as error:  # PIL's words for a broken file
+        raise InvalidArgument(field, "is not a readable PNG, JPEG or WebP image") from error
+    with image:
+        if image.format not in _PIL_FORMATS.values():
+            raise InvalidArgument(field, f"must be a PNG, JPEG or WebP (got {image.format})")
+        width, height = image.size
+        if max(width, height) > max_side:
+            raise InvalidArgument(
+                field, f"is {width}x{height}; the limit is {max_side} pixels a side"
+            )
+        try:
+            return image.convert("RGB")
+        except (OSError, SyntaxError, ValueError) as error:  # truncated pixel data
+            raise InvalidArgument(field, "is not a readable PNG, JPEG or WebP image") from error
+
+
+def vae_input(data: bytes, height: int, width: int, vae_scale_factor: int) -> np.ndarray:
+    """An input image as the VAE encoder takes it: resized to height x width and scaled to
+    [-1, 1] by diffusers' own VaeImageProcessor, as the image-to-image pipelines do; [3, H, W]
+    float32."""
+    from diffusers.image_processor import VaeImageProcessor  # the ingress needs it only here
+
+    processor = VaeImageProcessor(vae_scale_factor=vae_scale_factor)
+    with Image.open(io.BytesIO(data)) as image:
+        tensor = processor.preprocess(image.convert("RGB"), height=height, width=width)
+    return np.ascontiguousarray(tensor[0].float().numpy())
+
+
+def base64_image(text: str, field: str) -> bytes:
+    """The bytes of base64 text or of a `data:image/...;base64,` URL; InvalidArgument naming
+    `field` when it is neither."""
+    payload = text.split(",", 1)[1] if text.startswith("data:") and "," in text else text
+    try:
+        return base64.b64decode(payload, validate=True)
+    except ValueError as error:
+        raise InvalidArgument(field, "must be base64 (or a data: URL) of an image") from error
 
 
 def png_data_url(pixels: np.ndarray) -> str:

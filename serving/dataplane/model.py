@@ -10,7 +10,7 @@ import torch
 
 from serving.dataplane.prompts import PromptGuard
 from serving.dataplane.request import SCHEDULER_NAMES, GenerationRequest, ModelProfile
-from serving.engine.schedulers import SchedulerFactory
+from serving.engine.schedulers import SchedulerFactory, image_start_index
 from serving.models import loader
 from serving.models.loader import ModelInfo
 from serving.settings import ModelSpec, Settings
@@ -50,9 +50,13 @@ class ServedModel:
         )
 
     def denoising_steps(self, request: GenerationRequest) -> int:
-        """The denoiser iterations one image takes: `steps`, or one more for PNDM's warm-up."""
+        """The denoiser iterations one image takes: `steps`, or one more for PNDM's warm-up;
+        an image-to-image request only the schedule's last `strength` part."""
         schedule = self.schedulers.create(request.scheduler, request.steps, torch.device("cpu"))
-        return len(schedule.timesteps)
+        begin = 0
+        if request.strength is not None:
+            begin = image_start_index(request.steps, request.strength, schedule.order)
+        return len(schedule.timesteps) - begin
 
     def describe(self) -> dict[str, Any]:
         """The model as the API reports it: family, request defaults and limits, samplers."""

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from serving.dataplane.codecs import base64_image, input_image
 from serving.errors import InvalidArgument
 from serving.settings import Limits, OutputFormat, SchedulerName
 
@@ -22,6 +23,9 @@ TIMEOUT_HEADER = "x-timeout-s"
 
 Pair = tuple[int, int]
 SIZE_CONDITIONING = ("original_size", "crops_coords_top_left", "target_size")
+
+
+DEFAULT_STRENGTH = 0.8  # the diffusers image-to-image pipelines' default
 
 
 class GenerateParams(BaseModel):
@@ -61,6 +65,17 @@ class GenerateParams(BaseModel):
         description="interactive (the default: served first) or batch, at most what the API "
         "key allows",
     )
+    image: str | None = Field(
+        None,
+        description="image-to-image: the picture to start from, base64 (or a data: URL) of a "
+        "PNG, JPEG or WebP; resized to width x height (default: its own size, rounded down to "
+        "the VAE factor)",
+    )
+    strength: float | None = Field(
+        None,
+        description=f"with `image`: above 0, at most 1: how much of the schedule runs over it "
+        f"(1: all of it, keeping little of the picture; default {DEFAULT_STRENGTH})",
+    )
 
 
 class GenerationRequest(BaseModel):
@@ -84,6 +99,11 @@ class GenerationRequest(BaseModel):
     original_size: Pair | None = None
     crops_coords_top_left: Pair | None = None
     target_size: Pair | None = None
+    # Image-to-image: the input image's file (left out of the request's JSON: its digest stands
+    # for it there and in the result cache's key) and the strength.
+    image: bytes | None = Field(None, exclude=True)
+    image_digest: str | None = None
+    strength: float | None = None
 
     def seeds(self) -> list[int]:
         return [(self.seed + i) % (MAX_SEED + 1) for i in range(self.num_images)]
@@ -121,12 +141,17 @@ def resolve(params: GenerateParams, limits: Limits, model: ModelProfile) -> Gene
                 field, f"is {length} characters; the limit is {limits.max_prompt_chars}"
             )
     _check_range("num_images", params.num_images, 1, limits.max_num_images)
-    width = params.width if params.width is not None else model.size
-    height = params.height if params.height is not None else model.size
+    image, strength, own = image_input(params, limits, model)
+    width = params.width if params.width is not None else own[1] if own else model.size
+    height = params.height if params.height is not None else own[0] if own else model.size
     _check_size("width", width, limits.min_size, limits.max_width, model.size_multiple)
     _check_size("height", height, limits.min_size, limits.max_height, model.size_multiple)
     steps = params.steps if params.steps is not None else model.steps
     _check_range("steps", steps, limits.min_steps, min(limits.max_steps, model.max_steps))
+    if strength is not None and int(steps * strength) < 1:
+        raise InvalidArgument(
+            "strength", f"{strength} of {steps} steps leaves none to run; raise steps or strength"
+        )
     guidance = params.guidance_scale if params.guidance_scale is not None else model.guidance_scale
     if not 0.0 <= guidance <= limits.max_guidance_scale:
         raise InvalidArgument(
@@ -160,7 +185,37 @@ def resolve(params: GenerateParams, limits: Limits, model: ModelProfile) -> Gene
         output_format=output_format,  # checked against OUTPUT_FORMATS
         guidance_rescale=rescale,
         **sizes,
+        image=image,
+        image_digest=None if image is None else hashlib.sha256(image).hexdigest(),
+        strength=strength,
     )
+
+
+def image_input(
+    params: GenerateParams, limits: Limits, model: ModelProfile
+) -> tuple[bytes | None, float | None, tuple[int, int] | None]:
+    """For an image-to-image request: the input image's file bytes (checked), the strength, and
+    the (height, width) it gives the output when the request names none (its own, rounded down
+    to the VAE factor, as the diffusers image processor does). Nones for text-to-image."""
+    if params.image is None:
+        if params.strength is not None:
+            raise InvalidArgument("strength", "applies only with an `image`")
+        return None, None, None
+    data = base64_image(params.image, "image")
+    width, height = input_image(data, "image", limits.max_input_side).size
+    strength = DEFAULT_STRENGTH if params.strength is None else params.strength
+    if not 0.0 < strength <= 1.0:
+        raise InvalidArgument("strength", f"must be above 0 and at most 1 (got {strength})")
+    own = (height - height % model.size_multiple, width - width % model.size_multiple)
+    if params.width is None or params.height is None:
+        low, high = limits.min_size, min(limits.max_width, limits.max_height)
+        if not all(low <= side <= high for side in own):
+            raise InvalidArgument(
+                "image",
+                f"is {width}x{height}; the output takes its size unless width and height are "
+                f"sent, and sides must be {low} to {high}: send width and height to resize it",
+            )
+    return data, strength, own
 
 
 def size_conditioning(

@@ -11,6 +11,7 @@ through `StageClient` and `Store`.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -22,7 +23,7 @@ import numpy as np
 
 from serving.dataplane.checkpoints import Checkpoint, JobCheckpoints
 from serving.dataplane.clients import ANONYMOUS, ClientDirectory, ClientShare, Priority
-from serving.dataplane.codecs import MEDIA_TYPES, decode_image, encode_image
+from serving.dataplane.codecs import MEDIA_TYPES, decode_image, encode_image, vae_input
 from serving.dataplane.model import ServedModel
 from serving.dataplane.request import GenerateParams, GenerationRequest, RequestContext, resolve
 from serving.dataplane.results import StoredImage, request_key
@@ -57,8 +58,10 @@ class PreparedRequest:
 
     def to_json(self) -> dict[str, Any]:
         """What a queued job carries (serving/dataplane/job_queue.py)."""
+        image = self.request.image  # left out of the request's JSON
         return {
             "request": self.request.model_dump(mode="json"),
+            "image": None if image is None else base64.b64encode(image).decode("ascii"),
             "determined": self.determined,
             "warnings": self.warnings,
             "denoising_steps": self.denoising_steps,
@@ -68,8 +71,11 @@ class PreparedRequest:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PreparedRequest:
         share = data.get("share")  # absent from jobs queued before fair sharing
+        request = GenerationRequest.model_validate(data["request"])
+        if data.get("image") is not None:
+            request = request.model_copy(update={"image": base64.b64decode(data["image"])})
         return cls(
-            GenerationRequest.model_validate(data["request"]),
+            request,
             determined=data["determined"],
             warnings=list(data["warnings"]),
             denoising_steps=data["denoising_steps"],
@@ -310,6 +316,10 @@ class DataPlane:
         if guided and not zero_negative:
             texts.append(request.negative_prompt)
         embeddings = await all_or_none([stages.encode_text(text) for text in texts])
+        init_image = None
+        if request.image is not None:  # image-to-image: the VAE encodes the starting picture
+            pixels = vae_input(request.image, request.height, request.width, info.vae_scale_factor)
+            init_image = await stages.encode_image(pixels)
         encoded = time.perf_counter()
 
         positive = conditioning(embeddings[0], request)
@@ -341,6 +351,8 @@ class DataPlane:
                 weight=share.weight,
                 priority_rank=share.priority.rank,
                 finish_by=finish_by,
+                init_image=init_image,
+                strength=1.0 if request.strength is None else request.strength,
             )
             for index, seed in enumerate(request.seeds())
         ]

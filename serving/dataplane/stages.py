@@ -112,6 +112,10 @@ class StageClient(Protocol):
         """[H, W, 3] uint8 pixels."""
         ...
 
+    async def encode_image(self, pixels: np.ndarray) -> ImageLatents:
+        """An input image ([3, H, W] float32 in [-1, 1]) as the VAE's latent distribution."""
+        ...
+
     async def readiness(self) -> dict[str, bool]:
         """Per stage: whether a replica has loaded and answers."""
         ...

@@ -16,7 +16,13 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from serving.dataplane.jobs import JobEvent, JobEventKind, JobResult, JobStatus, JobView
 from serving.dataplane.results import StoredImage
-from serving.dataplane.stages import DenoiseJob, DenoiseResult, StepProgress, TextEmbedding
+from serving.dataplane.stages import (
+    DenoiseJob,
+    DenoiseResult,
+    ImageLatents,
+    StepProgress,
+    TextEmbedding,
+)
 from serving.dataplane.store import ResultHit
 from serving.errors import ErrorDetail, QueueFull, StageLost
 
@@ -96,6 +102,9 @@ class RayStages:
 
     async def decode(self, latents: np.ndarray) -> np.ndarray:
         return await once_more(lambda: answer(self._vae.decode.remote(latents)), "VAE")
+
+    async def encode_image(self, pixels: np.ndarray) -> ImageLatents:
+        return await once_more(lambda: answer(self._vae.encode.remote(pixels)), "VAE")
 
     async def readiness(self) -> dict[str, bool]:
         stages = {"text_encoder": self._text_encoder, "unet": self._unet, "vae": self._vae}

@@ -45,7 +45,7 @@ from serving.engine.compiled import (
 )
 from serving.engine.fair_queue import FairQueue
 from serving.engine.preview import latent_preview
-from serving.engine.schedulers import SchedulerFactory, step_kwargs
+from serving.engine.schedulers import SchedulerFactory, image_start_index, step_kwargs
 from serving.errors import QueueFull
 from serving.metrics import UNetMetrics
 from serving.models import loader
@@ -651,8 +651,7 @@ def _image_start(
     schedule's last `strength` part, the image's latent sample drawn from the generator first,
     then the noise, added at the first timestep left."""
     device, dtype = placement.device, placement.dtype
-    kept = min(int(job.steps * job.strength), job.steps)
-    begin = max(job.steps - kept, 0) * scheduler.order
+    begin = image_start_index(job.steps, job.strength, scheduler.order)
     timesteps = scheduler.timesteps[begin:]
     if len(timesteps) == 0:
         raise ValueError(f"strength {job.strength} leaves no step of {job.steps} to run")

@@ -19,10 +19,8 @@ from serving.models.device import Placement
 
 class VaeEncoderRunner:
     def __init__(self, vae: AutoencoderKL, placement: Placement) -> None:
-        if getattr(vae.config, "latents_mean", None) is not None:
-            raise ValueError(
-                "image inputs for VAEs with per-channel latent statistics are not served"
-            )
+        # Latents normalised per channel (not SD 1.x/2.x or SDXL) would need their statistics.
+        self._normalised = getattr(vae.config, "latents_mean", None) is not None
         self._vae = vae
         self._placement = placement
         self._scaling = float(vae.config.scaling_factor)
@@ -34,6 +32,8 @@ class VaeEncoderRunner:
     @torch.inference_mode()
     def encode(self, images: list[np.ndarray]) -> list[ImageLatents]:
         """Each image's latent distribution, batching images of equal shape."""
+        if self._normalised:
+            raise ValueError("this model's VAE normalises latents per channel: no image inputs")
         encoded: list[ImageLatents | None] = [None] * len(images)
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for index, image in enumerate(images):

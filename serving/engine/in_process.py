@@ -10,10 +10,17 @@ from typing import TypeVar
 
 import numpy as np
 
-from serving.dataplane.stages import DenoiseJob, DenoiseResult, StepProgress, TextEmbedding
+from serving.dataplane.stages import (
+    DenoiseJob,
+    DenoiseResult,
+    ImageLatents,
+    StepProgress,
+    TextEmbedding,
+)
 from serving.engine.compiled import choose_fast_path
 from serving.engine.decoder import VaeDecoderRunner
 from serving.engine.denoiser import ContinuousBatchingEngine, EngineStats
+from serving.engine.encoder import VaeEncoderRunner
 from serving.engine.text import TextEncoderRunner
 from serving.metrics import Meter, UNetMetrics, cache_lookups
 from serving.models import loader
@@ -29,11 +36,16 @@ class InProcessStages:
     replicas do); the UNet engine runs its own thread and batches across requests."""
 
     def __init__(
-        self, text: TextEncoderRunner, engine: ContinuousBatchingEngine, decoder: VaeDecoderRunner
+        self,
+        text: TextEncoderRunner,
+        engine: ContinuousBatchingEngine,
+        decoder: VaeDecoderRunner,
+        encoder: VaeEncoderRunner,
     ) -> None:
         self._text = text
         self._engine = engine
         self._decoder = decoder
+        self._encoder = encoder
         self._text_thread = ThreadPoolExecutor(1, thread_name_prefix="text-encoder")
         self._vae_thread = ThreadPoolExecutor(1, thread_name_prefix="vae")
         engine.start()
@@ -46,6 +58,7 @@ class InProcessStages:
         text_encoder = settings.stage("text_encoder", model)
         unet = settings.stage("unet", model)
         assert isinstance(text_encoder, TextEncoderStage) and isinstance(unet, UNetStage)
+        vae = loader.load_vae(source, placement)  # one model for both directions
         return cls(
             TextEncoderRunner.load(
                 source, placement, cache_size=text_encoder.cache_size, lookups=cache_lookups(meter)
@@ -58,7 +71,8 @@ class InProcessStages:
                 metrics=UNetMetrics.create(meter),
                 fast_path=choose_fast_path(settings, placement, unet.max_batch_size),
             ),
-            VaeDecoderRunner.load(source, placement),
+            VaeDecoderRunner(vae, placement),
+            VaeEncoderRunner(vae, placement),
         )
 
     async def encode_text(self, text: str) -> TextEmbedding:
@@ -76,6 +90,10 @@ class InProcessStages:
     async def decode(self, latents: np.ndarray) -> np.ndarray:
         (image,) = await _on(self._vae_thread, self._decoder.decode, [latents])
         return image
+
+    async def encode_image(self, pixels: np.ndarray) -> ImageLatents:
+        (latents,) = await _on(self._vae_thread, self._encoder.encode, [pixels])
+        return latents
 
     def unet_stats(self) -> EngineStats:
         """Requests in the UNet's batch and waiting for a slot."""

@@ -63,3 +63,10 @@ def step_kwargs(scheduler: SchedulerMixin, generator: torch.Generator) -> dict[s
     if "generator" in accepted:
         kwargs["generator"] = generator
     return kwargs
+
+
+def image_start_index(steps: int, strength: float, order: int) -> int:
+    """Where an image-to-image request starts in its schedule's timesteps, as the diffusers
+    image-to-image pipelines' get_timesteps: only the last `strength` part of `steps` runs."""
+    kept = min(int(steps * strength), steps)
+    return max(steps - kept, 0) * order

@@ -3,6 +3,8 @@ together across replicas' handles."""
 
 from __future__ import annotations
 
+import base64
+import io
 import threading
 import time
 from pathlib import Path
@@ -15,8 +17,10 @@ from diffusers import (
     DDIMScheduler,
     DiffusionPipeline,
     DPMSolverMultistepScheduler,
+    StableDiffusionImg2ImgPipeline,
     StableDiffusionPipeline,
 )
+from PIL import Image
 
 from tests.helpers.images import as_uint8, max_pixel_difference
 from tests.helpers.live_service import DEFAULT_MODEL, SDXL_MODEL, RunningService
@@ -138,3 +142,30 @@ def test_concurrent_requests_equal_their_solo_results(service: RunningService) -
     assert bad_status == [422]
     for index, image in enumerate(solo):
         assert max_pixel_difference(results[index], image) <= 1, requests[index]
+
+
+def test_an_edit_through_the_deployments_equals_the_image_to_image_pipeline(
+    service: RunningService, embedded_model_dir: Path
+) -> None:
+    """The VAE deployment encodes the picture, the UNet starts from it: equal to
+    StableDiffusionImg2ImgPipeline for the same picture, prompt and seed."""
+    rng = np.random.default_rng(8)
+    picture = Image.fromarray(rng.integers(0, 255, (128, 128, 3), dtype=np.uint8))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    params = {"prompt": "a lighthouse", "seed": 21, "steps": 10, "strength": 0.6}
+    image = base64.b64encode(buffer.getvalue()).decode("ascii")
+    served = first_image(rendered(service, image=image, scheduler="ddim", **params))
+
+    pipeline = StableDiffusionImg2ImgPipeline.from_pretrained(str(embedded_model_dir))
+    pipeline.scheduler = DDIMScheduler.from_config(pipeline.scheduler.config)
+    pipeline.set_progress_bar_config(disable=True)
+    expected = pipeline(
+        params["prompt"],
+        image=picture,
+        strength=params["strength"],
+        num_inference_steps=params["steps"],
+        generator=torch.Generator().manual_seed(params["seed"]),
+        output_type="np",
+    ).images[0]
+    assert max_pixel_difference(served, as_uint8(expected)) <= 1

@@ -1,0 +1,144 @@
+"""Image-to-image over HTTP: `/v1/generate` with `image` and `strength` answers the image that
+StableDiffusionImg2ImgPipeline makes from the same picture, prompt and seed; bad inputs name the
+field; the result cache tells pictures apart."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionImg2ImgPipeline
+from PIL import Image
+
+from serving.dataplane.request import GenerateParams
+from serving.dataplane.service import PreparedRequest
+from serving.engine.schedulers import SCHEDULER_CLASSES
+from tests.helpers.engine import Components
+from tests.helpers.images import as_uint8, max_pixel_difference, pixels
+from tests.helpers.local_service import LocalService
+from tests.helpers.net import wait_until
+from tests.helpers.requests import first_image, generate, job
+
+
+def picture(seed: int, size: tuple[int, int] = (96, 80)) -> Image.Image:
+    """A picture with structure, `size` (width, height), not a multiple of the VAE factor."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    pixels = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+    pixels[height // 4 : height // 2, width // 4 : width // 2] = (200, 30, 30)
+    return Image.fromarray(pixels)
+
+
+def png_base64(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def reference(components: Components, image: Image.Image, **args: object) -> np.ndarray:
+    pipe = StableDiffusionImg2ImgPipeline(**components.pipeline.components)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = SCHEDULER_CLASSES[str(args["scheduler"])].from_config(pipe.scheduler.config)
+    if "width" in args:  # a diffusers user resizes the picture first, as its image processor does
+        size = (int(args["width"]), int(args["height"]))  # type: ignore[call-overload]
+        image = image.resize(size, Image.Resampling.LANCZOS)
+    output = pipe(
+        str(args["prompt"]),
+        image=image,
+        strength=args["strength"],
+        num_inference_steps=args["steps"],
+        guidance_scale=7.5,
+        generator=torch.Generator().manual_seed(int(args["seed"])),  # type: ignore[call-overload]
+        output_type="np",
+    )
+    return as_uint8(output.images[0])
+
+
+@pytest.mark.parametrize("size", [None, (128, 64)])
+def test_an_edit_equals_the_diffusers_image_to_image_pipeline(
+    uncached: LocalService, components: Components, size: tuple[int, int] | None
+) -> None:
+    image = picture(3)
+    args: dict[str, object] = {
+        "prompt": "a red circle",
+        "steps": 10,
+        "seed": 9,
+        "strength": 0.7,
+        "scheduler": "euler_a",
+    }
+    if size is not None:  # resized to what the request names; else its own size, rounded down
+        args |= {"width": size[0], "height": size[1]}
+    body = generate(uncached.url, image=png_base64(image), **args)
+    served = first_image(body)
+    assert served.shape == ((80, 96, 3) if size is None else (64, 128, 3))
+    assert body["parameters"]["strength"] == 0.7 and "image" not in body["parameters"]
+    assert max_pixel_difference(served, reference(components, image, **args)) <= 1
+
+
+def test_the_result_cache_tells_pictures_apart(local: LocalService) -> None:
+    params = {"prompt": "a red circle", "steps": 4, "seed": 2, "strength": 0.5}
+    first = generate(local.url, image=png_base64(picture(1)), **params)
+    again = generate(local.url, image=png_base64(picture(1)), **params)
+    other = generate(local.url, image=png_base64(picture(2)), **params)
+    assert not first["cached"] and again["cached"] and not other["cached"]
+    assert first["parameters"]["image_digest"] != other["parameters"]["image_digest"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "words"),
+    [
+        ({"image": "not base64!"}, "image", "base64"),
+        ({"image": base64.b64encode(b"GIF89a....").decode()}, "image", "readable"),
+        ({"image": png_base64(picture(1, (6000, 8)))}, "image", "the limit is 4096"),
+        ({"image": png_base64(picture(1, (20, 20)))}, "image", "send width and height"),
+        ({"image": png_base64(picture(1)), "strength": 0}, "strength", "above 0"),
+        ({"image": png_base64(picture(1)), "strength": 1.5}, "strength", "at most 1"),
+        ({"image": png_base64(picture(1)), "strength": 0.05, "steps": 10}, "strength", "none"),
+        ({"strength": 0.5}, "strength", "only with an `image`"),
+    ],
+)
+def test_bad_image_inputs_are_refused_naming_the_field(
+    local: LocalService, fields: dict[str, object], field: str, words: str
+) -> None:
+    answer = httpx.post(
+        local.url + "/v1/generate", json={"prompt": "x", "steps": 4, **fields}, timeout=60
+    )
+    assert answer.status_code == 422, answer.text
+    error = answer.json()["error"]
+    assert error["field"] == field and words in error["message"], error
+
+
+def test_a_queued_edit_carries_its_picture_and_counts_only_the_steps_it_runs(
+    local: LocalService,
+) -> None:
+    params = GenerateParams(
+        prompt="a red circle",
+        steps=10,
+        strength=0.6,
+        scheduler="ddim",
+        image=png_base64(picture(4)),
+    )
+    prepared = local.services.data_plane.prepare(params)
+    assert prepared.denoising_steps == 6  # the schedule's last 60 %
+    queued = PreparedRequest.from_json(json.loads(json.dumps(prepared.to_json())))
+    assert queued.request.image == prepared.request.image and queued.request.image is not None
+    assert queued.request == prepared.request
+
+
+def test_an_edit_as_a_job_gives_the_image_the_synchronous_call_gives(
+    uncached: LocalService,
+) -> None:
+    params = {"prompt": "a red circle", "steps": 6, "seed": 5, "strength": 0.5}
+    image = png_base64(picture(6))
+    now = first_image(generate(uncached.url, image=image, **params))
+    created = httpx.post(uncached.url + "/v1/jobs", json={"image": image, **params}, timeout=30)
+    assert created.status_code == 202, created.text
+    job_id = created.json()["id"]
+    assert wait_until(lambda: job(uncached.url, job_id)["status"] == "succeeded", timeout_s=60)
+    url = job(uncached.url, job_id)["result"]["images"][0]["url"]
+    assert max_pixel_difference(pixels(httpx.get(uncached.url + url).content), now) <= 1
