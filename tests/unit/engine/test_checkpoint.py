@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from serving.dataplane.stages import DenoiseJob
+from serving.dataplane.stages import DenoiseJob, ImageLatents
 from serving.engine import checkpoint
 from serving.engine.denoiser import ContinuousBatchingEngine, Ticket
 from tests.helpers.engine import Components
@@ -109,3 +109,22 @@ def test_a_checkpoint_holds_tensors_and_numbers_only(components: Components) -> 
     assert state.step == 6 and tuple(state.latents.shape) == (1, 4, 16, 16)
     assert len(state.scheduler["model_outputs"]) == 2  # the multistep solver's memory
     assert len(saved[6]) < 64 * 1024
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "euler_a", "dpmpp_2m", "pndm"])
+def test_a_resumed_edit_ends_at_the_uninterrupted_latents(
+    components: Components, scheduler: str
+) -> None:
+    """Image-to-image: the schedule starts part way (its begin index is scheduler state), and
+    the checkpoint's step counts from there."""
+    rng = np.random.default_rng(2)
+    shape = (4, 16, 16)
+    picture = ImageLatents(rng.standard_normal(shape, np.float32), np.full(shape, 0.1, np.float32))
+    job = components.job("a lighthouse at dusk", steps=STEPS, seed=5, scheduler=scheduler)
+    job = dataclasses.replace(job, init_image=picture, strength=0.7)
+    uninterrupted, saved = checkpointed_run(components, job)
+    assert max(saved) < STEPS  # only the schedule's last 70 % ran
+    other_replica = components.engine()
+    ticket = other_replica.submit(dataclasses.replace(job, resume=saved[EVERY]))
+    run(other_replica, [ticket])
+    np.testing.assert_array_equal(ticket.future.result(), uninterrupted)
