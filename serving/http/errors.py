@@ -52,7 +52,7 @@ OPENAI_ERROR_TYPE: dict[Reason, str] = {
     Reason.DEADLINE_EXCEEDED: "server_error",
     Reason.INTERNAL: "server_error",
 }
-OPENAI_PATH_PREFIX = "/v1/images/generations"
+OPENAI_PATHS = ("/v1/images/generations", "/v1/images/edits")
 V2_PATH_PREFIX = "/v2/"
 
 
@@ -68,7 +68,7 @@ def error_response(error: ServingError, path: str = "") -> JSONResponse:
     body: dict[str, object]
     if path.startswith(V2_PATH_PREFIX):  # the v2 protocol's `error` is a string
         body = {**error.to_dict(), "error": error.message}
-    elif path.startswith(OPENAI_PATH_PREFIX):
+    elif path.startswith(OPENAI_PATHS):
         body = {
             "error": {
                 "message": error.message,

@@ -1,24 +1,28 @@
-"""OpenAI-compatible `POST /v1/images/generations`, so the official SDKs work unchanged.
+"""OpenAI-compatible `POST /v1/images/generations` and `POST /v1/images/edits`, so the official
+SDKs work unchanged.
 
 Standard fields: prompt, n, size ("WIDTHxHEIGHT"), response_format (b64_json | url; default
-b64_json), model. Stable Diffusion's own parameters ride along as extra fields
-(negative_prompt, steps, guidance_scale, seed, scheduler, output_format). Errors use OpenAI's shape
-(serving/http/errors.py).
+b64_json), model; an edit sends its picture as the multipart file `image`. Stable Diffusion's own
+parameters ride along as extra fields (negative_prompt, steps, guidance_scale, seed, scheduler,
+output_format; `strength` for an edit). Errors use OpenAI's shape (serving/http/errors.py).
 """
 
 from __future__ import annotations
 
 import base64
 import time
+from typing import Annotated, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, File, Form, UploadFile
 
-from serving.dataplane.request import GenerateParams
+from serving.dataplane.request import GenerateParams, RequestContext
+from serving.dataplane.service import DataPlane
 from serving.errors import InvalidArgument
 from serving.http.dependencies import ContextDep, DataPlaneDep
 from serving.http.models import ERRORS, OpenAIImage, OpenAIImageRequest, OpenAIImagesResponse
 
 OPENAI_PATH = "/v1/images/generations"
+OPENAI_EDITS_PATH = "/v1/images/edits"
 router = APIRouter(tags=["OpenAI"])
 
 
@@ -67,7 +71,62 @@ def to_params(body: OpenAIImageRequest) -> GenerateParams:
 async def generations(
     body: OpenAIImageRequest, data_plane: DataPlaneDep, context: ContextDep
 ) -> OpenAIImagesResponse:
-    params = to_params(body)
+    return await answer(data_plane, context, to_params(body), body.response_format)
+
+
+@router.post(
+    OPENAI_EDITS_PATH,
+    response_model=OpenAIImagesResponse,
+    response_model_exclude_none=True,
+    responses=ERRORS,
+)
+async def edits(
+    data_plane: DataPlaneDep,
+    context: ContextDep,
+    image: Annotated[UploadFile, File(description="the picture to edit: PNG, JPEG or WebP")],
+    prompt: Annotated[str, Form()],
+    n: Annotated[int, Form()] = 1,
+    size: Annotated[str | None, Form(description="WIDTHxHEIGHT (default: the picture's)")] = None,
+    response_format: Annotated[Literal["b64_json", "url"], Form()] = "b64_json",
+    model: Annotated[str | None, Form()] = None,
+    mask: Annotated[UploadFile | None, File(description="not served yet: refused")] = None,
+    user: Annotated[str | None, Form(description="accepted, without effect")] = None,
+    negative_prompt: Annotated[str, Form()] = "",
+    strength: Annotated[float | None, Form(description="0 < strength <= 1 (default 0.8)")] = None,
+    steps: Annotated[int | None, Form()] = None,
+    guidance_scale: Annotated[float | None, Form()] = None,
+    seed: Annotated[int | None, Form()] = None,
+    scheduler: Annotated[str | None, Form()] = None,
+    output_format: Annotated[str | None, Form()] = None,
+    priority: Annotated[str | None, Form()] = None,
+) -> OpenAIImagesResponse:
+    """Image-to-image from the picture in `image` (a mask, for inpainting, is not served yet)."""
+    if mask is not None:
+        raise InvalidArgument("mask", "inpainting is not served yet; send the image alone")
+    width, height = parse_size(size)
+    params = GenerateParams(
+        model=model,
+        prompt=prompt,
+        negative_prompt=negative_prompt,
+        num_images=n,
+        width=width,
+        height=height,
+        steps=steps,
+        guidance_scale=guidance_scale,
+        seed=seed,
+        scheduler=scheduler,
+        output_format=output_format,
+        priority=priority,
+        image=base64.b64encode(await image.read()).decode("ascii"),
+        strength=strength,
+    )
+    return await answer(data_plane, context, params, response_format)
+
+
+async def answer(
+    data_plane: DataPlane, context: RequestContext, params: GenerateParams, response_format: str
+) -> OpenAIImagesResponse:
+    """The generation, answered as OpenAI's images API answers (its field names in errors)."""
     try:
         result = await data_plane.generate(params, context)
     except InvalidArgument as error:
@@ -75,7 +134,7 @@ async def generations(
     output_format = result.request.output_format
     data = []
     for image in result.images:
-        if body.response_format == "url":
+        if response_format == "url":
             data.append(OpenAIImage(url=data_plane.image_url(image.digest, output_format)))
         else:
             data.append(

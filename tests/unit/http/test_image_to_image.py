@@ -10,6 +10,7 @@ import json
 
 import httpx
 import numpy as np
+import openai
 import pytest
 import torch
 from diffusers import StableDiffusionImg2ImgPipeline
@@ -142,3 +143,41 @@ def test_an_edit_as_a_job_gives_the_image_the_synchronous_call_gives(
     assert wait_until(lambda: job(uncached.url, job_id)["status"] == "succeeded", timeout_s=60)
     url = job(uncached.url, job_id)["result"]["images"][0]["url"]
     assert max_pixel_difference(pixels(httpx.get(uncached.url + url).content), now) <= 1
+
+
+def test_the_official_openai_sdk_edits_a_picture_as_the_generate_route_does(
+    uncached: LocalService,
+) -> None:
+    buffer = io.BytesIO()
+    picture(7).save(buffer, format="PNG")
+    client = openai.OpenAI(base_url=uncached.url + "/v1", api_key="unused", max_retries=0)
+    params = {"steps": 6, "seed": 12, "strength": 0.6}
+    answer = client.images.edit(
+        image=("picture.png", buffer.getvalue(), "image/png"),
+        prompt="a red circle",
+        n=1,
+        response_format="b64_json",
+        extra_body=params,
+    )
+    edited = pixels(base64.b64decode(answer.data[0].b64_json or ""))
+    direct = generate(uncached.url, prompt="a red circle", image=png_base64(picture(7)), **params)
+    assert max_pixel_difference(edited, first_image(direct)) <= 1
+    with pytest.raises(openai.UnprocessableEntityError) as refused:
+        client.images.edit(
+            image=("picture.png", buffer.getvalue(), "image/png"),
+            prompt="a red circle",
+            extra_body={"strength": 3},
+        )
+    assert refused.value.body["param"] == "strength"  # type: ignore[index]
+
+
+def test_an_edit_with_a_mask_is_refused_until_inpainting_is_served(local: LocalService) -> None:
+    buffer = io.BytesIO()
+    picture(7).save(buffer, format="PNG")
+    files = {"image": ("p.png", buffer.getvalue(), "image/png")}
+    files["mask"] = ("m.png", buffer.getvalue(), "image/png")
+    answer = httpx.post(
+        local.url + "/v1/images/edits", data={"prompt": "x"}, files=files, timeout=60
+    )
+    assert answer.status_code == 422
+    assert answer.json()["error"]["param"] == "mask"  # OpenAI's error shape
