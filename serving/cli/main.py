@@ -57,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int)
     generate.add_argument("--scheduler")
     generate.add_argument(
+        "--image", type=Path, help="image-to-image: the picture to start from (PNG, JPEG, WebP)"
+    )
+    generate.add_argument(
+        "--strength", type=float, help="with --image: 0 < strength <= 1 (default 0.8)"
+    )
+    generate.add_argument(
         "--priority",
         choices=["interactive", "batch"],
         help="interactive (the default) is served before batch when the UNet is busy",
@@ -302,8 +308,13 @@ def _generate(args: argparse.Namespace) -> int:
             "seed",
             "scheduler",
             "priority",
+            "image",
+            "strength",
         )
     }
+    if args.grpc and args.image is not None:
+        print("error: --image is sent over HTTP only for now (not --grpc)", file=sys.stderr)
+        return 2
     if args.model and not args.grpc:
         fields["model"] = args.model
     suffix = args.output.suffix.lstrip(".").lower()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,7 +24,13 @@ from serving.client.types import ClientError, Generation, Image
 
 
 def _body(prompt: str, fields: dict[str, Any]) -> dict[str, Any]:
-    return {"prompt": prompt, **{k: v for k, v in fields.items() if v is not None}}
+    body = {"prompt": prompt, **{k: v for k, v in fields.items() if v is not None}}
+    image = body.get("image")
+    if isinstance(image, Path):  # image-to-image: a file's picture, sent as base64
+        image = image.read_bytes()
+    if isinstance(image, bytes | bytearray):
+        body["image"] = base64.b64encode(image).decode("ascii")
+    return body
 
 
 def _headers(api_key: str | None, timeout_s: float | None) -> dict[str, str]:
@@ -115,7 +122,8 @@ class Client:
     ) -> Generation:
         """Fields: model, negative_prompt, num_images, width, height, steps, guidance_scale,
         guidance_rescale, seed, scheduler, output_format, priority (interactive or batch), and
-        for SDXL original_size, crops_coords_top_left, target_size ([a, b] pairs)."""
+        for SDXL original_size, crops_coords_top_left, target_size ([a, b] pairs); for an edit,
+        image (a Path, the file's bytes, or base64 text) and strength."""
         answer = self._http.post(
             "/v1/generate", json=_body(prompt, fields), headers=_headers(self._api_key, deadline_s)
         )

@@ -21,6 +21,10 @@ DECLARED_INPUTS: dict[str, str] = {
     "original_size": "INT32",
     "crops_coords_top_left": "INT32",
     "target_size": "INT32",
+    # Image-to-image: the picture's file (gRPC: its bytes; REST: base64 text) and the strength;
+    # `input_image`, as `image` is the output of the pictures made.
+    "input_image": "BYTES",
+    "strength": "FP32",
 }
 # Two-element inputs ([height, width], [top, left]): SDXL's size conditioning, which only SDXL
 # models declare.

@@ -16,7 +16,13 @@ from typing import Any
 
 import numpy as np
 from kserve import Model, ModelRepository
-from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady, ServerNotReady
+from kserve.errors import (
+    InferenceError,
+    InvalidInput,
+    ModelNotFound,
+    ModelNotReady,
+    ServerNotReady,
+)
 from kserve.model import BaseKServeModel
 from kserve.protocol.dataplane import DataPlane as KServeDataPlane
 from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, InferResponse
@@ -93,11 +99,15 @@ def v2_field_name(field: str) -> str:
         return field
     if field in ("output_format", "priority"):
         return f"parameters.{field}"
+    if field == "image":
+        return "inputs[input_image]"
     return f"inputs[{field}]"
 
 
 def params_from_infer_request(payload: InferRequest) -> GenerateParams:
     values: dict[str, Any] = {tensor.name: _value(tensor) for tensor in payload.inputs}
+    if "input_image" in values:
+        values["image"] = values.pop("input_image")
     if "prompt" not in values:
         raise InvalidArgument("inputs", "a BYTES input named `prompt` is required")
     output_format = parameter_value(payload.parameters, "output_format")
@@ -142,6 +152,8 @@ def _value(tensor: InferInput) -> Any:
     declared = DECLARED_INPUTS[name]
     if count == 2:
         return (int(values[0]), int(values[1]))
+    if name == "input_image":
+        return image_text(value)
     if declared == "BYTES":
         if isinstance(value, bytes | np.bytes_):
             try:
@@ -152,6 +164,21 @@ def _value(tensor: InferInput) -> Any:
     if declared.startswith("FP"):
         return float(value)
     return int(value)
+
+
+# How a picture's file starts (PNG, JPEG, WebP's RIFF, GIF): raw bytes rather than base64 text.
+IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8", b"RIFF", b"GIF8")
+
+
+def image_text(value: Any) -> str:
+    """The `image` input as GenerateParams takes it (base64 text): a file's raw bytes (gRPC's
+    bytes_contents, REST's binary extension) are encoded; base64 text passes as it is."""
+    if isinstance(value, bytes | np.bytes_):
+        data = bytes(value)
+        if data.startswith(IMAGE_MAGIC):
+            return base64.b64encode(data).decode("ascii")
+        return data.decode("ascii", errors="replace")
+    return str(value)
 
 
 def parameter_value(parameters: Mapping[str, Any] | None, key: str) -> Any:
@@ -280,6 +307,7 @@ class ServingKServeDataPlane(KServeDataPlane):
 
 
 KSERVE_ERRORS: tuple[type[Exception], ...] = (
+    InferenceError,
     ModelNotFound,
     ModelNotReady,
     ServerNotReady,
@@ -296,6 +324,11 @@ def kserve_error(error: BaseException) -> ServingError | None:
         return NotReady(str(error))
     if isinstance(error, InvalidInput):
         return MalformedRequest(str(error))
+    if isinstance(error, InferenceError):  # kserve could not decode a tensor it was sent
+        return MalformedRequest(
+            "an input's data could not be decoded: binary BYTES over REST must be UTF-8 text "
+            "(send input_image as base64 text, or its raw bytes over gRPC)"
+        )
     if isinstance(error, NotImplementedError):  # model versions
         return NotFound(str(error) or "model versions are not supported")
     return None

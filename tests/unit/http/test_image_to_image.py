@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -16,6 +17,9 @@ import torch
 from diffusers import StableDiffusionImg2ImgPipeline
 from PIL import Image
 
+from serving.cli.main import main as cli_main
+from serving.client import Client
+from serving.client.v2 import DECLARED_INPUTS
 from serving.dataplane.request import GenerateParams
 from serving.dataplane.service import PreparedRequest
 from serving.engine.schedulers import SCHEDULER_CLASSES
@@ -24,6 +28,16 @@ from tests.helpers.images import as_uint8, max_pixel_difference, pixels
 from tests.helpers.local_service import LocalService
 from tests.helpers.net import wait_until
 from tests.helpers.requests import first_image, generate, job
+from tests.helpers.v2 import (
+    MODEL,
+    PARAMS,
+    PROMPT,
+    grpc_infer,
+    infer_request,
+    reference_png,
+    rest_infer,
+    run,
+)
 
 
 def picture(seed: int, size: tuple[int, int] = (96, 80)) -> Image.Image:
@@ -181,3 +195,101 @@ def test_an_edit_with_a_mask_is_refused_until_inpainting_is_served(local: LocalS
     )
     assert answer.status_code == 422
     assert answer.json()["error"]["param"] == "mask"  # OpenAI's error shape
+
+
+def test_the_python_client_and_the_cli_send_a_picture_file(
+    uncached: LocalService, tmp_path: Path
+) -> None:
+    path = tmp_path / "start.png"
+    picture(9).save(path)
+    params = {"steps": 5, "seed": 3, "strength": 0.6}
+    direct = first_image(
+        generate(uncached.url, prompt="a red circle", image=png_base64(picture(9)), **params)
+    )
+    with Client(uncached.url) as client:
+        from_path = client.generate("a red circle", image=path, **params)
+        with_progress = client.generate_with_progress(
+            "a red circle", image=path.read_bytes(), **params
+        )
+    for result in (from_path, with_progress):
+        assert max_pixel_difference(pixels(result.images[0].data), direct) <= 1
+    written = tmp_path / "edited.png"
+    argv = [
+        "generate",
+        "a red circle",
+        "--url",
+        uncached.url,
+        "--image",
+        str(path),
+        "-o",
+        str(written),
+    ]
+    argv += ["--strength", "0.6", "--steps", "5", "--seed", "3", "--no-progress"]
+    assert cli_main(argv) == 0
+    assert max_pixel_difference(pixels(written.read_bytes()), direct) <= 1
+
+
+def test_kserve_v2_grpc_takes_the_pictures_bytes_as_input_image(uncached: LocalService) -> None:
+    buffer = io.BytesIO()
+    picture(10).save(buffer, format="PNG")
+    direct = reference_png(uncached.url, image=png_base64(picture(10)), **PARAMS, strength=0.6)
+    request = infer_request(PROMPT, binary=True, input_image=buffer.getvalue(), strength=0.6)
+    response = run(grpc_infer(uncached.grpc_target, request))
+    served = response.get_output_by_name("image_bytes").as_numpy()[0]
+    assert max_pixel_difference(pixels(served), pixels(direct)) <= 1
+
+
+def test_kserve_v2_rest_refuses_undecodable_binary_bytes_with_a_400(
+    local: LocalService,
+) -> None:
+    """kserve's REST binary extension decodes BYTES as UTF-8: a picture's raw bytes there get a
+    400 that says what to send instead (it was a 500 before)."""
+    buffer = io.BytesIO()
+    picture(10).save(buffer, format="PNG")
+    request = infer_request(PROMPT, binary=True, input_image=buffer.getvalue())
+    with pytest.raises(httpx.HTTPStatusError) as refused:
+        run(rest_infer(local.url, request))
+    assert refused.value.response.status_code == 400
+    assert "base64 text" in refused.value.response.text
+
+
+def test_kserve_v2_rest_takes_the_picture_as_base64_text(uncached: LocalService) -> None:
+    text = png_base64(picture(10))
+    direct = reference_png(uncached.url, image=text, **PARAMS, strength=0.6)
+    body = {
+        "inputs": [
+            {"name": "prompt", "datatype": "BYTES", "shape": [1], "data": [PROMPT]},
+            {"name": "input_image", "datatype": "BYTES", "shape": [1], "data": [text]},
+            {"name": "strength", "datatype": "FP32", "shape": [1], "data": [0.6]},
+            *(
+                {"name": k, "datatype": DECLARED_INPUTS[k], "shape": [1], "data": [v]}
+                for k, v in PARAMS.items()
+            ),
+        ],
+        "parameters": {"output_format": "png"},
+    }
+    answer = httpx.post(f"{uncached.url}/v2/models/{MODEL}/infer", json=body, timeout=60)
+    assert answer.status_code == 200, answer.text
+    encoded = answer.json()["outputs"][0]["data"][0]
+    assert max_pixel_difference(pixels(base64.b64decode(encoded)), pixels(direct)) <= 1
+
+
+def test_kserve_v1_instances_take_image_and_strength(uncached: LocalService) -> None:
+    fields = {"prompt": "a red circle", "steps": 5, "seed": 4, "strength": 0.6}
+    image = png_base64(picture(11))
+    direct = first_image(generate(uncached.url, image=image, **fields))
+    answer = httpx.post(
+        f"{uncached.url}/v1/models/{MODEL}:predict",
+        json={"instances": [{"image": image, **fields}]},
+        timeout=60,
+    )
+    assert answer.status_code == 200, answer.text
+    served = pixels(base64.b64decode(answer.json()["predictions"][0]["images"][0]))
+    assert max_pixel_difference(served, direct) <= 1
+    refused = httpx.post(
+        f"{uncached.url}/v1/models/{MODEL}:predict",
+        json={"instances": [{"image": image, **fields, "strength": 2}]},
+        timeout=60,
+    )
+    assert refused.status_code == 422
+    assert refused.json()["error"]["field"] == "instances[0].strength"
