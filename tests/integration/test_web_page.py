@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import base64
 import shutil
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
+import httpx
+import numpy as np
 import pytest
+from PIL import Image
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
+from tests.helpers.images import max_pixel_difference, pixels
 from tests.helpers.live_service import DEFAULT_MODEL, SDXL_MODEL, RunningService
 
 pytestmark = pytest.mark.integration
@@ -136,3 +142,35 @@ def test_the_model_picker_lists_the_models_and_fills_in_each_ones_defaults(
         expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "#gallery figcaption"))
     )
     assert caption.text.startswith(f"{SDXL_MODEL} · seed 4")
+
+
+def test_start_from_a_picture_and_get_the_edit_the_api_gives(
+    browser: webdriver.Chrome, service: RunningService, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(3)
+    path = tmp_path / "start.png"
+    Image.fromarray(rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)).save(path)
+    open_page(browser, service)
+    fill(browser, "prompt", "a red circle")
+    fill(browser, "steps", "6")
+    fill(browser, "seed", "5")
+    fill(browser, "strength", "0.5")
+    browser.find_element(By.ID, "image").send_keys(str(path))  # the file chooser
+    browser.find_element(By.ID, "generate").click()
+
+    wait = WebDriverWait(browser, 120)
+    image = wait.until(
+        expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "#gallery img"))
+    )
+    progress = browser.find_element(By.ID, "progress")
+    # Strength 0.5 of 6 steps skips the first 3 of the model's PNDM schedule (7 UNet steps with
+    # its warm-up), as diffusers' image-to-image pipeline does: 4 run.
+    wait.until(lambda _: progress.get_attribute("value") == progress.get_attribute("max"))
+    assert progress.get_attribute("max") == "4"
+    shown = httpx.get(image.get_attribute("src"), timeout=30).content
+    body = {"prompt": "a red circle", "steps": 6, "seed": 5, "strength": 0.5}
+    body["image"] = base64.b64encode(path.read_bytes()).decode("ascii")
+    direct = httpx.post(
+        service.url + "/v1/generate", json=body, headers={"Accept": "image/png"}, timeout=120
+    )
+    assert max_pixel_difference(pixels(shown), pixels(direct.content)) <= 1
