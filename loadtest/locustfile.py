@@ -6,8 +6,9 @@
 Prompts come from loadtest/prompts.txt in a skewed (Zipf-like) mix, so popular prompts repeat and
 the embedding cache is exercised; parameters follow a realistic mix of sizes, steps and
 schedulers. Each profile has a load shape and SLOs; the run exits non-zero when an SLO is broken.
-Users: /v1/generate (raw PNG or JSON), OpenAI images, KServe v1, KServe v2 REST, KServe v2
-gRPC (LOADTEST_GRPC_TARGET, default 127.0.0.1:9000) and async jobs (submitted, then polled until
+Users: /v1/generate (raw PNG or JSON), edits (image-to-image on /v1/generate), OpenAI images,
+KServe v1, KServe v2 REST, KServe v2 gRPC (LOADTEST_GRPC_TARGET, default 127.0.0.1:9000) and
+async jobs (submitted, then polled until
 they end; "job to result" is the whole wait); all map onto the same request. The smoke profile
 runs one user of each kind.
 
@@ -19,7 +20,9 @@ reported on its own.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import io
 import itertools
 import json
 import os
@@ -32,6 +35,7 @@ import grpc
 import grpc.experimental.gevent
 import httpx
 from locust import HttpUser, LoadTestShape, User, between, constant, events, task
+from PIL import Image
 from requests.adapters import HTTPAdapter
 
 # Before any channel exists: gRPC's own threads would block gevent's loop.
@@ -172,6 +176,34 @@ class JobUser(HttpUser):
             exception=None if status == "succeeded" else RuntimeError(f"job ended {status}"),
             context={},
         )
+
+
+def _start_picture() -> str:
+    """A 64x64 PNG for the edit users, made here (base64)."""
+    rng = random.Random(0)
+    pixels = bytes(rng.randrange(256) for _ in range(64 * 64 * 3))
+    buffer = io.BytesIO()
+    Image.frombytes("RGB", (64, 64), pixels).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+START_PICTURE = _start_picture()
+
+
+class EditUser(HttpUser):
+    """A mobile client editing a picture (image-to-image on /v1/generate)."""
+
+    wait_time = between(1.0, 3.0)
+    weight = 1
+    fixed_count = ONE_OF_EACH
+
+    @task
+    def edit(self) -> None:
+        model, prompt, params = pick()
+        body = {"model": model, "prompt": prompt, "image": START_PICTURE, "strength": 0.6}
+        body |= {"steps": params["steps"], "width": 64, "height": 64}
+        name = f"/v1/generate edit ({model})"
+        post_expecting(self, "/v1/generate", body | {"output_format": "png"}, name, "b64_data")
 
 
 class OpenAIUser(HttpUser):

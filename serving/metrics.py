@@ -22,14 +22,14 @@ from serving.errors import ServingError
 LATENCY_BUCKETS_S = [0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0]
 QUEUE_BUCKETS_S = [0.005, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0]
 BATCH_BUCKETS = [1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 48.0, 64.0]
-STAGES = ("text_encoder", "unet", "vae", "encode")
+STAGES = ("text_encoder", "vae_encode", "unet", "vae", "encode")  # vae_encode: edits only
 
 # Exported series -> help, for the README and the dashboard/alert checks.
 EXPORTED: dict[str, str] = {
     "ray_sd_requests_total": "requests by route, protocol and status code",
     "ray_sd_request_duration_seconds": "end-to-end latency at the ingress, by route and protocol",
-    "ray_sd_stage_duration_seconds": "time per stage seen from the ingress: text_encoder, unet, "
-    "vae, encode",
+    "ray_sd_stage_duration_seconds": "time per stage seen from the ingress: text_encoder, "
+    "vae_encode (image-to-image), unet, vae, encode",
     "ray_sd_unet_queue_seconds": "time a request waited for a UNet batch slot, by priority "
     "(interactive, batch)",
     "ray_sd_unet_queued_by_priority": "requests waiting for a UNet batch slot, by priority",

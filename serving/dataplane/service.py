@@ -316,6 +316,7 @@ class DataPlane:
         if guided and not zero_negative:
             texts.append(request.negative_prompt)
         embeddings = await all_or_none([stages.encode_text(text) for text in texts])
+        text_done = time.perf_counter()
         init_image = None
         if request.image is not None:  # image-to-image: the VAE encodes the starting picture
             pixels = vae_input(request.image, request.height, request.width, info.vae_scale_factor)
@@ -369,11 +370,13 @@ class DataPlane:
 
         images = await all_or_none([stages.decode(result.latents) for result in denoised])
         timings = {
-            "text_encoder": (encoded - started) * 1000,
+            "text_encoder": (text_done - started) * 1000,
             "unet_queue": max(result.queued_ms for result in denoised),
             "unet": (denoise_done - encoded) * 1000,
             "vae": (time.perf_counter() - denoise_done) * 1000,
         }
+        if init_image is not None:
+            timings["vae_encode"] = (encoded - text_done) * 1000
         return images, timings
 
     async def _denoise_reporting(

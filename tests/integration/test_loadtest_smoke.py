@@ -35,7 +35,13 @@ def test_smoke_profile_meets_its_slos(service: RunningService, tmp_path: Path) -
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "SLOs met in profile smoke" in result.stdout + result.stderr
     stats = (tmp_path / "smoke_stats.csv").read_text()
-    for name in ("/v1/generate (", "/v2/models/", "ModelInfer (", "job to result ("):
+    for name in (
+        "/v1/generate (",
+        "/v1/generate edit (",
+        "/v2/models/",
+        "ModelInfer (",
+        "job to result (",
+    ):
         assert name in stats, f"no {name} requests in the smoke run"
     for model in (DEFAULT_MODEL, SDXL_MODEL):  # the load is spread over the served models
         assert f"({model})" in stats or f"/{model}" in stats, f"no requests for {model}"

@@ -19,6 +19,7 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     StableDiffusionImg2ImgPipeline,
     StableDiffusionPipeline,
+    StableDiffusionXLImg2ImgPipeline,
 )
 from PIL import Image
 
@@ -159,6 +160,29 @@ def test_an_edit_through_the_deployments_equals_the_image_to_image_pipeline(
 
     pipeline = StableDiffusionImg2ImgPipeline.from_pretrained(str(embedded_model_dir))
     pipeline.scheduler = DDIMScheduler.from_config(pipeline.scheduler.config)
+    pipeline.set_progress_bar_config(disable=True)
+    expected = pipeline(
+        params["prompt"],
+        image=picture,
+        strength=params["strength"],
+        num_inference_steps=params["steps"],
+        generator=torch.Generator().manual_seed(params["seed"]),
+        output_type="np",
+    ).images[0]
+    assert max_pixel_difference(served, as_uint8(expected)) <= 1
+
+
+def test_an_sdxl_edit_equals_the_sdxl_image_to_image_pipeline(
+    service: RunningService, family_dirs: dict[str, Path]
+) -> None:
+    rng = np.random.default_rng(9)
+    picture = Image.fromarray(rng.integers(0, 255, (128, 128, 3), dtype=np.uint8))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    params = {"prompt": "a lighthouse", "seed": 8, "steps": 6, "strength": 0.7}
+    image = base64.b64encode(buffer.getvalue()).decode("ascii")
+    served = first_image(rendered(service, model=SDXL_MODEL, image=image, **params))
+    pipeline = StableDiffusionXLImg2ImgPipeline.from_pretrained(str(family_dirs["sdxl"]))
     pipeline.set_progress_bar_config(disable=True)
     expected = pipeline(
         params["prompt"],

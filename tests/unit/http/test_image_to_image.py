@@ -92,6 +92,7 @@ def test_an_edit_equals_the_diffusers_image_to_image_pipeline(
     served = first_image(body)
     assert served.shape == ((80, 96, 3) if size is None else (64, 128, 3))
     assert body["parameters"]["strength"] == 0.7 and "image" not in body["parameters"]
+    assert body["timings_ms"]["vae_encode"] > 0  # the picture's encoding, a stage of its own
     assert max_pixel_difference(served, reference(components, image, **args)) <= 1
 
 
