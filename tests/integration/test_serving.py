@@ -145,44 +145,26 @@ def test_concurrent_requests_equal_their_solo_results(service: RunningService) -
         assert max_pixel_difference(results[index], image) <= 1, requests[index]
 
 
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
 def test_an_edit_through_the_deployments_equals_the_image_to_image_pipeline(
-    service: RunningService, embedded_model_dir: Path
+    service: RunningService, embedded_model_dir: Path, family_dirs: dict[str, Path], family: str
 ) -> None:
-    """The VAE deployment encodes the picture, the UNet starts from it: equal to
-    StableDiffusionImg2ImgPipeline for the same picture, prompt and seed."""
+    """The VAE deployment encodes the picture, the UNet starts from it: equal to diffusers'
+    image-to-image pipeline of the model's family for the same picture, prompt and seed."""
+    model, source, pipeline_class = (
+        (DEFAULT_MODEL, embedded_model_dir, StableDiffusionImg2ImgPipeline)
+        if family == "sd"
+        else (SDXL_MODEL, family_dirs["sdxl"], StableDiffusionXLImg2ImgPipeline)
+    )
     rng = np.random.default_rng(8)
     picture = Image.fromarray(rng.integers(0, 255, (128, 128, 3), dtype=np.uint8))
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
-    params = {"prompt": "a lighthouse", "seed": 21, "steps": 10, "strength": 0.6}
+    params = {"prompt": "a lighthouse", "seed": 21, "steps": 8, "strength": 0.6}
     image = base64.b64encode(buffer.getvalue()).decode("ascii")
-    served = first_image(rendered(service, image=image, scheduler="ddim", **params))
+    served = first_image(rendered(service, model=model, image=image, **params))
 
-    pipeline = StableDiffusionImg2ImgPipeline.from_pretrained(str(embedded_model_dir))
-    pipeline.scheduler = DDIMScheduler.from_config(pipeline.scheduler.config)
-    pipeline.set_progress_bar_config(disable=True)
-    expected = pipeline(
-        params["prompt"],
-        image=picture,
-        strength=params["strength"],
-        num_inference_steps=params["steps"],
-        generator=torch.Generator().manual_seed(params["seed"]),
-        output_type="np",
-    ).images[0]
-    assert max_pixel_difference(served, as_uint8(expected)) <= 1
-
-
-def test_an_sdxl_edit_equals_the_sdxl_image_to_image_pipeline(
-    service: RunningService, family_dirs: dict[str, Path]
-) -> None:
-    rng = np.random.default_rng(9)
-    picture = Image.fromarray(rng.integers(0, 255, (128, 128, 3), dtype=np.uint8))
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    params = {"prompt": "a lighthouse", "seed": 8, "steps": 6, "strength": 0.7}
-    image = base64.b64encode(buffer.getvalue()).decode("ascii")
-    served = first_image(rendered(service, model=SDXL_MODEL, image=image, **params))
-    pipeline = StableDiffusionXLImg2ImgPipeline.from_pretrained(str(family_dirs["sdxl"]))
+    pipeline = pipeline_class.from_pretrained(str(source))
     pipeline.set_progress_bar_config(disable=True)
     expected = pipeline(
         params["prompt"],
