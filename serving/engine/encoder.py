@@ -13,6 +13,7 @@ import torch
 from diffusers import AutoencoderKL
 
 from serving.dataplane.stages import ImageLatents
+from serving.errors import InvalidArgument
 from serving.models import loader
 from serving.models.device import Placement
 
@@ -33,7 +34,9 @@ class VaeEncoderRunner:
     def encode(self, images: list[np.ndarray]) -> list[ImageLatents]:
         """Each image's latent distribution, batching images of equal shape."""
         if self._normalised:
-            raise ValueError("this model's VAE normalises latents per channel: no image inputs")
+            raise InvalidArgument(
+                "image", "this model's VAE normalises latents per channel; it takes no image input"
+            )
         encoded: list[ImageLatents | None] = [None] * len(images)
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for index, image in enumerate(images):

@@ -9,13 +9,14 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from diffusers import StableDiffusionImg2ImgPipeline
+from diffusers import AutoencoderKL, StableDiffusionImg2ImgPipeline
 from diffusers.image_processor import VaeImageProcessor
 
 from serving.dataplane.stages import DenoiseJob
 from serving.engine.denoiser import _image_start
 from serving.engine.encoder import VaeEncoderRunner
 from serving.engine.schedulers import SCHEDULER_CLASSES
+from serving.errors import InvalidArgument
 from tests.helpers.engine import CPU, Components
 from tests.helpers.images import as_uint8, max_pixel_difference
 
@@ -124,3 +125,16 @@ def test_a_strength_that_leaves_no_step_is_refused(components: Components) -> No
     engine.step()
     with pytest.raises(ValueError, match="leaves no step"):
         ticket.future.result()
+
+
+def test_a_vae_with_per_channel_latent_statistics_refuses_a_picture_naming_the_field() -> None:
+    vae = AutoencoderKL(
+        block_out_channels=(8,),
+        norm_num_groups=8,
+        latent_channels=4,
+        latents_mean=[0.0] * 4,
+        latents_std=[1.0] * 4,
+    )
+    with pytest.raises(InvalidArgument, match="takes no image input") as refused:
+        VaeEncoderRunner(vae, CPU).encode([np.zeros((3, 16, 16), np.float32)])
+    assert refused.value.field == "image"
