@@ -222,9 +222,7 @@ class DataPlane:
         self.in_flight += 1
         try:
             result = await asyncio.wait_for(
-                self._run(
-                    prepared, progress, preview, pixels, checkpoints, time.monotonic() + deadline
-                ),
+                self._run(prepared, progress, preview, pixels, checkpoints, time.time() + deadline),
                 deadline,
             )
         except TimeoutError:
@@ -249,7 +247,7 @@ class DataPlane:
         preview: bool,
         pixels: bool,
         checkpoints: JobCheckpoints | None,
-        deadline_at: float,
+        deadline: float,  # wall clock (time.time()): the UNet replica may be on another node
     ) -> GenerationResult:
         started = time.perf_counter()
         request = prepared.request
@@ -274,7 +272,7 @@ class DataPlane:
                 )
         # 2. Text encoder, UNet, VAE.
         rendered, timings = await self._render(
-            route, request, prepared.share, progress, preview, checkpoints, deadline_at
+            route, request, prepared.share, progress, preview, checkpoints, deadline
         )
         # 3. Encode, then store the images (and remember a determined request's result).
         before = time.perf_counter()
@@ -303,7 +301,7 @@ class DataPlane:
         progress: ProgressSink | None,
         preview: bool,
         checkpoints: JobCheckpoints | None,
-        deadline_at: float,
+        deadline: float,
     ) -> tuple[list[np.ndarray], dict[str, float]]:
         """Pixels from the model's three stages, and the time each took."""
         started = time.perf_counter()
@@ -334,7 +332,7 @@ class DataPlane:
             saved = await checkpoints.load()
         every = 0 if checkpoints is None else checkpoints.every
         # The deadline on the wall clock, less what comes after the UNet (decode, encode, store).
-        finish_by = time.time() + (deadline_at - time.monotonic()) - self._after_unet_s
+        finish_by = deadline - self._after_unet_s
         jobs = [
             DenoiseJob(
                 conditioning=positive,
