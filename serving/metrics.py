@@ -50,6 +50,13 @@ EXPORTED: dict[str, str] = {
     "ray_sd_cache_lookups_total": "cache lookups by cache (embedding, result) and result "
     "(hit/miss)",
     "ray_sd_images_total": "images produced",
+    "ray_sd_lora_lookups_total": "LoRA adapters a request needed, by stage (unet, "
+    "text_encoder) and result: hit (resident) or miss (loaded from SD_LORA_DIR)",
+    "ray_sd_lora_load_seconds": "time to load one LoRA adapter into a replica, by stage",
+    "ray_sd_lora_evictions_total": "resident LoRA adapters unloaded to make room, by stage",
+    "ray_sd_lora_resident": "LoRA adapters loaded in a replica, by stage",
+    "ray_sd_lora_resident_bytes": "bytes of LoRA files loaded in a replica, by stage",
+    "ray_sd_lora_requests_total": "requests applying a LoRA adapter, by adapter",
     "ray_sd_rejected_requests_total": "requests refused, by reason (e.g. invalid_argument)",
     "ray_sd_max_replicas": "configured max_replicas per stage (tag stage_deployment), for alerts",
     "ray_sd_jobs_queued": "with Redis: jobs in the durable queue, waiting or running (each "
@@ -163,6 +170,7 @@ class IngressMetrics:
     checkpoint_failures: Counter
     store_up: Gauge
     client_request_seconds: Histogram
+    lora_requests: Counter
 
     def record_request(self, route: str, protocol: str, status: int, seconds: float) -> None:
         self.requests.inc(tags={"route": route, "protocol": protocol, "status": str(status)})
@@ -175,6 +183,10 @@ class IngressMetrics:
                 self.stage_seconds.observe(timings_ms[stage] / 1000, tags=tags)
         if images:  # Ray's counters refuse an increment of 0 (a result-cache hit)
             self.images.inc(images, tags={"model": model})
+
+    def record_adapters(self, names: list[str]) -> None:
+        for name in names:
+            self.lora_requests.inc(tags={"lora": name})
 
     def record_rejection(self, error: ServingError) -> None:
         self.rejected.inc(tags={"reason": error.reason.value})
@@ -234,6 +246,9 @@ class IngressMetrics:
                 LATENCY_BUCKETS_S,
                 ("client", "priority"),
             ),
+            lora_requests=meter.counter(
+                "sd_lora_requests", EXPORTED["ray_sd_lora_requests_total"], ("lora",)
+            ),
         )
 
 
@@ -291,6 +306,56 @@ class UNetMetrics:
             refused_past_deadline=meter.counter(
                 "sd_unet_refused_past_deadline",
                 EXPORTED["ray_sd_unet_refused_past_deadline_total"],
+            ),
+        )
+
+
+LORA_LOAD_BUCKETS_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+
+
+@dataclass
+class AdapterMetrics:
+    """One stage's LoRA adapters (serving/engine/lora.py records them)."""
+
+    stage: str
+    lookups: Counter
+    load_seconds: Histogram
+    evictions: Counter
+    resident: Gauge
+    resident_bytes: Gauge
+
+    def record_lookup(self, hit: bool) -> None:
+        self.lookups.inc(tags={"stage": self.stage, "result": "hit" if hit else "miss"})
+
+    def record_load(self, seconds: float) -> None:
+        self.load_seconds.observe(seconds, tags={"stage": self.stage})
+
+    def record_eviction(self) -> None:
+        self.evictions.inc(tags={"stage": self.stage})
+
+    def record_resident(self, count: int, size_bytes: int) -> None:
+        self.resident.set(count, tags={"stage": self.stage})
+        self.resident_bytes.set(size_bytes, tags={"stage": self.stage})
+
+    @classmethod
+    def create(cls, meter: Meter, stage: str) -> AdapterMetrics:
+        return cls(
+            stage=stage,
+            lookups=meter.counter(
+                "sd_lora_lookups", EXPORTED["ray_sd_lora_lookups_total"], ("stage", "result")
+            ),
+            load_seconds=meter.histogram(
+                "sd_lora_load_seconds",
+                EXPORTED["ray_sd_lora_load_seconds"],
+                LORA_LOAD_BUCKETS_S,
+                ("stage",),
+            ),
+            evictions=meter.counter(
+                "sd_lora_evictions", EXPORTED["ray_sd_lora_evictions_total"], ("stage",)
+            ),
+            resident=meter.gauge("sd_lora_resident", EXPORTED["ray_sd_lora_resident"], ("stage",)),
+            resident_bytes=meter.gauge(
+                "sd_lora_resident_bytes", EXPORTED["ray_sd_lora_resident_bytes"], ("stage",)
             ),
         )
 

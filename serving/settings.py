@@ -114,6 +114,12 @@ class UNetStage(StageSettings):
     target_ongoing_requests: float = Field(6.0, gt=0)
     max_batch_size: int = Field(8, ge=1, description="requests denoised together per step")
     max_queue: int = Field(64, ge=0, description="requests waiting for a batch slot before 503")
+    max_resident_loras: int = Field(
+        16, ge=1, description="LoRA adapters kept loaded per replica (least recently used go)"
+    )
+    max_resident_lora_bytes: int = Field(
+        1 << 30, ge=1, description="bytes of LoRA files kept loaded per replica"
+    )
 
 
 class VAEStage(StageSettings):
@@ -145,6 +151,10 @@ class Limits(BaseModel):
     max_prompt_chars: int = 4000
     max_input_side: int = Field(
         4096, ge=64, description="largest width or height of an input image (image-to-image)"
+    )
+    max_loras: int = Field(4, ge=0, description="LoRA adapters one request may apply")
+    max_lora_scale: float = Field(
+        2.0, gt=0, description="largest |scale| of a request's LoRA adapter"
     )
     prompt_overflow: Literal["reject", "truncate"] = Field(
         "reject",
@@ -216,6 +226,11 @@ class Settings(BaseSettings):
         None, description="the model of requests that name none (default: the first)"
     )
     kserve_model_dir: Path = Path("/mnt/models")
+    lora_dir: Path | None = Field(
+        None,
+        description="LoRA adapters requests may apply: `<name>.safetensors` files (diffusers or "
+        "kohya layout) or diffusers adapter folders; listed at GET /v1/loras",
+    )
     cache_dir: Path = Field(default_factory=_default_cache_dir)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"

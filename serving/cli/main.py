@@ -28,45 +28,15 @@ def _parser() -> argparse.ArgumentParser:
     generate = commands.add_parser("generate", help="ask a running service for an image")
     generate.add_argument("prompt")
     generate.add_argument(
-        "-o",
-        "--output",
-        type=Path,
-        default=Path("image.png"),
-        help="file to write; with several images, -1, -2, ... are appended",
-    )
-    generate.add_argument("--url", default="http://127.0.0.1:8000")
-    generate.add_argument(
-        "--grpc", action="store_true", help="use the KServe v2 gRPC API (no progress bar)"
-    )
-    generate.add_argument("--grpc-target", default="127.0.0.1:9000", help="host:port for --grpc")
-    generate.add_argument(
-        "--no-progress", action="store_true", help="one synchronous request, no progress bar"
-    )
-    generate.add_argument(
-        "--model",
-        help="served model to use (GET /v1/models lists them); default: the service's default "
-        "over HTTP, sd-embedded over gRPC (KServe v2 names the model in every request)",
-    )
-    generate.add_argument("--api-key-file", type=Path)
-    generate.add_argument("--negative-prompt")
-    generate.add_argument("--num-images", type=int)
-    generate.add_argument("--width", type=int)
-    generate.add_argument("--height", type=int)
-    generate.add_argument("--steps", type=int)
-    generate.add_argument("--guidance-scale", type=float)
-    generate.add_argument("--seed", type=int)
-    generate.add_argument("--scheduler")
-    generate.add_argument(
         "--image", type=Path, help="image-to-image: the picture to start from (PNG, JPEG, WebP)"
     )
-    generate.add_argument(
-        "--strength", type=float, help="with --image: 0 < strength <= 1 (default 0.8)"
+    _generation_arguments(generate)
+    edit = commands.add_parser(
+        "edit", help="ask a running service to edit a picture (image-to-image; as generate --image)"
     )
-    generate.add_argument(
-        "--priority",
-        choices=["interactive", "batch"],
-        help="interactive (the default) is served before batch when the UNet is busy",
-    )
+    edit.add_argument("image", type=Path, help="the picture to start from (PNG, JPEG, WebP)")
+    edit.add_argument("prompt")
+    _generation_arguments(edit)
 
     gateway = commands.add_parser(
         "gateway", help="forward HTTP to a Serve app elsewhere (the chart's kuberay mode)"
@@ -93,6 +63,18 @@ def _parser() -> argparse.ArgumentParser:
         help="architecture and scheduler config: sd (the default model), sd-v (v-prediction "
         "SD 2.x), sd-turbo, lcm, sdxl, sdxl-turbo",
     )
+
+    lora = commands.add_parser(
+        "make-lora",
+        help="write a LoRA adapter with random weights for a model (to try the `loras` field)",
+    )
+    lora.add_argument("path", type=Path, help="the .safetensors file to write (into SD_LORA_DIR)")
+    lora.add_argument(
+        "--model", default="embedded", help="its source, as SD_MODEL (default: embedded)"
+    )
+    lora.add_argument("--seed", type=int, default=0)
+    lora.add_argument("--rank", type=int, default=4)
+    lora.add_argument("--layout", choices=["diffusers", "kohya"], default="diffusers")
 
     world = commands.add_parser(
         "world",
@@ -140,11 +122,60 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _generation_arguments(parser: argparse.ArgumentParser) -> None:
+    """What `generate` and `edit` share: where to send, how to draw, where to write."""
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=Path("image.png"),
+        help="file to write; with several images, -1, -2, ... are appended",
+    )
+    parser.add_argument("--url", default="http://127.0.0.1:8000")
+    parser.add_argument(
+        "--grpc", action="store_true", help="use the KServe v2 gRPC API (no progress bar)"
+    )
+    parser.add_argument("--grpc-target", default="127.0.0.1:9000", help="host:port for --grpc")
+    parser.add_argument(
+        "--no-progress", action="store_true", help="one synchronous request, no progress bar"
+    )
+    parser.add_argument(
+        "--model",
+        help="served model to use (GET /v1/models lists them); default: the service's default "
+        "over HTTP, sd-embedded over gRPC (KServe v2 names the model in every request)",
+    )
+    parser.add_argument("--api-key-file", type=Path)
+    parser.add_argument("--negative-prompt")
+    parser.add_argument("--num-images", type=int)
+    parser.add_argument("--width", type=int)
+    parser.add_argument("--height", type=int)
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--guidance-scale", type=float)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--scheduler")
+    parser.add_argument(
+        "--strength", type=float, help="with --image: 0 < strength <= 1 (default 0.8)"
+    )
+    parser.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="NAME[:SCALE]",
+        help="apply a LoRA adapter (GET /v1/loras lists them), scale 1 unless given; repeat for "
+        "several",
+    )
+    parser.add_argument(
+        "--priority",
+        choices=["interactive", "batch"],
+        help="interactive (the default) is served before batch when the UNet is busy",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
-    if args.command == "generate":
+    if args.command in ("generate", "edit"):
         return _generate(args)
     if args.command == "gateway":
         from serving.cli.gateway import run_gateway
@@ -167,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         directory = export(args.directory, args.family)
         print(f"embedded {args.family} model written to {directory}")
         return 0
+    if args.command == "make-lora":
+        return _make_lora(args)
     if args.command == "world":
         from serving.training.world import write_dataset
 
@@ -181,6 +214,31 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "purge-images":
         return _purge_images(args)
     return 2
+
+
+def _make_lora(args: argparse.Namespace) -> int:
+    from serving.models import loader
+    from serving.models.random_loras import write_random_lora
+    from serving.settings import Settings
+
+    if args.path.suffix != ".safetensors" or args.rank < 1:
+        print("sd-serving: make-lora: write a .safetensors file, rank ≥ 1", file=sys.stderr)
+        return 2
+    source = loader.resolve_source(args.model, Settings())
+    path = write_random_lora(source, args.path, seed=args.seed, rank=args.rank, layout=args.layout)
+    print(f"adapter {path.stem!r} (rank {args.rank}, {args.layout} layout) written to {path}")
+    return 0
+
+
+def _lora_choice(text: str) -> tuple[str, float]:
+    """`name` or `name:scale` → (name, scale)."""
+    name, separator, scale = text.rpartition(":")
+    if not separator:
+        return text, 1.0
+    try:
+        return name, float(scale)
+    except ValueError:
+        raise ValueError(f"{text!r}: the scale after ':' must be a number") from None
 
 
 def _purge_images(args: argparse.Namespace) -> int:
@@ -312,6 +370,11 @@ def _generate(args: argparse.Namespace) -> int:
             "strength",
         )
     }
+    try:
+        fields["loras"] = [_lora_choice(text) for text in args.lora] or None
+    except ValueError as error:
+        print(f"error: --lora {error}", file=sys.stderr)
+        return 2
     if args.grpc and args.image is not None:
         print("error: --image is sent over HTTP only for now (not --grpc)", file=sys.stderr)
         return 2

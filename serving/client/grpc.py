@@ -12,13 +12,14 @@ neither kserve nor any server module; it speaks to any v2 server.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import grpc
 import numpy as np
 
 from serving.client import open_inference_pb2 as pb
-from serving.client.types import ClientError, Generation, Image
+from serving.client.types import ClientError, Generation, Image, lora_field
 from serving.client.v2 import DECLARED_INPUTS, FIELD_METADATA, input_shape
 
 SERVICE = "/inference.GRPCInferenceService/"
@@ -51,6 +52,7 @@ def infer_request(model: str, prompt: str, fields: dict[str, Any]) -> pb.ModelIn
     values = {"prompt": prompt, **{k: v for k, v in fields.items() if v is not None}}
     output_format = str(values.pop("output_format", "png"))
     priority = values.pop("priority", None)
+    loras = values.pop("loras", None)
     request = pb.ModelInferRequest(
         model_name=model,
         inputs=[_tensor(name, value) for name, value in values.items()],
@@ -62,6 +64,8 @@ def infer_request(model: str, prompt: str, fields: dict[str, Any]) -> pb.ModelIn
     request.parameters["output_format"].string_param = output_format
     if priority is not None:
         request.parameters["priority"].string_param = str(priority)
+    if loras is not None:  # v2 takes the adapters as JSON text in a request parameter
+        request.parameters["loras"].string_param = json.dumps(lora_field(loras))
     return request
 
 

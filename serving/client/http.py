@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 
 from serving.client.sse import async_events, events
-from serving.client.types import ClientError, Generation, Image
+from serving.client.types import ClientError, Generation, Image, lora_field
 
 
 def _body(prompt: str, fields: dict[str, Any]) -> dict[str, Any]:
@@ -30,6 +30,8 @@ def _body(prompt: str, fields: dict[str, Any]) -> dict[str, Any]:
         image = image.read_bytes()
     if isinstance(image, bytes | bytearray):
         body["image"] = base64.b64encode(image).decode("ascii")
+    if "loras" in body:
+        body["loras"] = lora_field(body["loras"])
     return body
 
 
@@ -123,7 +125,8 @@ class Client:
         """Fields: model, negative_prompt, num_images, width, height, steps, guidance_scale,
         guidance_rescale, seed, scheduler, output_format, priority (interactive or batch), and
         for SDXL original_size, crops_coords_top_left, target_size ([a, b] pairs); for an edit,
-        image (a Path, the file's bytes, or base64 text) and strength."""
+        image (a Path, the file's bytes, or base64 text) and strength; loras (LoRA adapters:
+        [("style-a", 0.8)], {"style-a": 0.8} or the API's [{"name", "scale"}])."""
         answer = self._http.post(
             "/v1/generate", json=_body(prompt, fields), headers=_headers(self._api_key, deadline_s)
         )

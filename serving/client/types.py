@@ -39,3 +39,22 @@ class Generation:
     timings_ms: dict[str, float]
     warnings: list[str]
     parameters: dict[str, Any]
+
+
+# A request's adapters as callers write them: [("style-a", 0.8)], [{"name": …, "scale": …}] or
+# {"style-a": 0.8}.
+LoraChoice = tuple[str, float] | dict[str, Any]
+
+
+def lora_field(loras: list[LoraChoice] | dict[str, float]) -> list[dict[str, Any]]:
+    """The `loras` field as the API takes it: [{"name": …, "scale": …}]."""
+    if isinstance(loras, dict):
+        return [{"name": name, "scale": float(scale)} for name, scale in loras.items()]
+    field: list[dict[str, Any]] = []
+    for choice in loras:
+        if isinstance(choice, dict):
+            field.append(dict(choice))
+        else:
+            name, scale = choice
+            field.append({"name": name, "scale": float(scale)})
+    return field

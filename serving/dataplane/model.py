@@ -3,7 +3,7 @@ its family, the defaults and limits of requests to it, the samplers it takes."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -13,6 +13,7 @@ from serving.dataplane.request import SCHEDULER_NAMES, GenerationRequest, ModelP
 from serving.engine.schedulers import SchedulerFactory, image_start_index
 from serving.models import loader
 from serving.models.loader import ModelInfo
+from serving.models.loras import unet_layer_inputs
 from serving.settings import ModelSpec, Settings
 
 # Family defaults where the service-wide and the model's own settings leave them open.
@@ -34,6 +35,8 @@ class ServedModel:
     profile: ModelProfile
     guard: PromptGuard
     schedulers: SchedulerFactory  # the model's samplers, for the length of a schedule
+    # The UNet's layers and their input widths, to check LoRA adapters against (from its config).
+    unet_layers: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def load(cls, settings: Settings, name: str, spec: ModelSpec) -> ServedModel:
@@ -47,6 +50,7 @@ class ServedModel:
             profile=profile(name, info, settings, spec),
             guard=PromptGuard(loader.load_tokenizers(source)[0]),
             schedulers=SchedulerFactory(loader.load_scheduler_config(source)),
+            unet_layers=unet_layer_inputs(source),
         )
 
     def denoising_steps(self, request: GenerationRequest) -> int:

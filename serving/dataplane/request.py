@@ -8,7 +8,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from serving.dataplane.codecs import base64_image, input_image
 from serving.errors import InvalidArgument
@@ -26,6 +26,41 @@ SIZE_CONDITIONING = ("original_size", "crops_coords_top_left", "target_size")
 
 
 DEFAULT_STRENGTH = 0.8  # the diffusers image-to-image pipelines' default
+# A request's LoRA adapters: (name, scale) pairs in the order given.
+Loras = tuple[tuple[str, float], ...]
+
+
+class LoraParam(BaseModel):
+    """One adapter a request applies."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="an adapter's name, as GET /v1/loras lists it")
+    scale: float = Field(1.0, description="how strongly it applies (default 1; negative inverts)")
+
+
+_LORA_LIST = TypeAdapter(list[LoraParam])
+
+
+def lora_list(text: str | None, field: str) -> list[LoraParam] | None:
+    """Adapters sent as JSON text (a form field, a v2 parameter)."""
+    if text is None:
+        return None
+    try:
+        return _LORA_LIST.validate_json(text)
+    except ValueError as error:
+        raise InvalidArgument(
+            field, f'must be JSON: [{{"name": ..., "scale": ...}}] ({_first_error(error)})'
+        ) from None
+
+
+def _first_error(error: ValueError) -> str:
+    errors = getattr(error, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        return f"{where}: {first['msg']}" if where else str(first["msg"])
+    return str(error)
 
 
 class GenerateParams(BaseModel):
@@ -76,6 +111,11 @@ class GenerateParams(BaseModel):
         description=f"with `image`: above 0, at most 1: how much of the schedule runs over it "
         f"(1: all of it, keeping little of the picture; default {DEFAULT_STRENGTH})",
     )
+    loras: list[LoraParam] | None = Field(
+        None,
+        description="LoRA adapters to apply, each {name, scale}: at most 4, scale -2 to 2 "
+        "(the server's limits); GET /v1/loras lists the adapters",
+    )
 
 
 class GenerationRequest(BaseModel):
@@ -104,6 +144,7 @@ class GenerationRequest(BaseModel):
     image: bytes | None = Field(None, exclude=True)
     image_digest: str | None = None
     strength: float | None = None
+    loras: Loras = ()
 
     def seeds(self) -> list[int]:
         return [(self.seed + i) % (MAX_SEED + 1) for i in range(self.num_images)]
@@ -171,6 +212,7 @@ def resolve(params: GenerateParams, limits: Limits, model: ModelProfile) -> Gene
     seed = params.seed if params.seed is not None else secrets.randbelow(MAX_SEED + 1)
     _check_range("seed", seed, 0, MAX_SEED)
     sizes = size_conditioning(params, model, height, width)
+    loras = lora_choices(params.loras or [], limits)
     return GenerationRequest(
         model=model.name,
         prompt=params.prompt,
@@ -188,7 +230,31 @@ def resolve(params: GenerateParams, limits: Limits, model: ModelProfile) -> Gene
         image=image,
         image_digest=None if image is None else hashlib.sha256(image).hexdigest(),
         strength=strength,
+        loras=loras,
     )
+
+
+def lora_choices(loras: list[LoraParam], limits: Limits) -> Loras:
+    """The request's adapters, counted and their scales checked; names are checked against
+    the adapter library by the data plane."""
+    if len(loras) > limits.max_loras:
+        raise InvalidArgument(
+            "loras", f"has {len(loras)} adapters; the limit is {limits.max_loras} a request"
+        )
+    seen: set[str] = set()
+    for index, lora in enumerate(loras):
+        if not lora.name:
+            raise InvalidArgument(f"loras[{index}].name", "must not be empty")
+        if lora.name in seen:
+            raise InvalidArgument(f"loras[{index}].name", f"{lora.name!r} is given twice")
+        seen.add(lora.name)
+        if not abs(lora.scale) <= limits.max_lora_scale:
+            bound = limits.max_lora_scale
+            raise InvalidArgument(
+                f"loras[{index}].scale",
+                f"must be between {-bound:g} and {bound:g} (got {lora.scale})",
+            )
+    return tuple((lora.name, float(lora.scale)) for lora in loras)
 
 
 def image_input(

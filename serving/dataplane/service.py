@@ -37,6 +37,7 @@ from serving.dataplane.stages import (
 from serving.dataplane.store import Store
 from serving.errors import DeadlineExceeded, InvalidArgument, NotFound
 from serving.metrics import IngressMetrics
+from serving.models.loras import TEXT_ENCODER_REFUSED, LoraError, LoraLibrary, describe_all
 from serving.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -128,6 +129,7 @@ class DataPlane:
         self.store = store
         self.metrics = metrics
         self._clients = clients or ClientDirectory()
+        self.loras = LoraLibrary(settings.lora_dir)
         self._routes = routes
         self._default = settings.default_model_name()
         self.in_flight = 0  # generations under way (a stopping service waits for them)
@@ -169,6 +171,7 @@ class DataPlane:
         share comes from its API key or address (`context`)."""
         model = self.model(params.model)
         request = resolve(params, self.settings.limits, model.profile)
+        self._check_loras(request, model)
         warnings = model.guard.check(request, self.settings.limits)
         context = context or RequestContext()
         share, warning = self._clients.share(
@@ -181,6 +184,41 @@ class DataPlane:
             denoising_steps=model.denoising_steps(request),
             share=share,
         )
+
+    def _check_loras(self, request: GenerationRequest, model: ServedModel) -> None:
+        """Each adapter is in the library, readable, and made for this model's family."""
+        for index, (name, _) in enumerate(request.loras):
+            field = f"loras[{index}].name"
+            try:
+                info = self.loras.get(name)
+            except KeyError:
+                known = ", ".join(sorted(self.loras.paths())) or "none: SD_LORA_DIR holds none"
+                raise InvalidArgument(field, f"no adapter {name!r}; there are {known}") from None
+            except LoraError as error:
+                raise InvalidArgument(field, str(error)) from None
+            if info.text_encoder:
+                raise InvalidArgument(field, f"adapter {name!r} {TEXT_ENCODER_REFUSED}")
+            misfit = info.misfit(model.info.context_dim, model.unet_layers)
+            if misfit is not None:
+                raise InvalidArgument(
+                    field,
+                    f"adapter {name!r} {misfit}; {model.name} is {model.profile.kind} (text "
+                    f"width {model.info.context_dim})",
+                )
+
+    def adapters(self) -> list[dict[str, Any]]:
+        """The adapter library, each adapter with the served models it fits."""
+        models = {model.name: (model.info.context_dim, model.unet_layers) for model in self.models}
+        return describe_all(self.loras, models)
+
+    def _adapters_stamp(self, request: GenerationRequest) -> str:
+        """The request's adapter files as they are now: a replaced file is another result."""
+        paths = self.loras.paths()
+        stamps = []
+        for name, _ in request.loras:
+            stat = paths[name].stat() if name in paths else None
+            stamps.append(f"{name}:{stat.st_size}:{stat.st_mtime_ns}" if stat else name)
+        return ",".join(stamps)
 
     async def generate(
         self,
@@ -233,6 +271,7 @@ class DataPlane:
             self.in_flight -= 1
         images = 0 if result.cached else len(result.images)
         self.metrics.record_result(prepared.request.model, result.timings_ms, images)
+        self.metrics.record_adapters([name for name, _ in prepared.request.loras])
         share = prepared.share
         self.metrics.client_request_seconds.observe(
             result.timings_ms["total"] / 1000,
@@ -253,7 +292,10 @@ class DataPlane:
         request = prepared.request
         # 1. The result cache, for a determined request.
         route = self._route(request.model)
-        key = request_key(route.model.id, request) if prepared.determined else None
+        key = None
+        if prepared.determined:
+            adapters = f"+{self._adapters_stamp(request)}" if request.loras else ""
+            key = request_key(route.model.id + adapters, request)
         if key is not None:
             hit = await self.store.lookup_result(key)
             self.metrics.record_result_lookup(hit is not None)
@@ -352,6 +394,7 @@ class DataPlane:
                 finish_by=finish_by,
                 init_image=init_image,
                 strength=1.0 if request.strength is None else request.strength,
+                loras=request.loras,
             )
             for index, seed in enumerate(request.seeds())
         ]

@@ -68,6 +68,8 @@ class DenoiseJob:
     # (strength 1: all of it, from noise over the image; 0.5: the second half).
     init_image: ImageLatents | None = None
     strength: float = 1.0
+    # LoRA adapters applied to this request's rows: (name, scale) pairs.
+    loras: tuple[tuple[str, float], ...] = ()
 
     @property
     def guided(self) -> bool:

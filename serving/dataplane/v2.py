@@ -29,7 +29,12 @@ from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, In
 
 from serving.client.v2 import DECLARED_INPUTS, OUTPUTS, PAIR_INPUTS, accepted_datatypes, input_shape
 from serving.dataplane.model import ServedModel
-from serving.dataplane.request import GenerateParams, RequestContext, normalize_format
+from serving.dataplane.request import (
+    GenerateParams,
+    RequestContext,
+    lora_list,
+    normalize_format,
+)
 from serving.dataplane.service import DataPlane, GenerationResult
 from serving.errors import (
     InvalidArgument,
@@ -97,7 +102,7 @@ def v2_field_name(field: str) -> str:
     """Where a v2 client put the field: `steps` → `inputs[steps]`."""
     if field.startswith(("inputs", "outputs", "parameters")) or field == "X-Timeout-S":
         return field
-    if field in ("output_format", "priority"):
+    if field in ("output_format", "priority") or field.startswith("loras"):
         return f"parameters.{field}"
     if field == "image":
         return "inputs[input_image]"
@@ -122,6 +127,11 @@ def params_from_infer_request(payload: InferRequest) -> GenerateParams:
         if not isinstance(priority, str):
             raise InvalidArgument("parameters.priority", f"must be a string (got {priority!r})")
         values["priority"] = priority
+    loras = parameter_value(payload.parameters, "loras")
+    if loras is not None:
+        if not isinstance(loras, str):
+            raise InvalidArgument("parameters.loras", f"must be JSON text (got {loras!r})")
+        values["loras"] = lora_list(loras, "parameters.loras")
     try:
         return GenerateParams.model_validate(values)
     except ValueError as error:  # types were checked per tensor; this is a safety net

@@ -24,7 +24,7 @@ from serving.dataplane.stages import (
     TextEmbedding,
 )
 from serving.dataplane.store import ResultHit
-from serving.errors import ErrorDetail, QueueFull, StageLost
+from serving.errors import ErrorDetail, ServingError, StageLost
 
 PROBE_TIMEOUT_S = 2.0
 # What a call raises when the replica running it died or is being replaced.
@@ -88,7 +88,7 @@ class RayStages:
             stream = method.remote(job, preview, first_step_only)
             try:
                 async for item in streamed(cast(DeploymentResponseGenerator, stream)):
-                    if isinstance(item, QueueFull):  # a refusal, sent as a value
+                    if isinstance(item, ServingError):  # a refusal, sent as a value
                         raise item
                     began = began or isinstance(item, StepProgress)
                     yield item

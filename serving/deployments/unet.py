@@ -10,7 +10,8 @@ from serving.dataplane.stages import DenoiseJob, DenoiseResult, StepProgress
 from serving.deployments._replica import RayMeter, keep_publishing, prepare_replica
 from serving.engine.compiled import choose_fast_path
 from serving.engine.denoiser import ContinuousBatchingEngine
-from serving.errors import QueueFull
+from serving.engine.lora import unet_adapters_from_settings
+from serving.errors import InvalidArgument, QueueFull, ServingError
 from serving.metrics import UNetMetrics
 from serving.settings import Settings, UNetStage
 
@@ -28,17 +29,19 @@ class UNetDenoiser:
             metrics=UNetMetrics.create(RayMeter()),
             torch_threads=engine_threads,
             fast_path=choose_fast_path(settings, placement, stage.max_batch_size),
+            adapters=unet_adapters_from_settings(settings, stage, source, RayMeter()),
         )
         self._engine.start()
         self._stop_publishing = keep_publishing(self._engine.publish_load)
 
     async def denoise_with_progress(
         self, job: DenoiseJob, preview: bool = False, first_step_only: bool = False
-    ) -> AsyncIterator[StepProgress | DenoiseResult | QueueFull]:
+    ) -> AsyncIterator[StepProgress | DenoiseResult | ServingError]:
         """Streamed (handle.options(stream=True)): a StepProgress after every step (or only
         the first: the caller learns that denoising began), then the DenoiseResult. A refusal
-        (QueueFull) is the stream's one item: raised, Serve would log every refusal of an
-        overload as a failed request with its traceback."""
+        (QueueFull; InvalidArgument for an adapter that does not load) is the stream's one
+        item: raised, Serve would log every refusal of an overload as a failed request with its
+        traceback."""
         reported = False
         try:
             async for item in self._engine.denoise_stream(job, preview):
@@ -47,7 +50,7 @@ class UNetDenoiser:
                         continue
                     reported = True
                 yield item
-        except QueueFull as refused:
+        except (QueueFull, InvalidArgument) as refused:
             yield refused
 
     def check_health(self) -> None:

@@ -44,12 +44,14 @@ from serving.engine.compiled import (
     warm_up_example,
 )
 from serving.engine.fair_queue import FairQueue
+from serving.engine.lora import RowAdapters
 from serving.engine.preview import latent_preview
 from serving.engine.schedulers import SchedulerFactory, image_start_index, step_kwargs
-from serving.errors import QueueFull
+from serving.errors import InvalidArgument, QueueFull
 from serving.metrics import UNetMetrics
 from serving.models import loader
 from serving.models.device import Placement
+from serving.models.loras import LoraError
 
 logger = logging.getLogger(__name__)
 
@@ -182,8 +184,11 @@ class ContinuousBatchingEngine:
         metrics: UNetMetrics | None = None,
         torch_threads: int | None = None,
         fast_path: FastPath | None = None,
+        adapters: Callable[[UNet2DConditionModel], RowAdapters] | None = None,
     ) -> None:
         fast = fast_path or EAGER
+        # Adapters are loaded into the UNet itself (PEFT layers), before any compiling.
+        self._adapters = None if adapters is None else adapters(unet)
         call = UNetCall(unet, prepare_unet(unet, fast))
         self._denoiser: Denoise = call
         # Compiled graphs are built (and CUDA graphs captured) on the engine thread that runs them.
@@ -223,6 +228,7 @@ class ContinuousBatchingEngine:
         metrics: UNetMetrics | None = None,
         torch_threads: int | None = None,
         fast_path: FastPath | None = None,
+        adapters: Callable[[UNet2DConditionModel], RowAdapters] | None = None,
     ) -> ContinuousBatchingEngine:
         """The engine over the UNet and scheduler configuration of a diffusers directory."""
         return cls(
@@ -235,6 +241,7 @@ class ContinuousBatchingEngine:
             metrics=metrics,
             torch_threads=torch_threads,
             fast_path=fast_path,
+            adapters=adapters,
         )
 
     # -- caller side (any thread)
@@ -490,7 +497,20 @@ class ContinuousBatchingEngine:
             return False
         return self._pace.own_seconds(job) > job.finish_by - time.time()
 
+    def _load_adapters(self, job: DenoiseJob) -> None:
+        """The job's adapters resident, keeping those the running requests use; a 422 naming
+        `loras` for one that does not load."""
+        if self._adapters is None:
+            raise InvalidArgument("loras", "this UNet serves no adapters (SD_LORA_DIR is unset)")
+        in_use = {name for request in self._active for name, _ in request.job.loras}
+        try:
+            self._adapters.ensure([name for name, _ in job.loras], in_use)
+        except LoraError as error:
+            raise InvalidArgument("loras", str(error)) from None
+
     def _prepare(self, job: DenoiseJob, ticket: Ticket) -> _Active:
+        if job.loras:
+            self._load_adapters(job)
         device, dtype = self._placement.device, self._placement.dtype
         scheduler = self._schedulers.create(job.scheduler, job.steps, device)
         generator = torch.Generator("cpu").manual_seed(job.seed)
@@ -585,7 +605,8 @@ class ContinuousBatchingEngine:
             name: torch.cat([request.conditioning[name] for request in group])
             for name in group[0].conditioning
         }
-        noise = self._denoiser(batch, torch.cat(timesteps).to(batch.device), conditioning)
+        with self._applied_adapters(group):
+            noise = self._denoiser(batch, torch.cat(timesteps).to(batch.device), conditioning)
         offset = 0
         for request in group:
             rows = 2 if request.guided else 1
@@ -608,6 +629,15 @@ class ContinuousBatchingEngine:
             if request.ticket.on_step is not None:
                 _notify(request.ticket.on_step, request)
         return offset
+
+    def _applied_adapters(self, group: list[_Active]) -> contextlib.AbstractContextManager[None]:
+        """Each request's adapters on its own rows (both of a guided request's)."""
+        if self._adapters is None or not any(request.job.loras for request in group):
+            return contextlib.nullcontext()
+        rows = []
+        for request in group:
+            rows += [request.job.loras] * (2 if request.guided else 1)
+        return self._adapters.applied(rows)
 
 
 def _cost(job: DenoiseJob) -> float:

@@ -21,6 +21,7 @@ from serving.engine.compiled import choose_fast_path
 from serving.engine.decoder import VaeDecoderRunner
 from serving.engine.denoiser import ContinuousBatchingEngine, EngineStats
 from serving.engine.encoder import VaeEncoderRunner
+from serving.engine.lora import unet_adapters_from_settings
 from serving.engine.text import TextEncoderRunner
 from serving.metrics import Meter, UNetMetrics, cache_lookups
 from serving.models import loader
@@ -70,6 +71,7 @@ class InProcessStages:
                 max_queue=unet.max_queue,
                 metrics=UNetMetrics.create(meter),
                 fast_path=choose_fast_path(settings, placement, unet.max_batch_size),
+                adapters=unet_adapters_from_settings(settings, unet, source, meter),
             ),
             VaeDecoderRunner(vae, placement),
             VaeEncoderRunner(vae, placement),

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 
 from serving import __version__
 from serving.dataplane.services import Services
-from serving.http import generate, jobs, kserve_v1, openai
+from serving.http import generate, jobs, kserve_v1, loras, openai
 from serving.http.dependencies import DataPlaneDep
 from serving.http.errors import ErrorResponder, install_error_handlers
 from serving.http.kserve_v2 import install_v2
@@ -77,7 +77,8 @@ def create_http_app(services: Services) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "X-Timeout-S", "Last-Event-ID"],
             expose_headers=["Retry-After", "X-Seed", "Server-Timing", "ETag", "Location"],
         )
-    for router in (health, generate.router, openai.router, kserve_v1.router, jobs.router):
+    routers = (health, generate.router, openai.router, kserve_v1.router, jobs.router, loras.router)
+    for router in routers:
         app.include_router(router)
     install_v2(app, services.v2, respond)
     app.include_router(page_router())

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from serving.dataplane.jobs import JobView
-from serving.dataplane.request import GenerateParams, GenerationRequest
+from serving.dataplane.request import GenerateParams, GenerationRequest, LoraParam
 from serving.errors import ErrorDetail
 
 # -- /v1/generate
@@ -74,6 +74,9 @@ class OpenAIImageRequest(BaseModel):
     output_format: str | None = None
     priority: str | None = Field(
         None, description="interactive (the default: served first) or batch"
+    )
+    loras: list[LoraParam] | None = Field(
+        None, description="LoRA adapters, each {name, scale}; GET /v1/loras lists them"
     )
 
 

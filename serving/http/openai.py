@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, UploadFile
 
-from serving.dataplane.request import GenerateParams, RequestContext
+from serving.dataplane.request import GenerateParams, RequestContext, lora_list
 from serving.dataplane.service import DataPlane
 from serving.errors import InvalidArgument
 from serving.http.dependencies import ContextDep, DataPlaneDep
@@ -59,6 +59,7 @@ def to_params(body: OpenAIImageRequest) -> GenerateParams:
         scheduler=body.scheduler,
         output_format=body.output_format,
         priority=body.priority,
+        loras=body.loras,
     )
 
 
@@ -99,6 +100,9 @@ async def edits(
     scheduler: Annotated[str | None, Form()] = None,
     output_format: Annotated[str | None, Form()] = None,
     priority: Annotated[str | None, Form()] = None,
+    loras: Annotated[
+        str | None, Form(description='LoRA adapters as JSON: [{"name": ..., "scale": ...}]')
+    ] = None,
 ) -> OpenAIImagesResponse:
     """Image-to-image from the picture in `image` (a mask, for inpainting, is not served yet)."""
     if mask is not None:
@@ -119,6 +123,7 @@ async def edits(
         priority=priority,
         image=base64.b64encode(await image.read()).decode("ascii"),
         strength=strength,
+        loras=lora_list(loras, "loras"),
     )
     return await answer(data_plane, context, params, response_format)
 

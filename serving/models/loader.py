@@ -128,6 +128,7 @@ class ModelInfo:
     few_step: bool  # Turbo-style: trailing timesteps, made for a few steps without guidance
     guidance_embedding: bool  # LCM-style: guidance enters as an embedding (time_cond_proj_dim)
     force_zeros_for_empty_prompt: bool  # SDXL: an empty negative prompt is zeros, not encoded
+    context_dim: int = 768  # the text-embedding width the UNet's cross-attention takes
 
     @property
     def kind(self) -> str:
@@ -160,4 +161,11 @@ def read_model_info(source: str) -> ModelInfo:
         few_step=trailing and not scheduler.get("rescale_betas_zero_snr", False),
         guidance_embedding=unet.get("time_cond_proj_dim") is not None,
         force_zeros_for_empty_prompt=sdxl and bool(index.get("force_zeros_for_empty_prompt", True)),
+        context_dim=_context_dim(unet["cross_attention_dim"]),
     )
+
+
+def _context_dim(value: int | list[int]) -> int:
+    """UNet configs give one width, or one per block (all equal in the Stable Diffusion
+    families)."""
+    return int(value[0] if isinstance(value, list) else value)
