@@ -36,7 +36,7 @@ UV_COMPILE = SSL_CERT_FILE=$(CA_BUNDLE) $(UV) pip compile pyproject.toml --quiet
   --custom-compile-command "make lock" \
   $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX) --index-strategy unsafe-best-match,$(foreach d,$(PIP_LOCAL_WHEELS),--find-links $(d)))
 
-.PHONY: help install lock tools debian-tools serve test test-fast test-unit test-integration test-image image test-chart lint format export-model demo-model render-k8s loadtest bench bench-adherence bench-families bench-gpu bench-protocols fuzz reliability protos dashboards crds crds-info clean
+.PHONY: help install lock tools debian-tools serve test test-fast test-unit test-integration test-image image test-chart lint format export-model demo-model render-k8s loadtest bench bench-adherence bench-families bench-gpu bench-adapters bench-protocols fuzz reliability protos dashboards crds crds-info clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -123,6 +123,9 @@ bench-families: install ## every model family's test model served next to its di
 
 bench-adherence: install ## prompt adherence of a model (MODEL=dir, default the demo model) in the captioned world, with controls (writes loadtest/results/cpu/adherence.*)
 	$(BIN)/python -m loadtest.adherence $(if $(MODEL),--model $(MODEL))
+
+bench-adapters: install ## LoRA adapters mixed in one UNet batch vs one adapter vs none (and diffusers per adapter), and image-to-image latency served vs bare (writes loadtest/results/cpu/adapters.*)
+	$(BIN)/python -m loadtest.adapters
 
 bench-gpu: install ## GPU profile: SD 1.5 512²/50 steps and SDXL 1024²/30 steps at full size, bare vs served (writes loadtest/results/gpu; GPU=tiny for the CPU variant)
 	$(BIN)/python -m loadtest.gpu $(if $(filter tiny,$(GPU)),--tiny --out loadtest/out)

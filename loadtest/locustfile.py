@@ -206,6 +206,29 @@ class EditUser(HttpUser):
         post_expecting(self, "/v1/generate", body | {"output_format": "png"}, name, "b64_data")
 
 
+class AdapterUser(HttpUser):
+    """A client choosing a style per request: one or two LoRA adapters from those that fit the
+    model (`GET /v1/models/{name}` lists them), so the UNet's batches mix adapters. Idle against
+    a service without an adapter library. In the ramp, spike and soak mixes, not the smoke run
+    (tests/integration/test_loras.py covers adapters through the deployments)."""
+
+    wait_time = between(0.5, 2.0)
+    weight = 1
+
+    @task
+    def generate_with_adapters(self) -> None:
+        model, prompt, params = pick()
+        fitting = MODELS[model].get("loras") or []
+        if not fitting:
+            return
+        chosen = random.sample(fitting, k=min(len(fitting), random.choice((1, 2))))
+        loras = [{"name": name, "scale": round(random.uniform(0.5, 1.2), 2)} for name in chosen]
+        body = {"model": model, "prompt": prompt, "loras": loras, "output_format": "png"}
+        body |= {key: params[key] for key in ("steps", "width", "height") if key in params}
+        name = f"/v1/generate lora ({model})"
+        post_expecting(self, "/v1/generate", body, name, "b64_data")
+
+
 class OpenAIUser(HttpUser):
     """A client using an OpenAI SDK against the compatible endpoint."""
 

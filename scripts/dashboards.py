@@ -340,6 +340,34 @@ def scaling() -> dict[str, Any]:
                 "how many could not be (alert SdServingJobCheckpointsFailing).",
             ),
             panel(
+                "LoRA adapters",
+                [
+                    (
+                        f"sum by (stage, result) (rate(ray_sd_lora_lookups_total{RATE}))",
+                        "{{stage}} {{result}}/s",
+                    ),
+                    (
+                        f"sum by (stage) (rate(ray_sd_lora_evictions_total{RATE}))",
+                        "{{stage}} evictions/s",
+                    ),
+                    (
+                        "histogram_quantile(0.95, sum by (le, stage) "
+                        f"(rate(ray_sd_lora_load_seconds_bucket{RATE})))",
+                        "{{stage}} load p95 (s)",
+                    ),
+                    ("max by (stage) (ray_sd_lora_resident)", "{{stage}} resident (max/replica)"),
+                    (
+                        f"topk(5, sum by (lora) (rate(ray_sd_lora_requests_total{RATE})))",
+                        "{{lora}} requests/s",
+                    ),
+                ],
+                description="Adapters a request needed that were resident (hit) or loaded from "
+                "SD_LORA_DIR (miss), adapters unloaded to make room, load time, how many a replica "
+                "holds, and the five most requested adapters. Misses that keep pace with hits mean "
+                "the resident bounds (SD_UNET__MAX_RESIDENT_LORAS, …_BYTES) are too small for the "
+                "adapters in use (alert SdServingLoraThrashing).",
+            ),
+            panel(
                 "GPU utilisation (DCGM)",
                 [("avg by (Hostname, gpu) (DCGM_FI_DEV_GPU_UTIL)", "{{Hostname}} GPU {{gpu}}")],
                 unit="percent",

@@ -374,6 +374,27 @@ def test_a_compile_cache_claim_is_mounted_where_the_setting_points(profile: str)
 
 
 @pytest.mark.parametrize("profile", ["default", "gpu-kuberay-karpenter"])
+def test_a_lora_claim_is_mounted_read_only_where_sd_lora_dir_points(profile: str) -> None:
+    """Every app container (the UNet's replicas load adapters, the ingress lists and checks
+    them) mounts the adapter library and SD_LORA_DIR names the mount."""
+    assert not any("SD_LORA_DIR" in _env_names(doc) for doc in rendered(profile))
+    docs = render(profile, "--set", "loras.claimName=sd-loras", "--set", "loras.subPath=styles")
+    pods = _app_pod_specs(docs)
+    assert pods
+    for spec in pods:
+        claims = {
+            v["name"]: v["persistentVolumeClaim"]
+            for v in spec["volumes"]
+            if "persistentVolumeClaim" in v
+        }
+        assert claims["loras"] == {"claimName": "sd-loras", "readOnly": True}
+        for container in spec["containers"]:
+            mounts = {m["name"]: m for m in container["volumeMounts"]}
+            assert mounts["loras"]["readOnly"] and mounts["loras"]["subPath"] == "styles"
+            assert env_of(container)["SD_LORA_DIR"] == mounts["loras"]["mountPath"]
+
+
+@pytest.mark.parametrize("profile", ["default", "gpu-kuberay-karpenter"])
 def test_webhook_allow_list_reaches_every_app_container_as_the_setting(
     profile: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from serving.models.loras import LoraLibrary
 from tests.helpers.live_service import (
     DEFAULT_MODEL,
     SDXL_MODEL,
@@ -18,6 +19,7 @@ from tests.helpers.live_service import (
     RunningService,
     start_service,
 )
+from tests.helpers.loras import write_adapters
 
 # Two models side by side, each with its own three deployments; on 2 CPUs their stages ask for
 # fractions of Ray's logical CPUs so all eight replicas fit.
@@ -25,10 +27,17 @@ SMALL = {"text_encoder": {"num_cpus": 0.1}, "unet": {"num_cpus": 0.5}, "vae": {"
 
 
 @pytest.fixture(scope="session")
+def lora_library(tmp_path_factory: pytest.TempPathFactory, embedded_model_dir: Path) -> LoraLibrary:
+    """LoRA adapters for the default model (tests/helpers/loras.py), the service's SD_LORA_DIR."""
+    return write_adapters(str(embedded_model_dir), tmp_path_factory.mktemp("loras"))
+
+
+@pytest.fixture(scope="session")
 def service(
     tmp_path_factory: pytest.TempPathFactory,
     embedded_model_dir: Path,
     family_dirs: dict[str, Path],
+    lora_library: LoraLibrary,
 ) -> Iterator[RunningService]:
     """The service with the defaults `make serve` uses, serving the random-weight embedded SD and
     SDXL models as the session exported them, plus a webhook secret (receivers on loopback
@@ -39,6 +48,7 @@ def service(
     }
     settings = {
         "SD_MODELS": json.dumps(models),
+        "SD_LORA_DIR": str(lora_library.directory),
         "SD_WEBHOOK_SECRET": WEBHOOK_SECRET,
         "SD_WEBHOOK_ALLOW": '["127.0.0.1/32"]',  # the tests' receivers
         "SD_RESULT_CACHE_SIZE": "0",

@@ -174,3 +174,35 @@ def test_start_from_a_picture_and_get_the_edit_the_api_gives(
         service.url + "/v1/generate", json=body, headers={"Accept": "image/png"}, timeout=120
     )
     assert max_pixel_difference(pixels(shown), pixels(direct.content)) <= 1
+
+
+def test_pick_an_adapter_and_get_the_image_the_api_gives(
+    browser: webdriver.Chrome, service: RunningService
+) -> None:
+    open_page(browser, service)
+    Select(browser.find_element(By.ID, "model")).select_by_value(DEFAULT_MODEL)
+    picker = Select(browser.find_element(By.ID, "lora"))
+    WebDriverWait(browser, 30).until(lambda _: len(picker.options) > 1)
+    assert "style-a" in [option.get_attribute("value") for option in picker.options]
+    picker.select_by_value("style-a")
+    fill(browser, "lora_scale", "0.8")
+    fill(browser, "prompt", EXAMPLE)
+    fill(browser, "steps", "4")
+    fill(browser, "seed", "8")
+    browser.find_element(By.ID, "generate").click()
+    image = WebDriverWait(browser, 120).until(
+        expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "#gallery img"))
+    )
+    shown = httpx.get(image.get_attribute("src"), timeout=30).content
+    body = {"model": DEFAULT_MODEL, "prompt": EXAMPLE, "steps": 4, "seed": 8}
+    adapted = httpx.post(
+        service.url + "/v1/generate",
+        json={**body, "loras": [{"name": "style-a", "scale": 0.8}]},
+        headers={"Accept": "image/png"},
+        timeout=120,
+    )
+    plain = httpx.post(
+        service.url + "/v1/generate", json=body, headers={"Accept": "image/png"}, timeout=120
+    )
+    assert max_pixel_difference(pixels(shown), pixels(adapted.content)) <= 1
+    assert max_pixel_difference(pixels(shown), pixels(plain.content)) > 10

@@ -246,6 +246,10 @@ affinity:
 - name: SD_COMPILE_CACHE_DIR
   value: /var/cache/sd-serving/torch-compile
 {{- end }}
+{{- if .Values.loras.claimName }}
+- name: SD_LORA_DIR
+  value: /mnt/loras
+{{- end }}
 {{- range $name, $value := .Values.settings }}
 - name: {{ $name }}
   value: {{ $value | quote }}
@@ -301,6 +305,12 @@ livenessProbe:
   persistentVolumeClaim:
     claimName: {{ .Values.compileCache.claimName }}
 {{- end }}
+{{- if .Values.loras.claimName }}
+- name: loras
+  persistentVolumeClaim:
+    claimName: {{ .Values.loras.claimName }}
+    readOnly: true
+{{- end }}
 {{- if .Values.apiKeys.existingSecret }}
 - name: api-keys
   secret:
@@ -330,6 +340,12 @@ livenessProbe:
 {{- if .Values.compileCache.claimName }}
 - name: compile-cache
   mountPath: /var/cache/sd-serving/torch-compile
+{{- end }}
+{{- if .Values.loras.claimName }}
+- name: loras
+  mountPath: /mnt/loras
+  subPath: {{ .Values.loras.subPath | quote }}
+  readOnly: true
 {{- end }}
 {{- if .Values.apiKeys.existingSecret }}
 - name: api-keys
