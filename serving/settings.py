@@ -106,6 +106,12 @@ class TextEncoderStage(StageSettings):
     cache_size: int = Field(
         1024, ge=0, description="text-embedding LRU entries per replica (0 disables the cache)"
     )
+    max_resident_loras: int = Field(
+        16, ge=1, description="LoRA adapters with text-encoder weights kept loaded per replica"
+    )
+    max_resident_lora_bytes: int = Field(
+        1 << 30, ge=1, description="bytes of such LoRA files kept loaded per replica"
+    )
 
 
 class UNetStage(StageSettings):
@@ -303,6 +309,12 @@ class Settings(BaseSettings):
 
     max_request_bytes: int = Field(
         1 << 20, ge=1024, description="largest HTTP request body accepted (413 above it)"
+    )
+    max_picture_request_bytes: int = Field(
+        20 << 20,
+        ge=1024,
+        description="largest body of the routes that take pictures (edits: image and mask): "
+        "/v1/generate, /v1/jobs, /v1/images/edits, KServe v1 predict and v2 infer",
     )
     cors_allow_origins: list[str] = Field(
         default_factory=list,

@@ -154,7 +154,14 @@ def _generation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--scheduler")
     parser.add_argument(
-        "--strength", type=float, help="with --image: 0 < strength <= 1 (default 0.8)"
+        "--strength",
+        type=float,
+        help="with an image: 0 < strength <= 1 (default 0.8; 1 with --mask)",
+    )
+    parser.add_argument(
+        "--mask",
+        type=Path,
+        help="inpainting, with an image: a picture its size, white where to repaint",
     )
     parser.add_argument(
         "--lora",
@@ -368,6 +375,7 @@ def _generate(args: argparse.Namespace) -> int:
             "priority",
             "image",
             "strength",
+            "mask",
         )
     }
     try:
@@ -375,8 +383,8 @@ def _generate(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"error: --lora {error}", file=sys.stderr)
         return 2
-    if args.grpc and args.image is not None:
-        print("error: --image is sent over HTTP only for now (not --grpc)", file=sys.stderr)
+    if args.grpc and (args.image is not None or args.mask is not None):
+        print("error: pictures are sent over HTTP only for now (not --grpc)", file=sys.stderr)
         return 2
     if args.model and not args.grpc:
         fields["model"] = args.model

@@ -25,11 +25,12 @@ from serving.client.types import ClientError, Generation, Image, lora_field
 
 def _body(prompt: str, fields: dict[str, Any]) -> dict[str, Any]:
     body = {"prompt": prompt, **{k: v for k, v in fields.items() if v is not None}}
-    image = body.get("image")
-    if isinstance(image, Path):  # image-to-image: a file's picture, sent as base64
-        image = image.read_bytes()
-    if isinstance(image, bytes | bytearray):
-        body["image"] = base64.b64encode(image).decode("ascii")
+    for name in ("image", "mask"):  # an edit's picture and inpainting mask, sent as base64
+        picture = body.get(name)
+        if isinstance(picture, Path):
+            picture = picture.read_bytes()
+        if isinstance(picture, bytes | bytearray):
+            body[name] = base64.b64encode(picture).decode("ascii")
     if "loras" in body:
         body["loras"] = lora_field(body["loras"])
     return body
@@ -125,7 +126,8 @@ class Client:
         """Fields: model, negative_prompt, num_images, width, height, steps, guidance_scale,
         guidance_rescale, seed, scheduler, output_format, priority (interactive or batch), and
         for SDXL original_size, crops_coords_top_left, target_size ([a, b] pairs); for an edit,
-        image (a Path, the file's bytes, or base64 text) and strength; loras (LoRA adapters:
+        image (a Path, the file's bytes, or base64 text) and strength; to inpaint, mask (as
+        image; white repaints); loras (LoRA adapters:
         [("style-a", 0.8)], {"style-a": 0.8} or the API's [{"name", "scale"}])."""
         answer = self._http.post(
             "/v1/generate", json=_body(prompt, fields), headers=_headers(self._api_key, deadline_s)

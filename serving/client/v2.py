@@ -25,6 +25,8 @@ DECLARED_INPUTS: dict[str, str] = {
     # `input_image`, as `image` is the output of the pictures made.
     "input_image": "BYTES",
     "strength": "FP32",
+    # Inpainting: the mask's file, as input_image (white repaints).
+    "input_mask": "BYTES",
 }
 # Two-element inputs ([height, width], [top, left]): SDXL's size conditioning, which only SDXL
 # models declare.

@@ -55,6 +55,38 @@ def input_image(data: bytes, field: str, max_side: int) -> Image.Image:
             raise InvalidArgument(field, "is not a readable PNG, JPEG or WebP image") from error
 
 
+def image_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of an image file already checked by `input_image`, from its header."""
+    with Image.open(io.BytesIO(data)) as image:
+        return image.size
+
+
+def mask_input(data: bytes, height: int, width: int, vae_scale_factor: int) -> np.ndarray:
+    """An inpainting mask as the pipelines prepare it: grey, resized to height x width and
+    binarised (white: 1, repaint) by diffusers' own VaeImageProcessor; [1, H, W] float32."""
+    from diffusers.image_processor import VaeImageProcessor
+
+    processor = VaeImageProcessor(
+        vae_scale_factor=vae_scale_factor,
+        do_normalize=False,
+        do_binarize=True,
+        do_convert_grayscale=True,
+    )
+    with Image.open(io.BytesIO(data)) as image:
+        tensor = processor.preprocess(image, height=height, width=width)
+    return np.ascontiguousarray(tensor[0].float().numpy())
+
+
+def latent_size_mask(mask: np.ndarray, vae_scale_factor: int) -> np.ndarray:
+    """The [1, H, W] mask at latent resolution, [1, h, w], as the inpainting pipelines'
+    prepare_mask_latents resizes it (torch's default nearest interpolation)."""
+    import torch
+
+    height, width = mask.shape[-2] // vae_scale_factor, mask.shape[-1] // vae_scale_factor
+    resized = torch.nn.functional.interpolate(torch.from_numpy(mask)[None], size=(height, width))
+    return np.ascontiguousarray(resized[0].numpy())
+
+
 def vae_input(data: bytes, height: int, width: int, vae_scale_factor: int) -> np.ndarray:
     """An input image as the VAE encoder takes it: resized to height x width and scaled to
     [-1, 1] by diffusers' own VaeImageProcessor, as the image-to-image pipelines do; [3, H, W]

@@ -116,6 +116,7 @@ def profile(name: str, info: ModelInfo, settings: Settings, spec: ModelSpec) -> 
         size_conditioning=info.family == "sdxl",
         output_format=shared.output_format,
         size_multiple=info.vae_scale_factor,
+        inpainting=info.inpainting,
     )
 
 

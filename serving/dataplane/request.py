@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from serving.dataplane.codecs import base64_image, input_image
+from serving.dataplane.codecs import base64_image, image_size, input_image
 from serving.errors import InvalidArgument
 from serving.settings import Limits, OutputFormat, SchedulerName
 
@@ -26,6 +26,7 @@ SIZE_CONDITIONING = ("original_size", "crops_coords_top_left", "target_size")
 
 
 DEFAULT_STRENGTH = 0.8  # the diffusers image-to-image pipelines' default
+DEFAULT_INPAINT_STRENGTH = 1.0  # the inpainting pipelines' default
 # A request's LoRA adapters: (name, scale) pairs in the order given.
 Loras = tuple[tuple[str, float], ...]
 
@@ -111,6 +112,11 @@ class GenerateParams(BaseModel):
         description=f"with `image`: above 0, at most 1: how much of the schedule runs over it "
         f"(1: all of it, keeping little of the picture; default {DEFAULT_STRENGTH})",
     )
+    mask: str | None = Field(
+        None,
+        description="inpainting, with `image`: base64 (or a data: URL) of a PNG, JPEG or WebP "
+        "the image's size; white repaints, black keeps (as diffusers' inpainting pipelines)",
+    )
     loras: list[LoraParam] | None = Field(
         None,
         description="LoRA adapters to apply, each {name, scale}: at most 4, scale -2 to 2 "
@@ -144,6 +150,9 @@ class GenerationRequest(BaseModel):
     image: bytes | None = Field(None, exclude=True)
     image_digest: str | None = None
     strength: float | None = None
+    # Inpainting: the mask's file (left out of the JSON like the image) and its digest.
+    mask: bytes | None = Field(None, exclude=True)
+    mask_digest: str | None = None
     loras: Loras = ()
 
     def seeds(self) -> list[int]:
@@ -169,6 +178,7 @@ class ModelProfile:
     size_conditioning: bool  # SDXL: original_size, crops_coords_top_left, target_size
     output_format: str
     size_multiple: int = 8  # the VAE's downsampling factor: sizes are multiples of it
+    inpainting: bool = False  # a 9-channel UNet: every request brings an image and a mask
 
 
 def resolve(params: GenerateParams, limits: Limits, model: ModelProfile) -> GenerationRequest:
@@ -183,6 +193,7 @@ def resolve(params: GenerateParams, limits: Limits, model: ModelProfile) -> Gene
             )
     _check_range("num_images", params.num_images, 1, limits.max_num_images)
     image, strength, own = image_input(params, limits, model)
+    mask = mask_input(params, limits, model, own)
     width = params.width if params.width is not None else own[1] if own else model.size
     height = params.height if params.height is not None else own[0] if own else model.size
     _check_size("width", width, limits.min_size, limits.max_width, model.size_multiple)
@@ -230,6 +241,8 @@ def resolve(params: GenerateParams, limits: Limits, model: ModelProfile) -> Gene
         image=image,
         image_digest=None if image is None else hashlib.sha256(image).hexdigest(),
         strength=strength,
+        mask=mask,
+        mask_digest=None if mask is None else hashlib.sha256(mask).hexdigest(),
         loras=loras,
     )
 
@@ -269,7 +282,8 @@ def image_input(
         return None, None, None
     data = base64_image(params.image, "image")
     width, height = input_image(data, "image", limits.max_input_side).size
-    strength = DEFAULT_STRENGTH if params.strength is None else params.strength
+    default = DEFAULT_INPAINT_STRENGTH if params.mask is not None else DEFAULT_STRENGTH
+    strength = default if params.strength is None else params.strength
     if not 0.0 < strength <= 1.0:
         raise InvalidArgument("strength", f"must be above 0 and at most 1 (got {strength})")
     own = (height - height % model.size_multiple, width - width % model.size_multiple)
@@ -282,6 +296,36 @@ def image_input(
                 f"sent, and sides must be {low} to {high}: send width and height to resize it",
             )
     return data, strength, own
+
+
+def mask_input(
+    params: GenerateParams,
+    limits: Limits,
+    model: ModelProfile,
+    own: tuple[int, int] | None,
+) -> bytes | None:
+    """An inpainting request's mask file, checked: with an image, and of the image's size; an
+    inpainting model refuses a request without one."""
+    if params.mask is None:
+        if model.inpainting:
+            raise InvalidArgument(
+                "mask",
+                f"{model.name} is an inpainting model: send an `image` and a `mask` (white "
+                "repaints)",
+            )
+        return None
+    if params.image is None:
+        raise InvalidArgument("mask", "applies only with an `image` (the picture to repaint)")
+    data = base64_image(params.mask, "mask")
+    mask_width, mask_height = input_image(data, "mask", limits.max_input_side).size
+    image_width, image_height = image_size(base64_image(params.image, "image"))
+    if (mask_width, mask_height) != (image_width, image_height):
+        raise InvalidArgument(
+            "mask",
+            f"is {mask_width}x{mask_height}; the image is {image_width}x{image_height}: they "
+            "must be the same size",
+        )
+    return data
 
 
 def size_conditioning(

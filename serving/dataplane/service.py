@@ -23,7 +23,14 @@ import numpy as np
 
 from serving.dataplane.checkpoints import Checkpoint, JobCheckpoints
 from serving.dataplane.clients import ANONYMOUS, ClientDirectory, ClientShare, Priority
-from serving.dataplane.codecs import MEDIA_TYPES, decode_image, encode_image, vae_input
+from serving.dataplane.codecs import (
+    MEDIA_TYPES,
+    decode_image,
+    encode_image,
+    latent_size_mask,
+    mask_input,
+    vae_input,
+)
 from serving.dataplane.model import ServedModel
 from serving.dataplane.request import GenerateParams, GenerationRequest, RequestContext, resolve
 from serving.dataplane.results import StoredImage, request_key
@@ -37,7 +44,7 @@ from serving.dataplane.stages import (
 from serving.dataplane.store import Store
 from serving.errors import DeadlineExceeded, InvalidArgument, NotFound
 from serving.metrics import IngressMetrics
-from serving.models.loras import TEXT_ENCODER_REFUSED, LoraError, LoraLibrary, describe_all
+from serving.models.loras import LoraError, LoraLibrary, describe_all
 from serving.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -59,10 +66,11 @@ class PreparedRequest:
 
     def to_json(self) -> dict[str, Any]:
         """What a queued job carries (serving/dataplane/job_queue.py)."""
-        image = self.request.image  # left out of the request's JSON
+        image, mask = self.request.image, self.request.mask  # left out of the request's JSON
         return {
             "request": self.request.model_dump(mode="json"),
             "image": None if image is None else base64.b64encode(image).decode("ascii"),
+            "mask": None if mask is None else base64.b64encode(mask).decode("ascii"),
             "determined": self.determined,
             "warnings": self.warnings,
             "denoising_steps": self.denoising_steps,
@@ -73,8 +81,9 @@ class PreparedRequest:
     def from_json(cls, data: dict[str, Any]) -> PreparedRequest:
         share = data.get("share")  # absent from jobs queued before fair sharing
         request = GenerationRequest.model_validate(data["request"])
-        if data.get("image") is not None:
-            request = request.model_copy(update={"image": base64.b64decode(data["image"])})
+        for name in ("image", "mask"):
+            if data.get(name) is not None:
+                request = request.model_copy(update={name: base64.b64decode(data[name])})
         return cls(
             request,
             determined=data["determined"],
@@ -196,8 +205,6 @@ class DataPlane:
                 raise InvalidArgument(field, f"no adapter {name!r}; there are {known}") from None
             except LoraError as error:
                 raise InvalidArgument(field, str(error)) from None
-            if info.text_encoder:
-                raise InvalidArgument(field, f"adapter {name!r} {TEXT_ENCODER_REFUSED}")
             misfit = info.misfit(model.info.context_dim, model.unet_layers)
             if misfit is not None:
                 raise InvalidArgument(
@@ -210,6 +217,17 @@ class DataPlane:
         """The adapter library, each adapter with the served models it fits."""
         models = {model.name: (model.info.context_dim, model.unet_layers) for model in self.models}
         return describe_all(self.loras, models)
+
+    def _text_encoder_loras(self, request: GenerationRequest) -> tuple[tuple[str, float], ...]:
+        """The request's adapters that have text-encoder weights (checked at prepare)."""
+        found = []
+        for name, scale in request.loras:
+            try:
+                if self.loras.get(name).text_encoder:
+                    found.append((name, scale))
+            except (KeyError, LoraError):  # removed since: the stages will say so
+                found.append((name, scale))
+        return tuple(found)
 
     def _adapters_stamp(self, request: GenerationRequest) -> str:
         """The request's adapter files as they are now: a replaced file is another result."""
@@ -355,12 +373,23 @@ class DataPlane:
         texts = [request.prompt]
         if guided and not zero_negative:
             texts.append(request.negative_prompt)
-        embeddings = await all_or_none([stages.encode_text(text) for text in texts])
+        # Adapters with text-encoder weights apply there too (to the negative prompt as well).
+        text_loras = self._text_encoder_loras(request)
+        embeddings = await all_or_none([stages.encode_text(text, text_loras) for text in texts])
         text_done = time.perf_counter()
-        init_image = None
+        init_image = masked_image = latent_mask = None
         if request.image is not None:  # image-to-image: the VAE encodes the starting picture
             pixels = vae_input(request.image, request.height, request.width, info.vae_scale_factor)
-            init_image = await stages.encode_image(pixels)
+            if request.mask is None:
+                init_image = await stages.encode_image(pixels)
+            else:  # inpainting: the picture, and the picture with the area to repaint blacked out
+                mask = mask_input(
+                    request.mask, request.height, request.width, info.vae_scale_factor
+                )
+                init_image, masked_image = await all_or_none(
+                    [stages.encode_image(pixels), stages.encode_image(pixels * (mask < 0.5))]
+                )
+                latent_mask = latent_size_mask(mask, info.vae_scale_factor)
         encoded = time.perf_counter()
 
         positive = conditioning(embeddings[0], request)
@@ -395,6 +424,8 @@ class DataPlane:
                 init_image=init_image,
                 strength=1.0 if request.strength is None else request.strength,
                 loras=request.loras,
+                mask=latent_mask,
+                masked_image=masked_image,
             )
             for index, seed in enumerate(request.seeds())
         ]

@@ -70,6 +70,10 @@ class DenoiseJob:
     strength: float = 1.0
     # LoRA adapters applied to this request's rows: (name, scale) pairs.
     loras: tuple[tuple[str, float], ...] = ()
+    # Inpainting (with `init_image`): the mask at latent resolution ([1, h, w], 1 = repaint,
+    # 0 = keep) and the latents of the picture with the area to repaint blacked out.
+    mask: np.ndarray | None = None
+    masked_image: ImageLatents | None = None
 
     @property
     def guided(self) -> bool:
@@ -98,7 +102,9 @@ class DenoiseResult:
 
 
 class StageClient(Protocol):
-    async def encode_text(self, text: str) -> TextEmbedding:
+    async def encode_text(
+        self, text: str, loras: tuple[tuple[str, float], ...] = ()
+    ) -> TextEmbedding:
         """One prompt's embeddings (float32)."""
         ...
 

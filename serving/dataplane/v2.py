@@ -104,15 +104,16 @@ def v2_field_name(field: str) -> str:
         return field
     if field in ("output_format", "priority") or field.startswith("loras"):
         return f"parameters.{field}"
-    if field == "image":
-        return "inputs[input_image]"
+    if field in ("image", "mask"):
+        return f"inputs[input_{field}]"
     return f"inputs[{field}]"
 
 
 def params_from_infer_request(payload: InferRequest) -> GenerateParams:
     values: dict[str, Any] = {tensor.name: _value(tensor) for tensor in payload.inputs}
-    if "input_image" in values:
-        values["image"] = values.pop("input_image")
+    for name in ("image", "mask"):
+        if f"input_{name}" in values:
+            values[name] = values.pop(f"input_{name}")
     if "prompt" not in values:
         raise InvalidArgument("inputs", "a BYTES input named `prompt` is required")
     output_format = parameter_value(payload.parameters, "output_format")
@@ -162,7 +163,7 @@ def _value(tensor: InferInput) -> Any:
     declared = DECLARED_INPUTS[name]
     if count == 2:
         return (int(values[0]), int(values[1]))
-    if name == "input_image":
+    if name in ("input_image", "input_mask"):
         return image_text(value)
     if declared == "BYTES":
         if isinstance(value, bytes | np.bytes_):
@@ -337,7 +338,7 @@ def kserve_error(error: BaseException) -> ServingError | None:
     if isinstance(error, InferenceError):  # kserve could not decode a tensor it was sent
         return MalformedRequest(
             "an input's data could not be decoded: binary BYTES over REST must be UTF-8 text "
-            "(send input_image as base64 text, or its raw bytes over gRPC)"
+            "(send input_image and input_mask as base64 text, or their raw bytes over gRPC)"
         )
     if isinstance(error, NotImplementedError):  # model versions
         return NotFound(str(error) or "model versions are not supported")

@@ -60,8 +60,14 @@ class RayStages:
         self._unet = unet
         self._vae = vae
 
-    async def encode_text(self, text: str) -> TextEmbedding:
-        return await once_more(lambda: answer(self._text_encoder.encode.remote(text)), "text")
+    async def encode_text(
+        self, text: str, loras: tuple[tuple[str, float], ...] = ()
+    ) -> TextEmbedding:
+        call = self._text_encoder.encode.remote
+        embedding = await once_more(lambda: answer(call((text, loras))), "text")
+        if isinstance(embedding, ServingError):  # this prompt's adapter did not load
+            raise embedding
+        return cast(TextEmbedding, embedding)
 
     async def denoise(self, job: DenoiseJob) -> DenoiseResult:
         """The stream, told to report only its first step: whether denoising had begun is what

@@ -80,6 +80,7 @@ def bucket_for(rows: int, buckets: tuple[int, ...]) -> int:
 
 class Denoise(Protocol):
     latent_channels: int
+    input_channels: int
     guidance_embedding_dim: int | None
 
     def __call__(
@@ -111,6 +112,7 @@ class BucketedDenoise:
         self._inner = inner
         self._fast = fast
         self.latent_channels = inner.latent_channels
+        self.input_channels = inner.input_channels
         self.guidance_embedding_dim = inner.guidance_embedding_dim
 
     def __call__(

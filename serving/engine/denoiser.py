@@ -85,7 +85,9 @@ class UNetCall:
 
     def __init__(self, unet: UNet2DConditionModel, module: torch.nn.Module | None = None) -> None:
         self._unet = unet if module is None else module  # what runs: the UNet or its compiled form
-        self.latent_channels = int(unet.config.in_channels)
+        self.latent_channels = int(unet.config.out_channels)
+        # An inpainting UNet takes 9: the latents, the mask and the masked picture's latents.
+        self.input_channels = int(unet.config.in_channels)
         # LCM-style models take guidance as an embedding (timestep_cond), never as CFG rows.
         self.guidance_embedding_dim: int | None = unet.config.time_cond_proj_dim
 
@@ -113,6 +115,19 @@ def guidance_embedding(guidance_scale: float, dim: int) -> torch.Tensor:
     return embedding
 
 
+@dataclass(frozen=True)
+class _Inpaint:
+    """What an inpainting request adds to its latents: the mask [1, 1, h, w], the masked
+    picture's latents; for a plain UNet also the picture's latents and the noise, to put the
+    kept area back after every step (StableDiffusionInpaintPipeline's blend)."""
+
+    mask: torch.Tensor
+    masked_latents: torch.Tensor
+    image_latents: torch.Tensor | None
+    noise: torch.Tensor
+    as_input: bool  # a 9-channel UNet takes mask and masked latents as input channels
+
+
 @dataclass
 class _Active:
     ticket: Ticket
@@ -125,6 +140,7 @@ class _Active:
     generator: torch.Generator
     extra: dict[str, Any]
     index: int = 0
+    inpaint: _Inpaint | None = None
 
     @property
     def done(self) -> bool:
@@ -521,7 +537,17 @@ class ContinuousBatchingEngine:
             job.width // self._scale,
         )
         timesteps = scheduler.timesteps
-        if job.init_image is None:
+        inpaint = None
+        nine_channels = self._denoiser.input_channels != self._denoiser.latent_channels
+        if nine_channels and job.mask is None:
+            raise InvalidArgument(
+                "mask", "this is an inpainting model: send an image and a mask to repaint"
+            )
+        if job.mask is not None:
+            timesteps, latents, inpaint = _inpaint_start(
+                job, scheduler, generator, self._placement, as_input=nine_channels
+            )
+        elif job.init_image is None:
             # Same draw as the pipelines' prepare_latents for one image and this generator.
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
             latents = latents * scheduler.init_noise_sigma
@@ -556,6 +582,7 @@ class ContinuousBatchingEngine:
             generator=generator,
             extra=step_kwargs(scheduler, generator),
             index=index,
+            inpaint=inpaint,
         )
 
     def _resume(
@@ -596,6 +623,11 @@ class ContinuousBatchingEngine:
             t = request.timesteps[request.index]
             sample = torch.cat([request.latents] * 2) if request.guided else request.latents
             sample = request.scheduler.scale_model_input(sample, t)
+            inpaint = request.inpaint
+            if inpaint is not None and inpaint.as_input:  # channels: latents, mask, masked
+                rows = sample.shape[0]
+                extra = [inpaint.mask.expand(rows, -1, -1, -1), inpaint.masked_latents]
+                sample = torch.cat([sample, extra[0], extra[1].expand(rows, -1, -1, -1)], dim=1)
             samples.append(sample)
             # Float timesteps (Euler) and integer ones (DDIM) stack as float32: the UNet's
             # sinusoidal embedding converts to float anyway, so this is exact.
@@ -624,6 +656,8 @@ class ContinuousBatchingEngine:
             request.latents = request.scheduler.step(
                 prediction, t, request.latents, **request.extra, return_dict=False
             )[0]
+            if request.inpaint is not None and not request.inpaint.as_input:
+                request.latents = _keep_unmasked(request, request.inpaint)
             request.index += 1
             request.ticket.steps_done = request.index
             if request.ticket.on_step is not None:
@@ -687,11 +721,72 @@ def _image_start(
         raise ValueError(f"strength {job.strength} leaves no step of {job.steps} to run")
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(begin)
+    sample = _latent_sample(image, generator, placement)
+    noise = randn_tensor(sample.shape, generator=generator, device=device, dtype=dtype)
+    return timesteps, scheduler.add_noise(sample, noise, timesteps[:1])
+
+
+def _latent_sample(
+    image: ImageLatents, generator: torch.Generator, placement: Placement
+) -> torch.Tensor:
+    """A picture's latent sample [1, C, h, w] as the VAE's latent_dist.sample draws it."""
+    device, dtype = placement.device, placement.dtype
     mean = torch.from_numpy(image.mean).unsqueeze(0).to(device=device, dtype=dtype)
     std = torch.from_numpy(image.std).unsqueeze(0).to(device=device, dtype=dtype)
-    sample = mean + std * randn_tensor(mean.shape, generator=generator, device=device, dtype=dtype)
-    noise = randn_tensor(mean.shape, generator=generator, device=device, dtype=dtype)
-    return timesteps, scheduler.add_noise(sample, noise, timesteps[:1])
+    return mean + std * randn_tensor(mean.shape, generator=generator, device=device, dtype=dtype)
+
+
+def _inpaint_start(
+    job: DenoiseJob,
+    scheduler: SchedulerMixin,
+    generator: torch.Generator,
+    placement: Placement,
+    *,
+    as_input: bool,
+) -> tuple[torch.Tensor, torch.Tensor, _Inpaint]:
+    """StableDiffusionInpaintPipeline's start, draws in its order: the picture's latent sample
+    (a plain UNet's blend needs it, or strength < 1 starts from it), the noise, then the masked
+    picture's latent sample; strength 1 starts from noise alone."""
+    assert job.init_image is not None and job.masked_image is not None and job.mask is not None
+    device, dtype = placement.device, placement.dtype
+    begin = image_start_index(job.steps, job.strength, scheduler.order)
+    timesteps = scheduler.timesteps[begin:]
+    if len(timesteps) == 0:
+        raise ValueError(f"strength {job.strength} leaves no step of {job.steps} to run")
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(begin)
+    full_strength = job.strength == 1.0
+
+    def drawn(image: ImageLatents) -> torch.Tensor:
+        mean = torch.from_numpy(image.mean).unsqueeze(0).to(device=device, dtype=dtype)
+        std = torch.from_numpy(image.std).unsqueeze(0).to(device=device, dtype=dtype)
+        return mean + std * randn_tensor(
+            mean.shape, generator=generator, device=device, dtype=dtype
+        )
+
+    image_latents = None if as_input and full_strength else drawn(job.init_image)
+    shape = tuple(job.init_image.mean.shape)
+    noise = randn_tensor((1, *shape), generator=generator, device=device, dtype=dtype)
+    if full_strength:
+        latents = noise * scheduler.init_noise_sigma
+    else:
+        assert image_latents is not None
+        latents = scheduler.add_noise(image_latents, noise, timesteps[:1])
+    masked = drawn(job.masked_image)
+    mask = torch.from_numpy(job.mask).unsqueeze(0).to(device=device, dtype=dtype)
+    inpaint = _Inpaint(mask, masked, None if as_input else image_latents, noise, as_input)
+    return timesteps, latents, inpaint
+
+
+def _keep_unmasked(request: _Active, inpaint: _Inpaint) -> torch.Tensor:
+    """The kept area put back after a step: the picture's latents noised to the next timestep
+    (none after the last), as the inpainting pipeline does for a plain UNet."""
+    assert inpaint.image_latents is not None
+    kept = inpaint.image_latents
+    if request.index < len(request.timesteps) - 1:
+        next_t = request.timesteps[request.index + 1]
+        kept = request.scheduler.add_noise(kept, inpaint.noise, torch.tensor([next_t]))
+    return (1 - inpaint.mask) * kept + inpaint.mask * request.latents
 
 
 def _step_cost(job: DenoiseJob) -> float:

@@ -21,8 +21,9 @@ from serving.engine.compiled import choose_fast_path
 from serving.engine.decoder import VaeDecoderRunner
 from serving.engine.denoiser import ContinuousBatchingEngine, EngineStats
 from serving.engine.encoder import VaeEncoderRunner
-from serving.engine.lora import unet_adapters_from_settings
-from serving.engine.text import TextEncoderRunner
+from serving.engine.lora import text_adapters_from_settings, unet_adapters_from_settings
+from serving.engine.text import Loras, TextEncoderRunner
+from serving.errors import InvalidArgument
 from serving.metrics import Meter, UNetMetrics, cache_lookups
 from serving.models import loader
 from serving.models.device import choose_placement
@@ -62,7 +63,11 @@ class InProcessStages:
         vae = loader.load_vae(source, placement)  # one model for both directions
         return cls(
             TextEncoderRunner.load(
-                source, placement, cache_size=text_encoder.cache_size, lookups=cache_lookups(meter)
+                source,
+                placement,
+                cache_size=text_encoder.cache_size,
+                lookups=cache_lookups(meter),
+                adapters=text_adapters_from_settings(settings, text_encoder, source, meter),
             ),
             ContinuousBatchingEngine.load(
                 source,
@@ -77,8 +82,15 @@ class InProcessStages:
             VaeEncoderRunner(vae, placement),
         )
 
-    async def encode_text(self, text: str) -> TextEmbedding:
-        (embedding,) = await _on(self._text_thread, self._text.encode, [text])
+    async def encode_text(
+        self, text: str, loras: tuple[tuple[str, float], ...] = ()
+    ) -> TextEmbedding:
+        def encode(items: list[tuple[str, Loras]]) -> list[TextEmbedding | InvalidArgument]:
+            return self._text.encode_each([t for t, _ in items], [a for _, a in items])
+
+        (embedding,) = await _on(self._text_thread, encode, [(text, loras)])
+        if isinstance(embedding, InvalidArgument):
+            raise embedding
         return embedding
 
     async def denoise(self, job: DenoiseJob) -> DenoiseResult:

@@ -29,7 +29,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from serving.metrics import AdapterMetrics, Meter
 from serving.models import loader
 from serving.models.loras import LoraError, LoraInfo, LoraLibrary
-from serving.settings import Settings, UNetStage
+from serving.settings import Settings, TextEncoderStage, UNetStage
 
 logger = logging.getLogger(__name__)
 
@@ -63,9 +63,11 @@ class RowAdapters:
         *,
         max_resident: int,
         max_resident_bytes: int,
-        context_dim: int,
+        context_dim: int | None = None,
         metrics: AdapterMetrics | None = None,
     ) -> None:
+        """`context_dim`: a UNet's text width, to check adapters against its layers first (a
+        text encoder's adapters are checked by the loader alone)."""
         self._model = model
         self._layers = {
             name.replace(".", "_"): getattr(
@@ -113,7 +115,7 @@ class RowAdapters:
             info = self._library.get(name)
         except KeyError:
             raise LoraError(f"no adapter {name!r} in the library") from None
-        misfit = info.misfit(self._context_dim, self._layers)
+        misfit = None if self._context_dim is None else info.misfit(self._context_dim, self._layers)
         if misfit is not None:
             raise LoraError(
                 f"adapter {name!r} {misfit}; this model's text width is {self._context_dim}"
@@ -241,6 +243,86 @@ def into_unet(family: str) -> LoadInto:
             pipeline.load_lora_into_unet(state, alphas, unet, adapter_name=slot, metadata=metadata)
 
     return load
+
+
+@contextlib.contextmanager
+def transformers_accepts_this_peft() -> Iterator[None]:
+    """diffusers loads text-encoder adapters through transformers' PEFT integration, whose
+    version check (transformers 5.24) asks for peft 0.22, newer than PyPI has for this build;
+    loading works with the pinned 0.21.2 (the parity tests hold the images to diffusers')."""
+    import transformers.integrations.peft as integration
+
+    original = integration.check_peft_version
+    integration.check_peft_version = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        integration.check_peft_version = original
+
+
+def into_text_encoder(family: str, index: int) -> LoadInto:
+    """Loads an adapter's weights for the family's `index`-th text encoder (SDXL has two);
+    an adapter without any adds nothing here."""
+    pipeline = _pipeline(family)
+    prefix = "text_encoder" if index == 0 else "text_encoder_2"
+
+    def load(encoder: torch.nn.Module, slot: str, info: LoraInfo) -> None:
+        state, alphas, metadata = pipeline.lora_state_dict(
+            str(info.path), return_lora_metadata=True
+        )
+        if any(key.startswith(f"{prefix}.") for key in state):
+            with transformers_accepts_this_peft():
+                pipeline.load_lora_into_text_encoder(
+                    state,
+                    alphas,
+                    encoder,
+                    prefix=prefix,
+                    adapter_name=slot,
+                    metadata=metadata,
+                )
+
+    return load
+
+
+def text_adapters(
+    library: LoraLibrary,
+    family: str,
+    *,
+    max_resident: int,
+    max_resident_bytes: int,
+    metrics: AdapterMetrics | None = None,
+) -> Callable[[list[torch.nn.Module]], list[RowAdapters]]:
+    """What the text-encoder runner calls with its encoders to get each one's adapters."""
+
+    def over(encoders: list[torch.nn.Module]) -> list[RowAdapters]:
+        return [
+            RowAdapters(
+                encoder,
+                library,
+                into_text_encoder(family, index),
+                max_resident=max_resident,
+                max_resident_bytes=max_resident_bytes,
+                metrics=metrics if index == 0 else None,  # one adapter counts once
+            )
+            for index, encoder in enumerate(encoders)
+        ]
+
+    return over
+
+
+def text_adapters_from_settings(
+    settings: Settings, stage: TextEncoderStage, source: str, meter: Meter
+) -> Callable[[list[torch.nn.Module]], list[RowAdapters]] | None:
+    """The text encoders' adapters from SD_LORA_DIR; None without a directory."""
+    if settings.lora_dir is None:
+        return None
+    return text_adapters(
+        LoraLibrary(settings.lora_dir),
+        loader.read_model_info(source).family,
+        max_resident=stage.max_resident_loras,
+        max_resident_bytes=stage.max_resident_lora_bytes,
+        metrics=AdapterMetrics.create(meter, "text_encoder"),
+    )
 
 
 def unet_adapters(

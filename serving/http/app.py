@@ -68,7 +68,12 @@ def create_http_app(services: Services) -> FastAPI:
     # Middleware added last runs first.
     app.add_middleware(Admission, access=services.access, respond=respond)
     app.add_middleware(RequestMetrics, metrics=services.metrics)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes, respond=respond)
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=settings.max_request_bytes,
+        max_picture_bytes=settings.max_picture_request_bytes,
+        respond=respond,
+    )
     if settings.cors_allow_origins:
         app.add_middleware(
             CORSMiddleware,

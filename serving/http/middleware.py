@@ -98,28 +98,39 @@ class RequestMetrics:
             raise
 
 
+# Routes whose bodies may carry pictures (an edit's image and mask): they get the larger limit.
+PICTURE_ROUTES = re.compile(
+    r"^/v1/(generate|jobs|images/edits)$|^/v1/models/[^/]+:predict$|^/v2/models/.+/infer$"
+)
+
+
 class BodyLimit:
     """413 before the body is read when Content-Length says it is too big, and as soon as a
     chunked body passes the limit (in our error shape, which Starlette's own limit would not
-    keep for a declared length)."""
+    keep for a declared length). Routes that take pictures have a limit of their own."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, respond: ErrorResponder) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, respond: ErrorResponder, max_picture_bytes: int = 0
+    ) -> None:
         self._app = app
         self._max_bytes = max_bytes
+        self._max_picture_bytes = max(max_picture_bytes, max_bytes)
         self._respond = respond
 
-    def _too_large(self, size: str) -> PayloadTooLarge:
-        return PayloadTooLarge(
-            f"the request body is {size} bytes; the limit is {self._max_bytes} bytes"
-        )
+    def _limit(self, path: str) -> int:
+        return self._max_picture_bytes if PICTURE_ROUTES.match(path) else self._max_bytes
+
+    def _too_large(self, size: str, limit: int) -> PayloadTooLarge:
+        return PayloadTooLarge(f"the request body is {size} bytes; the limit is {limit} bytes")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
+        limit = self._limit(scope["path"])
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self._max_bytes:
-            response = self._respond(self._too_large(declared.decode()), scope["path"])
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            response = self._respond(self._too_large(declared.decode(), limit), scope["path"])
             await response(scope, receive, send)
             return
         received = 0
@@ -129,9 +140,9 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self._max_bytes:
+                if received > limit:
                     # An HTTP error: FastAPI's body parsing passes those through (as a 413).
-                    raise HTTPException(413, self._too_large(f"over {self._max_bytes}").message)
+                    raise HTTPException(413, self._too_large(f"over {limit}", limit).message)
             return message
 
         await self._app(scope, counted, send)

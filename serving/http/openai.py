@@ -10,10 +10,13 @@ output_format; `strength` for an edit). Errors use OpenAI's shape (serving/http/
 from __future__ import annotations
 
 import base64
+import io
 import time
 from typing import Annotated, Literal
 
+import numpy as np
 from fastapi import APIRouter, File, Form, UploadFile
+from PIL import Image
 
 from serving.dataplane.request import GenerateParams, RequestContext, lora_list
 from serving.dataplane.service import DataPlane
@@ -90,7 +93,13 @@ async def edits(
     size: Annotated[str | None, Form(description="WIDTHxHEIGHT (default: the picture's)")] = None,
     response_format: Annotated[Literal["b64_json", "url"], Form()] = "b64_json",
     model: Annotated[str | None, Form()] = None,
-    mask: Annotated[UploadFile | None, File(description="not served yet: refused")] = None,
+    mask: Annotated[
+        UploadFile | None,
+        File(
+            description="inpainting: a PNG the image's size whose transparent pixels mark the "
+            "area to edit (OpenAI's meaning)"
+        ),
+    ] = None,
     user: Annotated[str | None, Form(description="accepted, without effect")] = None,
     negative_prompt: Annotated[str, Form()] = "",
     strength: Annotated[float | None, Form(description="0 < strength <= 1 (default 0.8)")] = None,
@@ -104,10 +113,13 @@ async def edits(
         str | None, Form(description='LoRA adapters as JSON: [{"name": ..., "scale": ...}]')
     ] = None,
 ) -> OpenAIImagesResponse:
-    """Image-to-image from the picture in `image` (a mask, for inpainting, is not served yet)."""
-    if mask is not None:
-        raise InvalidArgument("mask", "inpainting is not served yet; send the image alone")
+    """Image-to-image from the picture in `image`; with a `mask`, inpainting of its transparent
+    area."""
     width, height = parse_size(size)
+    mask_text = None
+    if mask is not None:
+        limit = data_plane.settings.limits.max_input_side
+        mask_text = base64.b64encode(repaint_mask(await mask.read(), limit)).decode("ascii")
     params = GenerateParams(
         model=model,
         prompt=prompt,
@@ -123,9 +135,34 @@ async def edits(
         priority=priority,
         image=base64.b64encode(await image.read()).decode("ascii"),
         strength=strength,
+        mask=mask_text,
         loras=lora_list(loras, "loras"),
     )
     return await answer(data_plane, context, params, response_format)
+
+
+def repaint_mask(data: bytes, max_side: int) -> bytes:
+    """OpenAI's mask (transparent pixels mark the area to edit) as diffusers' (white repaints,
+    black keeps), a PNG; InvalidArgument naming `mask` for a file without transparency, or one
+    over `max_side` pixels a side (read from its header, before decoding)."""
+    try:
+        image = Image.open(io.BytesIO(data))
+        if max(image.size) > max_side:
+            width, height = image.size
+            raise InvalidArgument(
+                "mask", f"is {width}x{height}; the limit is {max_side} pixels a side"
+            )
+        image.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        raise InvalidArgument("mask", "is not a readable PNG image") from None
+    if image.mode not in ("RGBA", "LA", "PA") and "transparency" not in image.info:
+        raise InvalidArgument(
+            "mask", "must have transparency (an alpha channel): transparent pixels mark the edit"
+        )
+    alpha = np.asarray(image.convert("RGBA"))[..., 3]
+    buffer = io.BytesIO()
+    Image.fromarray(np.where(alpha == 0, 255, 0).astype(np.uint8), "L").save(buffer, "PNG")
+    return buffer.getvalue()
 
 
 async def answer(

@@ -19,6 +19,7 @@ like any real checkpoint: the serving code has one loading path.
 | `embedded-lcm`        | LCM (SD 1.5) | a guidance embedding (`time_cond_proj_dim`), LCM sampler |
 | `embedded-sdxl`       | SDXL base    | two text encoders, pooled text and time ids as inputs    |
 | `embedded-sdxl-turbo` | SDXL-Turbo   | SDXL with trailing timesteps, Euler ancestral            |
+| `embedded-sd-inpaint` | SD 1.5 inp.  | a 9-channel inpainting UNet (latents, mask, masked image) |
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from diffusers import (
     LatentConsistencyModelPipeline,
     LCMScheduler,
     PNDMScheduler,
+    StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
@@ -86,10 +88,10 @@ def _text_encoder(tokenizer_size: int, width: int, projection: bool) -> CLIPText
     return CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
 
 
-def _sd_unet(**extra: Any) -> UNet2DConditionModel:
+def _sd_unet(in_channels: int = 4, **extra: Any) -> UNet2DConditionModel:
     return UNet2DConditionModel(
         sample_size=NATIVE_SIZE // 8,
-        in_channels=4,
+        in_channels=in_channels,
         out_channels=4,
         layers_per_block=1,
         block_out_channels=(64, 128, 256, 256),
@@ -232,21 +234,26 @@ BUILDERS: dict[str, Callable[[], DiffusionPipeline]] = {
     "sdxl-turbo": lambda: _stable_diffusion_xl(
         EulerAncestralDiscreteScheduler(**BETAS, timestep_spacing="trailing", steps_offset=1)
     ),
+    # An inpainting UNet (9 input channels: latents, mask, masked picture), as SD 1.5's.
+    "sd-inpaint": lambda: _stable_diffusion(
+        _sd_scheduler(), StableDiffusionInpaintPipeline, in_channels=9
+    ),
 }
-FAMILIES = tuple(BUILDERS)
+# The text-to-image families (an inpainting model draws only over a picture).
+FAMILIES = tuple(family for family in BUILDERS if family != "sd-inpaint")
 # The default model: the trained demo model, committed with the code.
 DEFAULT_SOURCE = "embedded"
 DEMO_MODEL = Path(__file__).resolve().parent / "demo"
 # Model sources that name a random-weight model, by family.
-SOURCES = {f"embedded-{family}": family for family in FAMILIES}
+SOURCES = {f"embedded-{family}": family for family in BUILDERS}
 
 
 def build_pipeline(family: str = "sd") -> DiffusionPipeline:
     """The family's embedded pipeline in memory (128x128 images)."""
     if family not in BUILDERS:
-        raise ValueError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
+        raise ValueError(f"unknown family {family!r}; choose one of {', '.join(BUILDERS)}")
     # Each family its own seed (the default model keeps the one it always had).
-    return _seeded(SEED + FAMILIES.index(family), BUILDERS[family])
+    return _seeded(SEED + list(BUILDERS).index(family), BUILDERS[family])
 
 
 def export(directory: Path, family: str = "sd") -> Path:

@@ -129,6 +129,7 @@ class ModelInfo:
     guidance_embedding: bool  # LCM-style: guidance enters as an embedding (time_cond_proj_dim)
     force_zeros_for_empty_prompt: bool  # SDXL: an empty negative prompt is zeros, not encoded
     context_dim: int = 768  # the text-embedding width the UNet's cross-attention takes
+    inpainting: bool = False  # a 9-channel UNet: latents, mask and masked picture as input
 
     @property
     def kind(self) -> str:
@@ -139,6 +140,8 @@ class ModelInfo:
             return f"{self.family}-turbo"
         if self.family == "sd" and self.prediction_type == "v_prediction":
             return "sd-v"
+        if self.inpainting:
+            return f"{self.family}-inpaint"
         return self.family
 
 
@@ -162,6 +165,7 @@ def read_model_info(source: str) -> ModelInfo:
         guidance_embedding=unet.get("time_cond_proj_dim") is not None,
         force_zeros_for_empty_prompt=sdxl and bool(index.get("force_zeros_for_empty_prompt", True)),
         context_dim=_context_dim(unet["cross_attention_dim"]),
+        inpainting=int(unet.get("in_channels", 4)) == 9,
     )
 
 

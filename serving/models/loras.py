@@ -32,14 +32,6 @@ _DIFFUSERS_BLOCKS = ("down_blocks_", "up_blocks_", "mid_block_")
 _KEY_TO_K = re.compile(r"attn2[._](processor[._])?to_k")
 
 
-# diffusers loads text-encoder LoRA weights through transformers' PEFT integration, which needs a
-# newer PEFT than this build has; applying them any other way would have no reference to match.
-TEXT_ENCODER_REFUSED = (
-    "has text-encoder weights; this server applies the UNet's adapters only (convert it without "
-    "its text_encoder / lora_te weights)"
-)
-
-
 class LoraError(ValueError):
     """An adapter that cannot be used: unreadable, not LoRA, or made for another model."""
 
@@ -224,7 +216,5 @@ def describe_all(
         described["models"] = [
             model for model, (dim, layers) in models.items() if entry.misfit(dim, layers) is None
         ]
-        if entry.text_encoder:
-            described["error"] = f"adapter {name!r} {TEXT_ENCODER_REFUSED}"
         listed.append(described)
     return listed

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from diffusers import StableDiffusionPipeline
 
+from serving.engine.lora import transformers_accepts_this_peft
 from serving.engine.schedulers import SCHEDULER_CLASSES
 from serving.models.loras import LoraLibrary
 from serving.models.random_loras import write_random_lora
@@ -35,14 +36,18 @@ def lora_reference(
     scheduler: str = "ddim",
     guidance_scale: float = 7.5,
     size: int | None = None,
+    pipeline_class: type = StableDiffusionPipeline,
 ) -> np.ndarray:
-    """StableDiffusionPipeline with the adapters loaded (`load_lora_weights`) and weighted
-    (`set_adapters`) as its users do it, as uint8."""
-    pipe = StableDiffusionPipeline.from_pretrained(source)
+    """The family's pipeline (StableDiffusionPipeline by default) with the adapters loaded
+    (`load_lora_weights`) and weighted (`set_adapters`) as its users do it, as uint8."""
+    pipe = pipeline_class.from_pretrained(source)
     pipe.set_progress_bar_config(disable=True)
     pipe.scheduler = SCHEDULER_CLASSES[scheduler].from_config(pipe.scheduler.config)
     for index, (name, _) in enumerate(loras):
-        pipe.load_lora_weights(str(library.get(name).path), adapter_name=f"adapter{index}")
+        # diffusers' own loader; its text-encoder path needs transformers' PEFT check relaxed
+        # (serving/engine/lora.py says why).
+        with transformers_accepts_this_peft():
+            pipe.load_lora_weights(str(library.get(name).path), adapter_name=f"adapter{index}")
     if loras:
         pipe.set_adapters(
             [f"adapter{index}" for index in range(len(loras))], [scale for _, scale in loras]

@@ -18,6 +18,7 @@ from diffusers import (
     DiffusionPipeline,
     DPMSolverMultistepScheduler,
     StableDiffusionImg2ImgPipeline,
+    StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
     StableDiffusionXLImg2ImgPipeline,
 )
@@ -169,6 +170,37 @@ def test_an_edit_through_the_deployments_equals_the_image_to_image_pipeline(
     expected = pipeline(
         params["prompt"],
         image=picture,
+        strength=params["strength"],
+        num_inference_steps=params["steps"],
+        generator=torch.Generator().manual_seed(params["seed"]),
+        output_type="np",
+    ).images[0]
+    assert max_pixel_difference(served, as_uint8(expected)) <= 1
+
+
+def test_an_inpainting_through_the_deployments_equals_the_inpainting_pipeline(
+    service: RunningService, embedded_model_dir: Path
+) -> None:
+    """The VAE deployment encodes the picture and the masked picture, the UNet blends the kept
+    area back after every step: StableDiffusionInpaintPipeline's image for the same inputs."""
+    rng = np.random.default_rng(9)
+    picture = Image.fromarray(rng.integers(0, 255, (128, 128, 3), dtype=np.uint8))
+    mask_pixels = np.zeros((128, 128), dtype=np.uint8)
+    mask_pixels[20:90, 40:120] = 255
+    mask = Image.fromarray(mask_pixels, "L")
+    files = {}
+    for name, image in (("image", picture), ("mask", mask)):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        files[name] = base64.b64encode(buffer.getvalue()).decode("ascii")
+    params = {"prompt": "a lighthouse", "seed": 23, "steps": 8, "strength": 0.9}
+    served = first_image(rendered(service, model=DEFAULT_MODEL, **files, **params))
+    pipeline = StableDiffusionInpaintPipeline.from_pretrained(str(embedded_model_dir))
+    pipeline.set_progress_bar_config(disable=True)
+    expected = pipeline(
+        params["prompt"],
+        image=picture,
+        mask_image=mask,
         strength=params["strength"],
         num_inference_steps=params["steps"],
         generator=torch.Generator().manual_seed(params["seed"]),

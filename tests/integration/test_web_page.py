@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -206,3 +207,38 @@ def test_pick_an_adapter_and_get_the_image_the_api_gives(
     )
     assert max_pixel_difference(pixels(shown), pixels(adapted.content)) <= 1
     assert max_pixel_difference(pixels(shown), pixels(plain.content)) > 10
+
+
+def test_draw_a_mask_over_the_picture_and_get_the_inpainting_the_api_gives(
+    browser: webdriver.Chrome, service: RunningService, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(4)
+    path = tmp_path / "start.png"
+    Image.fromarray(rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)).save(path)
+    open_page(browser, service)
+    Select(browser.find_element(By.ID, "model")).select_by_value(DEFAULT_MODEL)
+    fill(browser, "prompt", EXAMPLE)
+    fill(browser, "steps", "4")
+    fill(browser, "seed", "6")
+    browser.find_element(By.ID, "image").send_keys(str(path))
+    painter = browser.find_element(By.ID, "painter")
+    WebDriverWait(browser, 30).until(lambda _: painter.is_displayed())
+    stroke = ActionChains(browser).move_to_element_with_offset(painter, -60, -60).click_and_hold()
+    stroke.move_by_offset(60, 30).move_by_offset(40, 40).release().perform()
+    drawn = browser.execute_script(
+        "return document.getElementById('mask_canvas').toDataURL('image/png')"
+    )
+    mask = pixels(base64.b64decode(drawn.split(",", 1)[1]))
+    assert 0 < (mask[..., 0] == 255).mean() < 0.6  # a stroke: some of the picture, not all
+    browser.find_element(By.ID, "generate").click()
+    image = WebDriverWait(browser, 120).until(
+        expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "#gallery img"))
+    )
+    shown = httpx.get(image.get_attribute("src"), timeout=30).content
+    body = {"model": DEFAULT_MODEL, "prompt": EXAMPLE, "steps": 4, "seed": 6, "mask": drawn}
+    body["image"] = base64.b64encode(path.read_bytes()).decode("ascii")
+    direct = httpx.post(
+        service.url + "/v1/generate", json=body, headers={"Accept": "image/png"}, timeout=120
+    )
+    assert direct.status_code == 200, direct.text
+    assert max_pixel_difference(pixels(shown), pixels(direct.content)) <= 1

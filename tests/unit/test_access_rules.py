@@ -203,17 +203,30 @@ def test_cors_lets_the_configured_origin_call_the_api(local: LocalService) -> No
 
 
 def test_oversized_bodies_get_413_on_every_protocol(local: LocalService) -> None:
-    huge = b'{"prompt": "' + b"x" * (2 << 20) + b'"}'
-    for path in ("/v1/generate", f"/v2/models/{MODEL}/infer", "/v1/jobs", "/v1/images/generations"):
+    """Routes that take pictures (edits) allow SD_MAX_PICTURE_REQUEST_BYTES (20 MiB), the others
+    SD_MAX_REQUEST_BYTES (1 MiB); past either the body is refused before it is read whole."""
+    huge = b'{"prompt": "' + b"x" * (21 << 20) + b'"}'
+    for path in ("/v1/generate", f"/v2/models/{MODEL}/infer", "/v1/jobs", "/v1/images/edits"):
         answer = httpx.post(
             local.url + path, content=huge, headers={"Content-Type": "application/json"}
         )
         assert answer.status_code == 413, (path, answer.text[:200])
-        assert "limit is 1048576 bytes" in answer.text
+        assert "limit is 20971520 bytes" in answer.text
+    two_mib = b'{"prompt": "' + b"x" * (2 << 20) + b'"}'
+    answer = httpx.post(
+        local.url + "/v1/images/generations",
+        content=two_mib,
+        headers={"Content-Type": "application/json"},
+    )
+    assert answer.status_code == 413 and "limit is 1048576 bytes" in answer.text
+    picture_sized = httpx.post(  # 2 MiB is a picture's size: read, then refused for its prompt
+        local.url + "/v1/generate", content=two_mib, headers={"Content-Type": "application/json"}
+    )
+    assert picture_sized.status_code == 422, picture_sized.text[:200]
 
     def chunks() -> Iterator[bytes]:  # no Content-Length: cut off once past the limit
         yield b'{"prompt": "'
-        for _ in range(1100):
+        for _ in range(21_000):
             yield b"x" * 1000
         yield b'"}'
 

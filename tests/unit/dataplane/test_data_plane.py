@@ -42,7 +42,9 @@ class ScriptedStages:
     jobs: list[DenoiseJob] = field(default_factory=list)
     probes: int = 0
 
-    async def encode_text(self, text: str) -> TextEmbedding:
+    async def encode_text(
+        self, text: str, loras: tuple[tuple[str, float], ...] = ()
+    ) -> TextEmbedding:
         self.calls.append(f"encode:{text}")
         return TextEmbedding(np.zeros((77, 8), np.float32))
 

@@ -11,20 +11,21 @@ from tests.helpers.engine import Components
 def test_lru_evicts_the_least_recently_used() -> None:
     cache = EmbeddingCache(capacity=2)
     a, b, c = (np.full(2, v) for v in (1.0, 2.0, 3.0))
-    cache.put(("m", "a"), a)
-    cache.put(("m", "b"), b)
-    assert cache.get(("m", "a")) is a  # a is now the most recent
-    cache.put(("m", "c"), c)
-    assert cache.get(("m", "b")) is None
-    assert cache.get(("m", "a")) is a and cache.get(("m", "c")) is c
+    cache.put(("m", "a", ()), a)
+    cache.put(("m", "b", ()), b)
+    assert cache.get(("m", "a", ())) is a  # a is now the most recent
+    cache.put(("m", "c", ()), c)
+    assert cache.get(("m", "b", ())) is None
+    assert cache.get(("m", "a", ())) is a and cache.get(("m", "c", ())) is c
     stats = cache.stats()
     assert (stats.hits, stats.misses, stats.size, stats.capacity) == (3, 1, 2, 2)
 
 
-def test_keys_include_the_model() -> None:
+def test_keys_include_the_model_and_the_adapters() -> None:
     cache = EmbeddingCache(capacity=4)
-    cache.put(("model-a", "text"), np.zeros(1))
-    assert cache.get(("model-b", "text")) is None
+    cache.put(("model-a", "text", ()), np.zeros(1))
+    assert cache.get(("model-b", "text", ())) is None
+    assert cache.get(("model-a", "text", (("style-a", 1.0),))) is None
 
 
 def test_cached_embeddings_equal_a_fresh_forward(components: Components) -> None:

@@ -186,7 +186,8 @@ def test_the_official_openai_sdk_edits_a_picture_as_the_generate_route_does(
     assert refused.value.body["param"] == "strength"  # type: ignore[index]
 
 
-def test_an_edit_with_a_mask_is_refused_until_inpainting_is_served(local: LocalService) -> None:
+def test_an_openai_mask_without_transparency_is_refused_naming_it(local: LocalService) -> None:
+    """OpenAI's mask marks the area to edit by transparency: an opaque file cannot say it."""
     buffer = io.BytesIO()
     picture(7).save(buffer, format="PNG")
     files = {"image": ("p.png", buffer.getvalue(), "image/png")}
@@ -195,7 +196,8 @@ def test_an_edit_with_a_mask_is_refused_until_inpainting_is_served(local: LocalS
         local.url + "/v1/images/edits", data={"prompt": "x"}, files=files, timeout=60
     )
     assert answer.status_code == 422
-    assert answer.json()["error"]["param"] == "mask"  # OpenAI's error shape
+    error = answer.json()["error"]
+    assert error["param"] == "mask" and "transparency" in error["message"]  # OpenAI's shape
 
 
 def test_the_python_client_and_the_cli_send_a_picture_file(

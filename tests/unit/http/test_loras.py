@@ -17,6 +17,7 @@ import numpy as np
 import openai
 import pytest
 import torch
+from diffusers import StableDiffusionXLPipeline
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -39,9 +40,15 @@ SAMPLING = {"steps": STEPS, "scheduler": "ddim", "guidance_scale": 7.5}  # the r
 def library(embedded_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> LoraLibrary:
     directory = tmp_path_factory.mktemp("loras")
     library = write_adapters(str(embedded_model_dir), directory)
-    write_random_lora(
-        str(embedded_model_dir), directory / "with-text.safetensors", seed=4, text_encoder=True
-    )
+    for layout in ("diffusers", "kohya"):
+        name = "with-text" if layout == "diffusers" else "with-text-kohya"
+        write_random_lora(
+            str(embedded_model_dir),
+            directory / f"{name}.safetensors",
+            seed=4,
+            text_encoder=True,
+            layout=layout,  # type: ignore[arg-type]
+        )
     (directory / "broken.safetensors").write_bytes(b"\x00" * 64)
     # An SD 1.x adapter's cross-attention (text width 768), for a model of width 256.
     save_file(
@@ -94,6 +101,7 @@ def test_the_library_lists_each_adapter_with_what_it_is(adapted: LocalService) -
         "style.c",
         "style-a-kohya",
         "with-text",
+        "with-text-kohya",
         "broken",
         "for-sd1",
         "folder-style",
@@ -104,7 +112,7 @@ def test_the_library_lists_each_adapter_with_what_it_is(adapted: LocalService) -
     assert listed["style-a-kohya"]["layout"] == "kohya"
     assert listed["for-sd1"]["family"] == "sd1" and listed["for-sd1"]["models"] == []
     assert "not a readable safetensors" in listed["broken"]["error"]
-    assert "text-encoder weights" in listed["with-text"]["error"]
+    assert listed["with-text"]["text_encoder"] and "error" not in listed["with-text"]
     status = httpx.get(adapted.url + f"/v1/models/{MODEL}", timeout=30).json()
     assert "style-a" in status["parameters"]["loras"]
     assert "broken" not in status["parameters"]["loras"]
@@ -118,6 +126,7 @@ def test_requests_with_different_adapters_batched_together_equal_the_pipeline(
         (22, (("folder-style", 1.0),)),
         (23, ()),
         (24, (("style-a", -0.5), ("style.c", 1.2))),
+        (25, (("with-text", 0.9), ("style-b", 0.5))),  # text-encoder weights too
     ]
 
     def served(case: tuple[int, tuple[tuple[str, float], ...]]) -> object:
@@ -133,6 +142,29 @@ def test_requests_with_different_adapters_batched_together_equal_the_pipeline(
         assert max_pixel_difference(image, expected) <= 1, loras  # type: ignore[arg-type]
     plain = reference(embedded_model_dir, library, 21, ())
     assert max_pixel_difference(images[0], plain) > 10  # type: ignore[arg-type]
+
+
+def test_text_encoder_weights_apply_to_the_prompt_and_their_kohya_layout_matches(
+    adapted: LocalService, embedded_model_dir: Path, library: LoraLibrary
+) -> None:
+    images = {}
+    for name in ("with-text", "with-text-kohya"):
+        images[name] = served_image(adapted, 61, ((name, 0.8),))
+    assert max_pixel_difference(images["with-text"], images["with-text-kohya"]) <= 1
+    expected = reference(embedded_model_dir, library, 61, (("with-text", 0.8),))
+    assert max_pixel_difference(images["with-text"], expected) <= 1
+    # Its UNet weights alone would be another image: the prompt's encoding changed too.
+    text_only = adapted.stages._text.encode_each([PROMPT, PROMPT], [(), (("with-text", 0.8),)])
+    plain, adapted_text = text_only
+    assert not isinstance(plain, Exception) and not isinstance(adapted_text, Exception)
+    assert np.abs(plain.hidden - adapted_text.hidden).max() > 1e-3
+
+
+def served_image(
+    service: LocalService, seed: int, loras: tuple[tuple[str, float], ...]
+) -> np.ndarray:
+    body = generate(service.url, **SAMPLING, prompt=PROMPT, seed=seed, loras=as_field(loras))
+    return first_image(body)
 
 
 def test_every_protocol_gives_the_same_bytes_for_the_same_adapters(
@@ -180,7 +212,6 @@ def test_every_protocol_gives_the_same_bytes_for_the_same_adapters(
         ([{"name": "missing"}], "loras[0].name", "no adapter 'missing'; there are"),
         ([{"name": "broken"}], "loras[0].name", "not a readable safetensors"),
         ([{"name": "for-sd1"}], "loras[0].name", "is for sd1 (text width 768)"),
-        ([{"name": "with-text"}], "loras[0].name", "text-encoder weights"),
         ([{"name": "style-a", "scale": 2.5}], "loras[0].scale", "between -2 and 2"),
         ([{"name": "style-a"}, {"name": "style-a"}], "loras[1].name", "given twice"),
         ([{"name": name} for name in ("style-a", "style-b", "style.c", "folder-style", "x")],
@@ -270,3 +301,28 @@ def test_the_cli_edits_a_picture_with_an_adapter(adapted: LocalService, tmp_path
     argv += ["--strength", "0.6", "--lora", "style-a:0.8", "--no-progress"]
     assert cli_main(argv) == 0
     assert max_pixel_difference(pixels(written.read_bytes()), first_image(direct)) == 0
+
+
+def test_an_sdxl_model_serves_its_adapters_as_its_pipeline_does(
+    family_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    """SDXL's UNet and first text encoder adapted, equal to StableDiffusionXLPipeline with the
+    adapter loaded; an SD adapter does not fit its layers."""
+    source = family_dirs["sdxl"]
+    write_random_lora(str(source), tmp_path / "xl-style.safetensors", seed=7, text_encoder=True)
+    library = LoraLibrary(tmp_path)
+    with local_service(source, lora_dir=tmp_path, result_cache_size=0) as service:
+        loras = (("xl-style", 0.8),)
+        image = served_image(service, 71, loras)
+        plain = served_image(service, 71, ())
+    expected = lora_reference(
+        str(source),
+        library,
+        PROMPT,
+        seed=71,
+        loras=loras,
+        steps=STEPS,
+        pipeline_class=StableDiffusionXLPipeline,
+    )
+    assert max_pixel_difference(image, expected) <= 1
+    assert max_pixel_difference(image, plain) > 10
