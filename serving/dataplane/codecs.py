@@ -38,8 +38,11 @@ def input_image(data: bytes, field: str, max_side: int) -> Image.Image:
     naming `field` otherwise."""
     try:
         image = Image.open(io.BytesIO(data))
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        # PIL's words for a broken file, or one claiming billions of pixels
+    except Image.DecompressionBombError as error:  # its header claims hundreds of megapixels
+        raise InvalidArgument(
+            field, f"declares too many pixels to decode ({error}); the limit is {max_side} a side"
+        ) from None
+    except (OSError, SyntaxError, ValueError) as error:  # PIL's words for a broken file
         raise InvalidArgument(field, "is not a readable PNG, JPEG or WebP image") from error
     with image:
         if image.format not in _PIL_FORMATS.values():

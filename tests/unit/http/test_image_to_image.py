@@ -7,6 +7,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import struct
+import zlib
 from pathlib import Path
 
 import httpx
@@ -296,3 +298,43 @@ def test_kserve_v1_instances_take_image_and_strength(uncached: LocalService) -> 
     )
     assert refused.status_code == 422
     assert refused.json()["error"]["field"] == "instances[0].strength"
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A one-bit grey PNG of `width` x `height` zeros: a few kB on the wire that would take
+    width · height bytes (and more) to decode."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body))
+            + kind
+            + body
+            + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    compressor = zlib.compressobj(9)
+    row = b"\x00" * (1 + (width + 7) // 8)
+    data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize(
+    ("size", "words"),
+    [((20_000, 20_000), "declares too many pixels"), ((6_000, 5_000), "is 6000x5000")],
+)
+def test_a_decompression_bomb_is_refused_from_its_header(
+    local: LocalService, size: tuple[int, int], words: str
+) -> None:
+    bomb = png_declaring(*size)
+    assert len(bomb) < 1 << 20  # small on the wire, hundreds of MB decoded
+    for field in ("image", "mask"):
+        fields = {"image": png_base64(picture(1)), field: base64.b64encode(bomb).decode()}
+        answer = httpx.post(
+            local.url + "/v1/generate", json={"prompt": "x", "steps": 2, **fields}, timeout=60
+        )
+        assert answer.status_code == 422, answer.text
+        error = answer.json()["error"]
+        assert error["field"] == field and words in error["message"], error
