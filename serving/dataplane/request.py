@@ -104,8 +104,8 @@ class GenerateParams(BaseModel):
     image: str | None = Field(
         None,
         description="image-to-image: the picture to start from, base64 (or a data: URL) of a "
-        "PNG, JPEG or WebP; resized to width x height (default: its own size, rounded down to "
-        "the VAE factor)",
+        "PNG, JPEG or WebP, or the URL of an image this server made (/v1/images/<digest>.<ext>); "
+        "resized to width x height (default: its own size, rounded down to the VAE factor)",
     )
     strength: float | None = Field(
         None,

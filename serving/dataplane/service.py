@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from contextlib import aclosing
@@ -139,6 +140,10 @@ class DataPlane:
         self.metrics = metrics
         self._clients = clients or ClientDirectory()
         self.loras = LoraLibrary(settings.lora_dir)
+        base = re.escape(settings.public_base_url.rstrip("/"))
+        self._stored_url = re.compile(
+            rf"^(?:{base})?/v1/images/(?P<digest>[0-9a-f]{{40}})\.(?P<ext>png|jpeg|webp)$"
+        )
         self._routes = routes
         self._default = settings.default_model_name()
         self.in_flight = 0  # generations under way (a stopping service waits for them)
@@ -194,6 +199,30 @@ class DataPlane:
             share=share,
         )
 
+    async def with_stored_pictures(self, params: GenerateParams) -> GenerateParams:
+        """`image` and `mask` given as the URL of an image this server stored (relative,
+        `/v1/images/<digest>.<ext>`, or under SD_PUBLIC_BASE_URL) replaced by its bytes. Only
+        those: the server fetches no other URL."""
+        updates = {}
+        for field in ("image", "mask"):
+            value = getattr(params, field)
+            if value is None or not value.lstrip().startswith(("/", "http://", "https://")):
+                continue
+            match = self._stored_url.match(value.strip())
+            if match is None:
+                raise InvalidArgument(
+                    field,
+                    "must be base64, a data: URL, or the URL of an image this server stored "
+                    "(/v1/images/<digest>.<ext>); other URLs are not fetched",
+                )
+            stored = await self.store.get_image(match["digest"])
+            if stored is None or stored.output_format != match["ext"]:
+                raise InvalidArgument(
+                    field, f"names {value}, an image this server does not have (or evicted)"
+                )
+            updates[field] = base64.b64encode(stored.data).decode("ascii")
+        return params.model_copy(update=updates) if updates else params
+
     def _check_loras(self, request: GenerationRequest, model: ServedModel) -> None:
         """Each adapter is in the library, readable, and made for this model's family."""
         for index, (name, _) in enumerate(request.loras):
@@ -248,6 +277,7 @@ class DataPlane:
         pixels: bool = False,
     ) -> GenerationResult:
         """Prepare and run: the call of every synchronous protocol."""
+        params = await self.with_stored_pictures(params)
         return await self.run(
             self.prepare(params, context),
             context,

@@ -41,7 +41,8 @@ async def submit(body: JobRequest, services: ServicesDep, context: ContextDep) -
     if body.webhook_url is not None:
         await services.jobs.check_webhook_url(body.webhook_url)
     # Checked now (a prompt too long fails with 422 here, not later in the job).
-    prepared = services.data_plane.prepare(body.params(), context)
+    params = await services.data_plane.with_stored_pictures(body.params())
+    prepared = services.data_plane.prepare(params, context)
     view = await services.jobs.submit(prepared, preview=body.preview, webhook_url=body.webhook_url)
     return JSONResponse(
         job_response(view).model_dump(mode="json"),

@@ -50,6 +50,7 @@ async def predict(
     for index, instance in enumerate(body.instances):  # every instance checked before any runs
         with fields_renamed(functools.partial("instances[{}].{}".format, index)):
             instance = instance.model_copy(update={"model": model})
+            instance = await data_plane.with_stored_pictures(instance)
             prepared.append(data_plane.prepare(instance, context))
     results = await all_or_none([data_plane.run(item, context) for item in prepared])
     return V1PredictResponse(

@@ -338,3 +338,24 @@ def test_a_decompression_bomb_is_refused_from_its_header(
         assert answer.status_code == 422, answer.text
         error = answer.json()["error"]
         assert error["field"] == field and words in error["message"], error
+
+
+def test_an_image_this_server_stored_is_an_input_by_its_url(uncached: LocalService) -> None:
+    """A picture made here is edited by naming its URL; the server fetches no other URL."""
+    made = generate(uncached.url, prompt="a red circle", steps=4, seed=3)
+    url = made["images"][0]["url"]
+    data = httpx.get(uncached.url + url, timeout=30).content
+    params = {"prompt": "a blue circle", "steps": 5, "seed": 4, "strength": 0.6}
+    by_url = first_image(generate(uncached.url, image=url, **params))
+    by_bytes = first_image(generate(uncached.url, image=base64.b64encode(data).decode(), **params))
+    assert max_pixel_difference(by_url, by_bytes) == 0
+    for value, words in (
+        ("https://example.com/cat.png", "other URLs are not fetched"),
+        ("/v1/images/" + "0" * 40 + ".png", "does not have"),
+    ):
+        answer = httpx.post(
+            uncached.url + "/v1/generate", json={"prompt": "x", "image": value}, timeout=60
+        )
+        assert answer.status_code == 422, answer.text
+        error = answer.json()["error"]
+        assert error["field"] == "image" and words in error["message"], error
