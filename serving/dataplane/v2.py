@@ -10,6 +10,7 @@ same protocol."""
 from __future__ import annotations
 
 import base64
+import io
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -26,6 +27,7 @@ from kserve.errors import (
 from kserve.model import BaseKServeModel
 from kserve.protocol.dataplane import DataPlane as KServeDataPlane
 from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, InferResponse
+from PIL import Image
 
 from serving.client.v2 import DECLARED_INPUTS, OUTPUTS, PAIR_INPUTS, accepted_datatypes, input_shape
 from serving.dataplane.model import ServedModel
@@ -146,6 +148,10 @@ def _value(tensor: InferInput) -> Any:
         known = ", ".join(DECLARED_INPUTS)
         raise InvalidArgument(field, f"unknown input; this model takes {known}")
     expected = accepted_datatypes(DECLARED_INPUTS[name])
+    if name in PICTURE_INPUTS:
+        if datatype == "UINT8":  # the pixels themselves: [H, W, 3] (a mask also [H, W])
+            return picture_from_pixels(tensor, field)
+        expected = expected | {"UINT8"}
     if datatype not in expected:
         raise InvalidArgument(
             f"{field}.datatype", f"must be {' or '.join(sorted(expected))} (got {datatype})"
@@ -175,6 +181,34 @@ def _value(tensor: InferInput) -> Any:
     if declared.startswith("FP"):
         return float(value)
     return int(value)
+
+
+PICTURE_INPUTS = ("input_image", "input_mask")
+
+
+def picture_from_pixels(tensor: InferInput, field: str) -> str:
+    """A UINT8 picture tensor ([H, W, 3], or [H, W] grey) as base64 PNG, as GenerateParams
+    takes pictures."""
+    shape = [int(side) for side in tensor.shape]
+    if not (len(shape) == 3 and shape[2] == 3) and len(shape) != 2:
+        raise InvalidArgument(
+            f"{field}.shape", f"must be [height, width, 3] or [height, width] (got {shape})"
+        )
+    if max(shape[:2]) > MAX_PIXEL_TENSOR_SIDE or min(shape[:2]) < 1:
+        raise InvalidArgument(
+            f"{field}.shape", f"sides must be 1 to {MAX_PIXEL_TENSOR_SIDE} (got {shape})"
+        )
+    try:
+        pixels = np.asarray(tensor.as_numpy(), dtype=np.uint8).reshape(shape)
+    except (ValueError, TypeError) as error:
+        raise InvalidArgument(f"{field}.data", f"does not match its shape: {error}") from None
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "RGB" if len(shape) == 3 else "L").save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+# A pixel tensor's bound, before the data plane's own (SD_LIMITS__MAX_INPUT_SIDE) on its PNG.
+MAX_PIXEL_TENSOR_SIDE = 8192
 
 
 # How a picture's file starts (PNG, JPEG, WebP's RIFF, GIF): raw bytes rather than base64 text.
