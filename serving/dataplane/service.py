@@ -242,6 +242,17 @@ class DataPlane:
                     f"width {model.info.context_dim})",
                 )
 
+    def describe_model(self, name: str) -> dict[str, Any]:
+        """A served model as the APIs report it: family, defaults, limits, samplers, and the
+        LoRA adapters that fit it."""
+        model = self.model(name)
+        fitting = [
+            adapter["name"]
+            for adapter in self.adapters()
+            if model.name in adapter.get("models", ()) and "error" not in adapter
+        ]
+        return {**model.describe(), "loras": fitting}
+
     def adapters(self) -> list[dict[str, Any]]:
         """The adapter library, each adapter with the served models it fits."""
         models = {model.name: (model.info.context_dim, model.unet_layers) for model in self.models}

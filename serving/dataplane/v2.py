@@ -340,8 +340,8 @@ class ServingKServeDataPlane(KServeDataPlane):
         return await super().model_ready(model_name, disable_predictor_health_check)
 
     def describe(self, model_name: str) -> dict[str, Any]:
-        """The model's family, request defaults and limits, samplers."""
-        return self._serving.model(model_name).describe()
+        """The model's family, request defaults and limits, samplers, LoRA adapters."""
+        return self._serving.describe_model(model_name)
 
     async def model_metadata(self, model_name: str) -> dict[str, Any]:
         """kserve's metadata, with the platform naming the family (gRPC has no other field for

@@ -31,13 +31,7 @@ async def models(data_plane: DataPlaneDep) -> V1Models:
 
 @router.get("/v1/models/{model}", responses=ERRORS)
 async def model_status(model: str, data_plane: DataPlaneDep) -> V1ModelStatus:
-    served = data_plane.model(model)
-    fitting = [
-        adapter["name"]
-        for adapter in data_plane.adapters()
-        if model in adapter.get("models", ()) and "error" not in adapter
-    ]
-    parameters = {**served.describe(), "loras": fitting}
+    parameters = data_plane.describe_model(model)
     return V1ModelStatus(name=model, ready=await data_plane.ready(), parameters=parameters)
 
 

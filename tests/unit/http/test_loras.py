@@ -113,9 +113,9 @@ def test_the_library_lists_each_adapter_with_what_it_is(adapted: LocalService) -
     assert listed["for-sd1"]["family"] == "sd1" and listed["for-sd1"]["models"] == []
     assert "not a readable safetensors" in listed["broken"]["error"]
     assert listed["with-text"]["text_encoder"] and "error" not in listed["with-text"]
-    status = httpx.get(adapted.url + f"/v1/models/{MODEL}", timeout=30).json()
-    assert "style-a" in status["parameters"]["loras"]
-    assert "broken" not in status["parameters"]["loras"]
+    for path in (f"/v1/models/{MODEL}", f"/v2/models/{MODEL}"):  # each model's metadata
+        parameters = httpx.get(adapted.url + path, timeout=30).json()["parameters"]
+        assert "style-a" in parameters["loras"] and "broken" not in parameters["loras"], path
 
 
 def test_requests_with_different_adapters_batched_together_equal_the_pipeline(
