@@ -75,24 +75,21 @@ def engine_setup(
     library = LoraLibrary(directory)
     text = TextEncoderRunner.load(source, cpu, cache_size=16)
     positive, negative = text.encode([PROMPT, ""])
-    plain = ContinuousBatchingEngine(
-        loader.load_unet(source, cpu),
-        SchedulerFactory(loader.load_scheduler_config(source)),
-        cpu,
-        vae_scale_factor=8,
-        max_batch_size=BATCH,
-        max_queue=BATCH,
-    )
-    engine = ContinuousBatchingEngine(
-        loader.load_unet(source, cpu),
-        SchedulerFactory(loader.load_scheduler_config(source)),
-        cpu,
-        vae_scale_factor=8,
-        max_batch_size=BATCH,
-        max_queue=BATCH,
-        adapters=unet_adapters(
-            library, "sd", max_resident=8, max_resident_bytes=1 << 30, context_dim=256
-        ),
+
+    def new_engine(adapters: Any = None) -> ContinuousBatchingEngine:
+        return ContinuousBatchingEngine(
+            loader.load_unet(source, cpu),
+            SchedulerFactory(loader.load_scheduler_config(source)),
+            cpu,
+            vae_scale_factor=8,
+            max_batch_size=BATCH,
+            max_queue=BATCH,
+            adapters=adapters,
+        )
+
+    plain = new_engine()  # never loads an adapter
+    engine = new_engine(
+        unet_adapters(library, "sd", max_resident=8, max_resident_bytes=1 << 30, context_dim=256)
     )
     from serving.dataplane.stages import DenoiseJob
 

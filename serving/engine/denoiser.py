@@ -339,6 +339,8 @@ class ContinuousBatchingEngine:
             )
             # Ray exports a gauge only while it is being set: republished with the load.
             self._metrics.compile_seconds.set(self._compile_seconds)
+        if self._adapters is not None:
+            self._adapters.publish()
 
     def check_health(self) -> None:
         """Raises when the engine thread has died: nothing would ever be denoised again."""
@@ -715,15 +717,22 @@ def _image_start(
     schedule's last `strength` part, the image's latent sample drawn from the generator first,
     then the noise, added at the first timestep left."""
     device, dtype = placement.device, placement.dtype
+    timesteps = _strength_schedule(job, scheduler)
+    sample = _latent_sample(image, generator, placement)
+    noise = randn_tensor(sample.shape, generator=generator, device=device, dtype=dtype)
+    return timesteps, scheduler.add_noise(sample, noise, timesteps[:1])
+
+
+def _strength_schedule(job: DenoiseJob, scheduler: SchedulerMixin) -> torch.Tensor:
+    """The schedule's last `strength` part, the scheduler told where it begins (the pipelines'
+    get_timesteps)."""
     begin = image_start_index(job.steps, job.strength, scheduler.order)
     timesteps = scheduler.timesteps[begin:]
     if len(timesteps) == 0:
         raise ValueError(f"strength {job.strength} leaves no step of {job.steps} to run")
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(begin)
-    sample = _latent_sample(image, generator, placement)
-    noise = randn_tensor(sample.shape, generator=generator, device=device, dtype=dtype)
-    return timesteps, scheduler.add_noise(sample, noise, timesteps[:1])
+    return timesteps
 
 
 def _latent_sample(
@@ -749,12 +758,7 @@ def _inpaint_start(
     picture's latent sample; strength 1 starts from noise alone."""
     assert job.init_image is not None and job.masked_image is not None and job.mask is not None
     device, dtype = placement.device, placement.dtype
-    begin = image_start_index(job.steps, job.strength, scheduler.order)
-    timesteps = scheduler.timesteps[begin:]
-    if len(timesteps) == 0:
-        raise ValueError(f"strength {job.strength} leaves no step of {job.steps} to run")
-    if hasattr(scheduler, "set_begin_index"):
-        scheduler.set_begin_index(begin)
+    timesteps = _strength_schedule(job, scheduler)
     full_strength = job.strength == 1.0
 
     def drawn(image: ImageLatents) -> torch.Tensor:

@@ -169,10 +169,14 @@ class RowAdapters:
                     module.register_forward_hook(self._add_updates)
                     self._hooked.add(id(module))
 
+    def publish(self) -> None:
+        """Republish the resident gauges (Ray exports a gauge only while it is being set)."""
+        self._record_resident()
+
     def _record_resident(self) -> None:
         if self._metrics is not None:
-            size = sum(info.size_bytes for info in self._resident.values())
-            self._metrics.record_resident(len(self._resident), size)
+            resident = list(self._resident.values())  # a snapshot: the publisher is a timer
+            self._metrics.record_resident(len(resident), sum(info.size_bytes for info in resident))
 
     @contextlib.contextmanager
     def applied(self, rows: Sequence[Loras]) -> Iterator[None]:

@@ -49,6 +49,9 @@ def service(
     settings = {
         "SD_MODELS": json.dumps(models),
         "SD_LORA_DIR": str(lora_library.directory),
+        # Two resident adapters per UNet replica: the traffic of test_prometheus.py, three
+        # adapters in turn, makes the replica evict one (the eviction series then has data).
+        "SD_UNET__MAX_RESIDENT_LORAS": "2",
         "SD_WEBHOOK_SECRET": WEBHOOK_SECRET,
         "SD_WEBHOOK_ALLOW": '["127.0.0.1/32"]',  # the tests' receivers
         "SD_RESULT_CACHE_SIZE": "0",

@@ -129,11 +129,15 @@ def traffic(service: RunningService, prometheus: str) -> None:
                 == 200
             )
         assert client.post("/v1/generate", json={"prompt": "x", "steps": 0}).status_code == 422
+        for name in ("style-a", "style-b", "style.c"):  # three adapters, two resident: evictions
+            body = {"prompt": "metrics", "steps": 2, "loras": [{"name": name}]}
+            assert client.post("/v1/generate", json=body).status_code == 200
     # Ray's metrics agent exports every 0.5 s here; wait until the last of them is scraped.
     assert wait_until(
         lambda: bool(
             query(prometheus, "ray_sd_rejected_requests_total")["result"]
             and query(prometheus, 'ray_sd_cache_lookups_total{result="hit"}')["result"]
+            and query(prometheus, "ray_sd_lora_evictions_total")["result"]
         ),
         timeout_s=120,
         interval_s=0.5,
