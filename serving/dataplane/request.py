@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -19,6 +20,9 @@ OUTPUT_FORMATS: tuple[str, ...] = OutputFormat.__args__  # type: ignore[attr-def
 MAX_SEED = 2**32 - 1
 # The client's own deadline in seconds: an HTTP header, or gRPC metadata of the same name.
 TIMEOUT_HEADER = "x-timeout-s"
+# When the request reached the service (wall clock), stamped by the HTTP proxy
+# (serving/http/proxy.py): the deadline counts from there.
+RECEIVED_AT_HEADER = "x-sd-received-at"
 
 
 Pair = tuple[int, int]
@@ -400,6 +404,7 @@ class RequestContext:
     timeout_s: float | None = None
     authorization: str | None = None
     address: str | None = None
+    received_at: float | None = None  # wall clock; None: when the data plane starts on it
 
     @classmethod
     def from_headers(cls, headers: Mapping[str, str], address: str | None) -> RequestContext:
@@ -408,11 +413,20 @@ class RequestContext:
             timeout_s=parse_timeout(headers.get(TIMEOUT_HEADER)),
             authorization=headers.get("authorization"),
             address=address,
+            received_at=_received_at(headers.get(RECEIVED_AT_HEADER)),
         )
 
     @property
     def client_id(self) -> str:
         return client_id(self.authorization, self.address)
+
+
+def _received_at(raw: str | None) -> float | None:
+    """The proxy's arrival stamp; never later than now (a stamp cannot extend a deadline)."""
+    try:
+        return None if raw is None else min(float(raw), time.time())
+    except ValueError:
+        return None
 
 
 def client_id(authorization: str | None, address: str | None) -> str:

@@ -316,11 +316,13 @@ class DataPlane:
         and the client gets DeadlineExceeded."""
         limit = self.settings.request_timeout_s
         deadline = limit if context.timeout_s is None else min(limit, context.timeout_s)
+        # From when the request reached the service: its wait in the proxy's queue counts too.
+        deadline_at = (context.received_at or time.time()) + deadline
         self.in_flight += 1
         try:
             result = await asyncio.wait_for(
-                self._run(prepared, progress, preview, pixels, checkpoints, time.time() + deadline),
-                deadline,
+                self._run(prepared, progress, preview, pixels, checkpoints, deadline_at),
+                max(deadline_at - time.time(), 0.0),
             )
         except TimeoutError:
             raise DeadlineExceeded(

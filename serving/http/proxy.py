@@ -10,13 +10,20 @@ own, and the one here puts them in the shape every other refusal has:
   means the replica was lost);
 * every ingress replica is at `max_ongoing_requests` and the proxy's queue is full
   (`SD_INGRESS__MAX_QUEUED_REQUESTS`): its plain-text 503 becomes our JSON refusal (Retry-After
-  kept)."""
+  kept).
+
+A second one stamps each request with the time it reached the proxy (`X-SD-Received-At`), so a
+client's deadline counts the time it waited in the proxy's queue for an ingress replica too; a
+stamp the client sent is replaced."""
 
 from __future__ import annotations
+
+import time
 
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving.dataplane.request import RECEIVED_AT_HEADER
 from serving.errors import QueueFull, ServingError, StageLost
 from serving.http.errors import error_response
 
@@ -58,6 +65,21 @@ class ProxyAnswersInOurShape:
             await error_response(replaced, path)(scope, receive, send)
 
 
+class StampArrival:
+    """Adds `X-SD-Received-At` (wall-clock seconds) to every request as it reaches the proxy."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            name = RECEIVED_AT_HEADER.encode()
+            headers = [(key, value) for key, value in scope["headers"] if key.lower() != name]
+            headers.append((name, repr(time.time()).encode()))
+            scope = {**scope, "headers": headers}
+        await self.app(scope, receive, send)
+
+
 def _is_json(start: Message) -> bool:
     headers = dict(start.get("headers", []))
     return headers.get(b"content-type", b"").startswith(b"application/json")
@@ -65,4 +87,4 @@ def _is_json(start: Message) -> bool:
 
 def middlewares() -> list[Middleware]:
     """The proxy's middlewares (Ray calls this in the proxy actor)."""
-    return [Middleware(ProxyAnswersInOurShape)]
+    return [Middleware(StampArrival), Middleware(ProxyAnswersInOurShape)]

@@ -4,6 +4,7 @@ sibling cancellation, progress, metrics and readiness, in milliseconds."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,6 +135,24 @@ def test_past_the_deadline_the_stage_work_is_cancelled(model: ServedModel) -> No
 
     asyncio.run(scenario())
     assert sorted(stages.cancelled) == [1, 2]  # both images' denoise calls were cancelled
+
+
+def test_the_deadline_counts_from_when_the_request_reached_the_service(
+    model: ServedModel,
+) -> None:
+    """A request that waited 9.8 s in the proxy's queue has 0.2 s of its 10 s left."""
+    stages = ScriptedStages(block=True)
+    plane, _ = data_plane(model, stages)
+    context = RequestContext(timeout_s=10.0, received_at=time.time() - 9.8)
+
+    async def scenario() -> float:
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded, match=r"10 s deadline"):
+            await plane.generate(GenerateParams(prompt="late", seed=1), context)
+        return time.monotonic() - started
+
+    assert asyncio.run(scenario()) < 5.0  # cancelled at 10 s from arrival, not from now
+    assert stages.cancelled == [1]
 
 
 def test_one_image_refused_cancels_its_siblings(model: ServedModel) -> None:

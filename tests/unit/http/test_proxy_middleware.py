@@ -4,6 +4,8 @@ Retry-After in the path's protocol shape, and so does the proxy's own plain-text
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -39,6 +41,10 @@ async def busy(request: Request) -> JSONResponse:  # our own refusal, already in
     return JSONResponse(body, status_code=503, headers={"Retry-After": "2"})
 
 
+async def echo_stamp(request: Request) -> JSONResponse:
+    return JSONResponse({"received_at": request.headers.get("x-sd-received-at")})
+
+
 @pytest.fixture
 def client() -> TestClient:
     routes = [
@@ -48,6 +54,7 @@ def client() -> TestClient:
     routes.append(Route("/v1/images/generations", backpressure, methods=["POST"]))
     routes.append(Route("/v1/busy", busy, methods=["POST"]))
     routes.append(Route("/-/healthz", backpressure, methods=["GET"]))
+    routes.append(Route("/v1/stamp", echo_stamp, methods=["POST"]))
     app = Starlette(routes=routes, middleware=middlewares())
     return TestClient(app, raise_server_exceptions=True)
 
@@ -81,3 +88,12 @@ def test_our_own_refusals_and_the_proxys_routes_pass_unchanged(client: TestClien
     assert client.post("/v1/busy", json={}).json()["error"]["message"] == "the UNet is busy"
     health = client.get("/-/healthz")
     assert health.status_code == 503 and "backpressure" in health.text
+
+
+def test_each_request_is_stamped_with_its_arrival_and_a_clients_stamp_is_replaced(
+    client: TestClient,
+) -> None:
+    before = time.time()
+    answer = client.post("/v1/stamp", headers={"X-SD-Received-At": "0"})
+    stamp = float(answer.json()["received_at"])
+    assert before <= stamp <= time.time()
