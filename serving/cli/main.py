@@ -383,9 +383,6 @@ def _generate(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"error: --lora {error}", file=sys.stderr)
         return 2
-    if args.grpc and (args.image is not None or args.mask is not None):
-        print("error: pictures are sent over HTTP only for now (not --grpc)", file=sys.stderr)
-        return 2
     if args.model and not args.grpc:
         fields["model"] = args.model
     suffix = args.output.suffix.lstrip(".").lower()

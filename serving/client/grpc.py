@@ -13,6 +13,7 @@ neither kserve nor any server module; it speaks to any v2 server.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -37,7 +38,9 @@ def _tensor(name: str, value: Any) -> Tensor:
     values = list(value) if shape == [2] else [value]
     contents = pb.InferTensorContents()
     if datatype == "BYTES":
-        contents.bytes_contents.extend(str(item).encode() for item in values)
+        contents.bytes_contents.extend(
+            item if isinstance(item, bytes) else str(item).encode() for item in values
+        )
     elif datatype == "INT64":
         contents.int64_contents.extend(int(item) for item in values)
     elif datatype.startswith("INT"):
@@ -50,6 +53,10 @@ def _tensor(name: str, value: Any) -> Tensor:
 def infer_request(model: str, prompt: str, fields: dict[str, Any]) -> pb.ModelInferRequest:
     """A ModelInfer request asking for the encoded images (`image_bytes`) and their seeds."""
     values = {"prompt": prompt, **{k: v for k, v in fields.items() if v is not None}}
+    for name in ("image", "mask"):  # an edit's picture and mask: the files' raw bytes
+        if name in values:
+            picture = values.pop(name)
+            values[f"input_{name}"] = picture.read_bytes() if isinstance(picture, Path) else picture
     output_format = str(values.pop("output_format", "png"))
     priority = values.pop("priority", None)
     loras = values.pop("loras", None)
@@ -149,7 +156,9 @@ class GrpcClient:
 
     def generate(self, prompt: str, **fields: Any) -> Generation:
         """Fields: negative_prompt, num_images, width, height, steps, guidance_scale, seed,
-        scheduler, output_format, priority (interactive or batch)."""
+        scheduler, output_format, priority (interactive or batch); for an edit image (a Path
+        or the file's bytes) and strength, to inpaint mask (as image; white repaints); loras
+        (as the HTTP client's)."""
         request = infer_request(self._model, prompt, fields)
         try:
             response = self._infer(

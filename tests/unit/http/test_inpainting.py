@@ -23,7 +23,7 @@ from kserve.protocol.infer_type import InferInput
 from PIL import Image
 
 from serving.cli.main import main as cli_main
-from serving.client import Client
+from serving.client import Client, GrpcClient
 from serving.dataplane.request import GenerateParams
 from serving.dataplane.service import PreparedRequest
 from serving.engine.schedulers import SCHEDULER_CLASSES
@@ -229,12 +229,18 @@ def test_the_python_client_and_the_cli_send_a_mask_file(
     direct = served(uncached, 41, image=b64(picture(12)), mask=b64(mask_image()))
     with Client(uncached.url) as client:
         result = client.generate(PROMPT, **SAMPLING, seed=41, image=start, mask=mask.read_bytes())
-    assert max_pixel_difference(pixels(result.images[0].data), direct) == 0
+    with GrpcClient(uncached.grpc_target, model=MODEL) as grpc_client:
+        over_grpc = grpc_client.generate(PROMPT, **SAMPLING, seed=41, image=start, mask=mask)
+    for answer in (result, over_grpc):
+        assert max_pixel_difference(pixels(answer.images[0].data), direct) == 0
     written = tmp_path / "inpainted.png"
     argv = ["edit", str(start), PROMPT, "--mask", str(mask), "--url", uncached.url]
     argv += ["-o", str(written), "--steps", "6", "--scheduler", "ddim", "--seed", "41"]
     argv += ["--guidance-scale", "7.5", "--no-progress"]
     assert cli_main(argv) == 0
+    assert max_pixel_difference(pixels(written.read_bytes()), direct) == 0
+    over_grpc_cli = ["--grpc", "--grpc-target", uncached.grpc_target, "--model", MODEL]
+    assert cli_main([*argv, *over_grpc_cli]) == 0
     assert max_pixel_difference(pixels(written.read_bytes()), direct) == 0
 
 
