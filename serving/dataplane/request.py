@@ -9,7 +9,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from serving.dataplane.codecs import base64_image, image_size, input_image
 from serving.errors import InvalidArgument
@@ -53,19 +53,13 @@ def lora_list(text: str | None, field: str) -> list[LoraParam] | None:
         return None
     try:
         return _LORA_LIST.validate_json(text)
-    except ValueError as error:
+    except ValidationError as error:  # pydantic's, for bad JSON as for a wrong field
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        problem = f"{where}: {first['msg']}" if where else first["msg"]
         raise InvalidArgument(
-            field, f'must be JSON: [{{"name": ..., "scale": ...}}] ({_first_error(error)})'
+            field, f'must be JSON: [{{"name": ..., "scale": ...}}] ({problem})'
         ) from None
-
-
-def _first_error(error: ValueError) -> str:
-    errors = getattr(error, "errors", None)
-    if callable(errors):
-        first = errors()[0]
-        where = ".".join(str(part) for part in first.get("loc", ()))
-        return f"{where}: {first['msg']}" if where else str(first["msg"])
-    return str(error)
 
 
 class GenerateParams(BaseModel):

@@ -271,10 +271,10 @@ class DataPlane:
 
     def _adapters_stamp(self, request: GenerationRequest) -> str:
         """The request's adapter files as they are now: a replaced file is another result."""
-        paths = self.loras.paths()
         stamps = []
         for name, _ in request.loras:
-            stat = paths[name].stat() if name in paths else None
+            path = self.loras.path(name)
+            stat = path.stat() if path is not None else None
             stamps.append(f"{name}:{stat.st_size}:{stat.st_mtime_ns}" if stat else name)
         return ",".join(stamps)
 

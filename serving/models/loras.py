@@ -113,9 +113,19 @@ class LoraLibrary:
         """Every adapter by name: described, or the reason it cannot be used."""
         return {name: self._describe(name, path) for name, path in self.paths().items()}
 
+    def path(self, name: str) -> Path | None:
+        """An adapter's weights file, looked up directly (a request's adapters need no listing
+        of the directory); the file wins over a folder of the same name, as in `paths`."""
+        if self.directory is None or not NAME.match(name):
+            return None
+        for candidate in (self.directory / f"{name}{SUFFIX}", self.directory / name / LORA_FILE):
+            if candidate.is_file():
+                return candidate
+        return None
+
     def get(self, name: str) -> LoraInfo:
         """An adapter by name: KeyError when there is none, LoraError when it is unusable."""
-        path = self.paths().get(name) if NAME.match(name) else None
+        path = self.path(name)
         if path is None:
             raise KeyError(name)
         described = self._describe(name, path)
