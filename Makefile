@@ -165,7 +165,7 @@ format: install ## apply ruff's fixes and formatting
 	$(BIN)/ruff format serving tests scripts loadtest
 
 DEMO_MODEL := serving/models/demo
-demo-model: install ## retrain the demo model (the default) from scratch on the CPU, about 35 min on 2 cores: writes serving/models/demo
+demo-model: install ## retrain the demo model (the default) from scratch on the CPU, about 35 min on 2 cores (at most about 75): writes serving/models/demo
 	rm -rf $(DEMO_MODEL).new
 	$(BIN)/sd-serving train $(DEMO_MODEL).new --half
 	rm -rf $(DEMO_MODEL) && mv $(DEMO_MODEL).new $(DEMO_MODEL)

@@ -93,7 +93,13 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("directory", type=Path)
     train.add_argument("--data", type=Path, help="an imagefolder dataset (default: the world)")
     train.add_argument("--vae-steps", type=int)
-    train.add_argument("--unet-steps", type=int)
+    train.add_argument("--unet-steps", type=int, help="denoiser steps at least")
+    train.add_argument(
+        "--unet-steps-max",
+        type=int,
+        help="denoiser steps at most: past --unet-steps, training stops at the first check "
+        "where every attribute reaches the goal",
+    )
     train.add_argument("--batch-size", type=int)
     train.add_argument("--image-size", type=int)
     train.add_argument("--seed", type=int)
@@ -276,7 +282,15 @@ def _train(args: argparse.Namespace) -> int:
 
     given = {
         key: value
-        for key in ("vae_steps", "unet_steps", "batch_size", "image_size", "seed", "eval_every")
+        for key in (
+            "vae_steps",
+            "unet_steps",
+            "unet_steps_max",
+            "batch_size",
+            "image_size",
+            "seed",
+            "eval_every",
+        )
         if (value := getattr(args, key)) is not None
     }
     if args.posterior_std is not None:

@@ -33,6 +33,7 @@ TINY = TrainConfig(
     text_layers=1,
     vae_steps=10,
     unet_steps=10,
+    unet_steps_max=10,
     batch_size=4,
     vae_max_mse=1.0,  # ten steps reconstruct nothing yet; the check's failure has its own test
     vae_min_adherence=0.0,
@@ -74,6 +75,27 @@ def test_a_short_run_writes_a_pipeline_diffusers_loads(
     assert pipe.unet.dtype == torch.float32  # diffusers loads half-precision files as float32
     assert json.loads((output / "train-config.json").read_text())["unet_steps"] == 10
     assert {"vocab.json", "merges.txt"} <= {path.name for path in (output / "tokenizer").iterdir()}
+
+
+@pytest.mark.parametrize(
+    ("goal", "steps", "checks"), [(0.0, 4, [3]), (1.0, 12, [3, 7, 11])], ids=["met", "unmet"]
+)
+def test_the_denoiser_trains_past_its_minimum_until_every_attribute_meets_the_goal(
+    tmp_path: Path, evaluator: AttributeClassifier, goal: float, steps: int, checks: list[int]
+) -> None:
+    config = replace(
+        TINY,
+        unet_steps=4,
+        unet_steps_max=12,
+        eval_every=4,
+        eval_steps=2,
+        check_seeds=(5,),
+        goal_adherence=goal,
+    )
+    output = train(tmp_path / "model", config, None, evaluator)
+    log = [json.loads(line) for line in (output / "train-log.jsonl").read_text().splitlines()]
+    assert sum(1 for entry in log if entry["stage"] == 1) == steps
+    assert [entry["step"] for entry in log if entry["stage"] == 2] == checks
 
 
 def test_a_vae_that_fails_its_check_trains_more_then_stops_with_its_figures(
