@@ -98,16 +98,14 @@ class LoraLibrary:
         self._described: dict[Path, tuple[tuple[int, int], LoraInfo | LoraError]] = {}
 
     def paths(self) -> dict[str, Path]:
-        """Every adapter's name and weights file."""
+        """Every adapter's name and weights file, by name."""
         if self.directory is None or not self.directory.is_dir():
             return {}
-        found: dict[str, Path] = {}
-        for entry in sorted(self.directory.iterdir()):
-            if entry.is_file() and entry.suffix == SUFFIX:
-                found[entry.name[: -len(SUFFIX)]] = entry
-            elif entry.is_dir() and (entry / LORA_FILE).is_file():
-                found[entry.name] = entry / LORA_FILE
-        return {name: path for name, path in found.items() if NAME.match(name)}
+        names = {
+            entry.name.removesuffix(SUFFIX) if entry.is_file() else entry.name
+            for entry in self.directory.iterdir()
+        }
+        return {name: path for name in sorted(names) if (path := self.path(name)) is not None}
 
     def listing(self) -> dict[str, LoraInfo | LoraError]:
         """Every adapter by name: described, or the reason it cannot be used."""
@@ -115,7 +113,7 @@ class LoraLibrary:
 
     def path(self, name: str) -> Path | None:
         """An adapter's weights file, looked up directly (a request's adapters need no listing
-        of the directory); the file wins over a folder of the same name, as in `paths`."""
+        of the directory): `<name>.safetensors`, else `<name>/pytorch_lora_weights.safetensors`."""
         if self.directory is None or not NAME.match(name):
             return None
         for candidate in (self.directory / f"{name}{SUFFIX}", self.directory / name / LORA_FILE):
