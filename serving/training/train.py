@@ -300,11 +300,13 @@ def conditioning_check(
     pipeline: StableDiffusionPipeline, evaluator: AttributeClassifier, config: TrainConfig
 ) -> Adherence:
     """The world's captions drawn once with each check seed, scored by the evaluator."""
-    prompts, images = [], []
-    for seed in config.check_seeds:
-        prompts += every_caption()
-        images += draw(pipeline, every_caption(), seed, config.eval_steps, config.eval_guidance)
-    return score(evaluator, images, prompts)
+    captions = every_caption()
+    images = [
+        image
+        for seed in config.check_seeds
+        for image in draw(pipeline, captions, seed, config.eval_steps, config.eval_guidance)
+    ]
+    return score(evaluator, images, captions * len(config.check_seeds))
 
 
 def train_denoiser(
