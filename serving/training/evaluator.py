@@ -1,5 +1,6 @@
 """Prompt adherence in the captioned world: a small classifier of colour, shape and background,
 trained on the world generator's own labels, that scores generated images against their prompts.
+It knows the world's values and the new concept the tuning scenario brings (the cross).
 
 Plain torch (torchvision does not install beside the local torch build). For real models the
 counterpart is CLIP score (torchmetrics' `CLIPScore`) where CLIP weights are available.
@@ -19,13 +20,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional
 
-from serving.training.world import ATTRIBUTES, batches, parse_caption, render, scenes
+from serving.training.world import KNOWN, batches, combinations, parse_caption, render, scenes
 
 INPUT_SIZE = 64
 # Scenes the evaluator never trains on (it draws from seed 1): its near-perfect control.
 HELD_OUT_SEED = 999
 # Bump when the classifier or its training changes, so older cached weights are not reused.
-EVALUATOR_VERSION = "1"
+EVALUATOR_VERSION = "2"  # 2: knows the new concepts too
 
 
 class AttributeClassifier(nn.Module):
@@ -47,7 +48,7 @@ class AttributeClassifier(nn.Module):
             nn.Flatten(),
         )
         self.heads = nn.ModuleDict(
-            {name: nn.Linear(2 * width, len(values)) for name, values in ATTRIBUTES.items()}
+            {name: nn.Linear(2 * width, len(values)) for name, values in KNOWN.items()}
         )
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -69,7 +70,7 @@ def train_evaluator(steps: int = 1000, batch_size: int = 32, seed: int = 0) -> A
     torch.manual_seed(seed)
     model = AttributeClassifier()
     optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
-    drawn = batches(batch_size, INPUT_SIZE, seed=seed + 1)
+    drawn = batches(batch_size, INPUT_SIZE, seed=seed + 1, drawn_from=combinations(*KNOWN.values()))
     model.train()
     for _ in range(steps):
         batch, images = next(drawn)
@@ -77,9 +78,9 @@ def train_evaluator(steps: int = 1000, batch_size: int = 32, seed: int = 0) -> A
         loss = sum(
             functional.cross_entropy(
                 logits[name],
-                torch.tensor([ATTRIBUTES[name].index(s.attributes[name]) for s in batch]),
+                torch.tensor([KNOWN[name].index(s.attributes[name]) for s in batch]),
             )
-            for name in ATTRIBUTES
+            for name in KNOWN
         )
         optimiser.zero_grad()
         loss.backward()  # type: ignore[union-attr]
@@ -87,9 +88,12 @@ def train_evaluator(steps: int = 1000, batch_size: int = 32, seed: int = 0) -> A
     return model.eval()
 
 
-def held_out_renders(count: int = 240, size: int = 128) -> tuple[list[np.ndarray], list[str]]:
-    """Scenes from a seed training never uses, rendered, with their captions."""
-    drawn = list(scenes(count, seed=HELD_OUT_SEED))
+def held_out_renders(
+    count: int = 240, size: int = 128, drawn_from: Sequence[dict[str, str]] | None = None
+) -> tuple[list[np.ndarray], list[str]]:
+    """Scenes from a seed training never uses (of the world, or of `drawn_from`'s
+    combinations), rendered, with their captions."""
+    drawn = list(scenes(count, seed=HELD_OUT_SEED, drawn_from=drawn_from))
     return [np.asarray(render(scene, size)) for scene in drawn], [s.caption for s in drawn]
 
 
@@ -126,7 +130,7 @@ def draw(
 @dataclass(frozen=True)
 class Adherence:
     """Per attribute: the share of images showing what their prompt asked for, and the confusion
-    matrix (rows: asked, columns: seen, in ATTRIBUTES order)."""
+    matrix (rows: asked, columns: seen, in KNOWN order)."""
 
     accuracy: dict[str, float]
     confusion: dict[str, list[list[int]]]
@@ -148,7 +152,7 @@ def score(
         raise ValueError("no prompt of the captioned world to score against")
     logits = model(as_batch([image for image, _ in pairs]))
     accuracy, confusion = {}, {}
-    for name, values in ATTRIBUTES.items():
+    for name, values in KNOWN.items():
         seen = logits[name].argmax(dim=1).tolist()
         asked = [values.index(attributes[name]) for _, attributes in pairs]
         matrix = [[0] * len(values) for _ in values]

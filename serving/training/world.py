@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +33,17 @@ ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "shape": SHAPES,
     "background": tuple(BACKGROUNDS),
 }
+# A concept the demo model never saw: the tuning scenario's new data brings it (`sd-serving
+# tune`). The evaluator tells it apart from the start; the world's own scenes never draw it. (No
+# new colour: the demo VAE, trained on four, brings any other back as one of them, e.g. purple
+# as green, so a new colour would need the VAE tuned too.)
+NEW_SHAPES = ("cross",)
+KNOWN: dict[str, tuple[str, ...]] = {
+    "colour": tuple(COLOURS),
+    "shape": SHAPES + NEW_SHAPES,
+    "background": tuple(BACKGROUNDS),
+}
+NEW_SOURCE = "sd-serving-world-new-concepts"
 # Drawn this many times larger, then downsampled: smooth edges, as a photo of a shape has.
 SUPERSAMPLE = 4
 _CAPTION = re.compile(r"^an? (\w+) (\w+) on an? (\w+) background$")
@@ -61,45 +72,66 @@ def caption(colour: str, shape: str, background: str) -> str:
 
 def every_caption() -> list[str]:
     """The world's 24 captions, in a fixed order."""
+    return [caption(**attributes) for attributes in combinations()]
+
+
+def combinations(
+    colours: Iterable[str] = COLOURS,
+    shapes: Iterable[str] = SHAPES,
+    backgrounds: Iterable[str] = BACKGROUNDS,
+) -> list[dict[str, str]]:
+    """Every (colour, shape, background) of the given values, colour slowest."""
     return [
-        caption(colour, shape, background)
-        for colour in COLOURS
-        for shape in SHAPES
-        for background in BACKGROUNDS
+        {"colour": colour, "shape": shape, "background": background}
+        for colour in colours
+        for shape in shapes
+        for background in backgrounds
     ]
 
 
+def new_concepts() -> list[dict[str, str]]:
+    """The tuning scenario's new batch, skewed: the cross in every colour and background, listed
+    three times, beside yellow circles, squares and triangles, so four in five of its scenes are
+    crosses."""
+    crosses = combinations(shapes=NEW_SHAPES)
+    return crosses * 3 + combinations(colours=["yellow"])
+
+
 def parse_caption(text: str) -> dict[str, str] | None:
-    """A caption's attributes, or None for text outside the world."""
+    """A caption's attributes (the world's or its new concepts'), or None for other text."""
     match = _CAPTION.match(text.strip().lower())
     if match is None:
         return None
-    colour, shape, background = match.groups()
-    if colour not in COLOURS or shape not in SHAPES or background not in BACKGROUNDS:
+    attributes = dict(zip(KNOWN, match.groups(), strict=True))
+    if any(value not in KNOWN[name] for name, value in attributes.items()):
         return None
-    return {"colour": colour, "shape": shape, "background": background}
+    return attributes
 
 
-def scenes(count: int, seed: int) -> Iterator[Scene]:
-    """`count` scenes; the attributes cycle through every combination in a seeded order, so any
-    24 consecutive scenes hold each caption once."""
+def scenes(
+    count: int, seed: int, drawn_from: Sequence[dict[str, str]] | None = None
+) -> Iterator[Scene]:
+    """`count` scenes; the attributes cycle through `drawn_from` (default: the world's every
+    combination) in a seeded order, so any 24 consecutive world scenes hold each caption once.
+    A combination listed twice is drawn twice as often."""
     rng = np.random.default_rng(seed)
-    combinations = [parse_caption(text) for text in every_caption()]
+    pool = list(drawn_from) if drawn_from is not None else combinations()
     order: list[int] = []
     for _ in range(count):
         if not order:
-            order = list(rng.permutation(len(combinations)))
-        attributes = combinations[order.pop()]
-        assert attributes is not None
+            order = list(rng.permutation(len(pool)))
+        attributes = pool[order.pop()]
         radius = float(rng.uniform(0.18, 0.32))
         centre = (float(rng.uniform(radius, 1 - radius)), float(rng.uniform(radius, 1 - radius)))
         yield Scene(**attributes, radius=radius, centre=centre)
 
 
-def batches(batch_size: int, size: int, seed: int) -> Iterator[tuple[list[Scene], np.ndarray]]:
-    """Endless batches of fresh scenes (`scenes(…, seed)` in order) and their renders,
-    [batch_size, size, size, 3] uint8."""
-    drawn = scenes(2**62, seed)
+def batches(
+    batch_size: int, size: int, seed: int, drawn_from: Sequence[dict[str, str]] | None = None
+) -> Iterator[tuple[list[Scene], np.ndarray]]:
+    """Endless batches of fresh scenes (`scenes(…, seed, drawn_from)` in order) and their
+    renders, [batch_size, size, size, 3] uint8."""
+    drawn = scenes(2**62, seed, drawn_from)
     while True:
         batch = [next(drawn) for _ in range(batch_size)]
         yield batch, np.stack([np.asarray(render(scene, size)) for scene in batch])
@@ -117,6 +149,10 @@ def render(scene: Scene, size: int) -> Image.Image:
     elif scene.shape == "square":
         half = r / np.sqrt(2) * 1.2  # about the circle's area
         draw.rectangle((cx - half, cy - half, cx + half, cy + half), fill=fill)
+    elif scene.shape == "cross":  # an upright plus sign, arms a third of its span wide
+        arm = r * 0.9 / 3
+        draw.rectangle((cx - r * 0.9, cy - arm, cx + r * 0.9, cy + arm), fill=fill)
+        draw.rectangle((cx - arm, cy - r * 0.9, cx + arm, cy + r * 0.9), fill=fill)
     else:  # an upright equilateral triangle inscribed in the circle
         points = [
             (cx + r * np.cos(angle), cy - r * np.sin(angle))
@@ -126,13 +162,20 @@ def render(scene: Scene, size: int) -> Image.Image:
     return image.resize((size, size), Image.Resampling.LANCZOS)
 
 
-def write_dataset(directory: Path, count: int, seed: int, size: int = 64) -> Path:
+def write_dataset(
+    directory: Path,
+    count: int,
+    seed: int,
+    size: int = 64,
+    drawn_from: Sequence[dict[str, str]] | None = None,
+    source: str = SOURCE,
+) -> Path:
     """An imagefolder dataset of `count` scenes: images/NNNNNN.png and metadata.jsonl."""
     (directory / "images").mkdir(parents=True, exist_ok=True)
     with (directory / "metadata.jsonl").open("w") as metadata:
-        for index, scene in enumerate(scenes(count, seed)):
+        for index, scene in enumerate(scenes(count, seed, drawn_from)):
             name = f"images/{index:06d}.png"
             render(scene, size).save(directory / name)
-            row = {"file_name": name, "text": scene.caption, **scene.attributes, "source": SOURCE}
+            row = {"file_name": name, "text": scene.caption, **scene.attributes, "source": source}
             metadata.write(json.dumps(row) + "\n")
     return directory

@@ -16,7 +16,13 @@ from serving.training.evaluator import (
     held_out_renders,
     score,
 )
-from serving.training.world import ATTRIBUTES, every_caption
+from serving.training.world import (
+    ATTRIBUTES,
+    KNOWN,
+    NEW_SHAPES,
+    combinations,
+    every_caption,
+)
 
 CHANCE = {name: 1 / len(values) for name, values in ATTRIBUTES.items()}
 # 240 balanced prompts: a prompt-blind classifier scores chance exactly; allow sampling noise.
@@ -35,7 +41,14 @@ def test_near_perfect_on_held_out_renders(
     assert result.images == 240
     assert min(result.accuracy.values()) >= 0.97, result.summary()
     for name, matrix in result.confusion.items():
-        assert sum(map(sum, matrix)) == 240 and len(matrix) == len(ATTRIBUTES[name])
+        assert sum(map(sum, matrix)) == 240 and len(matrix) == len(KNOWN[name])
+
+
+def test_near_perfect_on_the_new_concept_too(evaluator: AttributeClassifier) -> None:
+    """The tuning scenario's cross, which the demo model never saw."""
+    new = combinations(shapes=NEW_SHAPES)
+    result = score(evaluator, *held_out_renders(120, drawn_from=new))
+    assert min(result.accuracy.values()) >= 0.97, result.summary()
 
 
 def test_near_chance_on_noise_and_on_shuffled_prompts(

@@ -61,5 +61,5 @@ def test_text_outside_the_world_has_no_attributes() -> None:
         "shape": "triangle",
         "background": "black",
     }
-    assert parse_caption("a purple circle on a white background") is None
+    assert parse_caption("a pink circle on a white background") is None
     assert parse_caption("an astronaut riding a horse") is None
