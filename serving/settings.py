@@ -238,6 +238,11 @@ class Settings(BaseSettings):
         "kohya layout) or diffusers adapter folders; listed at GET /v1/loras",
     )
     cache_dir: Path = Field(default_factory=_default_cache_dir)
+    registry_uri: str | None = Field(
+        None,
+        description="MLflow tracking URI of the model registry `sd-serving tune --register` and "
+        "`promote` use (default: sqlite:///<cache_dir>/registry/mlflow.db)",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads per replica")

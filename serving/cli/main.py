@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from serving.cli import tune
+
 # The embedded families, named here so that `--help` needs no torch import.
 FAMILY_NAMES = ("sd", "sd-v", "sd-turbo", "lcm", "sdxl", "sdxl-turbo")
 
@@ -84,6 +86,12 @@ def _parser() -> argparse.ArgumentParser:
     world.add_argument("--count", type=int, default=2400, help="images (24 captions cycle)")
     world.add_argument("--seed", type=int, default=0)
     world.add_argument("--size", type=int, default=64, help="pixels per side")
+    world.add_argument(
+        "--new-concepts",
+        action="store_true",
+        help="the tuning scenario's new batch instead: crosses (a shape the demo model never "
+        "saw; four in five scenes) and yellow shapes, source sd-serving-world-new-concepts",
+    )
 
     train = commands.add_parser(
         "train",
@@ -119,6 +127,7 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help="score the world's captions every N denoiser steps (0: never; the world only)",
     )
+    tune.add_parser(commands)
     images = commands.add_parser(
         "purge-images",
         help="delete stored images (SD_IMAGE_STORE_URL, or the files Redis's index points to) "
@@ -214,16 +223,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "make-lora":
         return _make_lora(args)
     if args.command == "world":
-        from serving.training.world import write_dataset
+        from serving.training.world import NEW_SOURCE, SOURCE, new_concepts, write_dataset
 
         if args.count < 1 or args.size < 16:
             print("sd-serving: world: --count must be ≥ 1 and --size ≥ 16", file=sys.stderr)
             return 2
-        directory = write_dataset(args.directory, args.count, args.seed, args.size)
+        drawn_from, source = (new_concepts(), NEW_SOURCE) if args.new_concepts else (None, SOURCE)
+        directory = write_dataset(
+            args.directory, args.count, args.seed, args.size, drawn_from, source
+        )
         print(f"{args.count} captioned images and metadata.jsonl written to {directory}")
         return 0
     if args.command == "train":
         return _train(args)
+    if args.command == "tune":
+        return tune.run(args)
     if args.command == "purge-images":
         return _purge_images(args)
     return 2
@@ -278,7 +292,8 @@ def _purge_images(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from serving.training.train import DatasetError, TrainConfig, TrainingError, train
+    from serving.training.dataset import DatasetError
+    from serving.training.train import TrainConfig, TrainingError, train
 
     given = {
         key: value

@@ -30,21 +30,17 @@ from diffusers import (
     UNet2DConditionModel,
 )
 from diffusers.training_utils import EMAModel, compute_snr
-from PIL import Image
 from torch.nn import functional
 from tqdm import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from serving.models.embedded import BETAS
 from serving.models.tokenizer import write_tokenizer
+from serving.training.dataset import pixels, read_examples
 from serving.training.evaluator import Adherence, AttributeClassifier, draw, score
 from serving.training.world import ATTRIBUTES, batches, every_caption, parse_caption
 
 CHECK_SEED_OFFSET = 10_000  # the VAE check's scenes: a seed no training run uses
-
-
-class DatasetError(ValueError):
-    """A dataset `train` cannot read, naming the file and row."""
 
 
 class TrainingError(RuntimeError):
@@ -98,34 +94,13 @@ class TrainConfig:
 
 def read_dataset(directory: Path, size: int) -> list[tuple[np.ndarray, str]]:
     """(image [size, size, 3] uint8, caption) for every row of `metadata.jsonl`."""
-    metadata = directory / "metadata.jsonl"
-    if not metadata.is_file():
-        raise DatasetError(f"{metadata}: missing (an imagefolder dataset needs metadata.jsonl)")
-    rows = []
-    for number, line in enumerate(metadata.read_text().splitlines(), start=1):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DatasetError(f"{metadata} row {number}: not JSON ({error.msg})") from None
-        missing = [key for key in ("file_name", "text") if not isinstance(row.get(key), str)]
-        if missing:
-            raise DatasetError(f"{metadata} row {number}: no {', '.join(missing)}")
-        path = directory / row["file_name"]
-        try:
-            with Image.open(path) as image:
-                pixels = np.asarray(image.convert("RGB").resize((size, size)))
-        except (OSError, ValueError) as error:
-            raise DatasetError(f"{path} (row {number}): unreadable image ({error})") from None
-        rows.append((pixels, row["text"]))
-    if not rows:
-        raise DatasetError(f"{metadata}: no rows")
-    return rows
+    return [(example.image, example.text) for example in read_examples(directory, size)]
 
 
 def world_batches(config: TrainConfig) -> Iterator[tuple[torch.Tensor, list[str]]]:
     """Endless batches of freshly drawn scenes, in [-1, 1]."""
     for batch, images in batches(config.batch_size, config.image_size, config.seed):
-        yield _pixels(images), [scene.caption for scene in batch]
+        yield pixels(images), [scene.caption for scene in batch]
 
 
 def dataset_batches(
@@ -134,11 +109,7 @@ def dataset_batches(
     rng = np.random.default_rng(config.seed)
     while True:
         chosen = rng.choice(len(rows), size=config.batch_size)
-        yield _pixels(np.stack([rows[i][0] for i in chosen])), [rows[i][1] for i in chosen]
-
-
-def _pixels(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        yield pixels(np.stack([rows[i][0] for i in chosen])), [rows[i][1] for i in chosen]
 
 
 def build(
@@ -234,8 +205,8 @@ def check_vae(
     }
     worlds = [parse_caption(caption) for caption in captions]
     if evaluator is not None and all(world is not None for world in worlds):
-        pixels = ((reconstruction + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
-        figures |= score(evaluator, list(pixels.numpy()), captions).accuracy
+        reconstructed = ((reconstruction + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
+        figures |= score(evaluator, list(reconstructed.numpy()), captions).accuracy
     return figures
 
 
@@ -309,6 +280,41 @@ def conditioning_check(
     return score(evaluator, images, captions * len(config.check_seeds))
 
 
+def noise_prediction_loss(
+    unet: UNet2DConditionModel,
+    text_encoder: CLIPTextModel,
+    vae: AutoencoderKL,
+    tokenizer: CLIPTokenizer,
+    noise_schedule: DDPMScheduler,
+    images: torch.Tensor,
+    captions: list[str],
+    config: TrainConfig,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """One batch's denoising loss under the model's DDPM schedule, with caption dropout and
+    (`config.snr_gamma`) Min-SNR weighting: what training and tuning both minimise."""
+    # Caption dropout: the empty prompt learns the unconditional prediction CFG needs.
+    drop = torch.rand(len(captions), generator=generator) < config.caption_dropout
+    captions = ["" if dropped else text for text, dropped in zip(captions, drop, strict=True)]
+    with torch.no_grad():
+        latents = vae.encode(images).latent_dist.sample(generator) * vae.config.scaling_factor
+    noise = torch.randn(latents.shape, generator=generator)
+    timesteps = torch.randint(
+        0, noise_schedule.config.num_train_timesteps, (len(captions),), generator=generator
+    )
+    noisy = noise_schedule.add_noise(latents, noise, timesteps)
+    tokens = tokenizer(
+        captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+    ).input_ids
+    prediction = unet(noisy, timesteps, text_encoder(tokens)[0]).sample
+    errors = functional.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3))
+    if config.snr_gamma is not None:
+        # For noise prediction: min(SNR, gamma) / SNR, as diffusers' training scripts.
+        snr = compute_snr(noise_schedule, timesteps)
+        errors = errors * snr.clamp(max=config.snr_gamma) / snr
+    return errors.mean()
+
+
 def train_denoiser(
     unet: UNet2DConditionModel,
     text_encoder: CLIPTextModel,
@@ -326,32 +332,13 @@ def train_denoiser(
     generator = torch.Generator().manual_seed(config.seed)
     unet.train()
     text_encoder.train()
-    scaling = float(vae.config.scaling_factor)
     longest = config.unet_steps_max if evaluator is not None and config.eval_every else 0
     progress = tqdm(range(max(config.unet_steps, longest)), desc="denoiser", unit="step")
     for step in progress:
         images, captions = next(batches)
-        # Caption dropout: the empty prompt learns the unconditional prediction CFG needs.
-        drop = torch.rand(len(captions), generator=generator) < config.caption_dropout
-        captions = ["" if dropped else text for text, dropped in zip(captions, drop, strict=True)]
-        with torch.no_grad():
-            latents = vae.encode(images).latent_dist.sample(generator) * scaling
-        noise = torch.randn(latents.shape, generator=generator)
-        timesteps = torch.randint(
-            0, noise_schedule.config.num_train_timesteps, (len(captions),), generator=generator
+        loss = noise_prediction_loss(
+            unet, text_encoder, vae, tokenizer, noise_schedule, images, captions, config, generator
         )
-        noisy = noise_schedule.add_noise(latents, noise, timesteps)
-        tokens = tokenizer(
-            captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
-        ).input_ids
-        context = text_encoder(tokens)[0]
-        prediction = unet(noisy, timesteps, context).sample
-        errors = functional.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3))
-        if config.snr_gamma is not None:
-            # For noise prediction: min(SNR, gamma) / SNR, as diffusers' training scripts.
-            snr = compute_snr(noise_schedule, timesteps)
-            errors = errors * snr.clamp(max=config.snr_gamma) / snr
-        loss = errors.mean()
         optimiser.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)

@@ -15,9 +15,9 @@ import torch
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
+from serving.training.dataset import DatasetError
 from serving.training.evaluator import AttributeClassifier
 from serving.training.train import (
-    DatasetError,
     TrainConfig,
     TrainingError,
     read_dataset,
