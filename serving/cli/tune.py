@@ -113,7 +113,11 @@ def run(args: argparse.Namespace) -> int:
         registry = Registry(
             args.registry_uri or settings.registry_uri or default_uri(settings.cache_dir)
         )
-        if registry.versions(args.register):
+        try:
+            registered = registry.versions(args.register)
+        except RegistryError as error:
+            return refuse(str(error))
+        if registered:
             try:
                 champion = registry.get(args.register, CHAMPION)
             except RegistryError as error:

@@ -11,12 +11,15 @@ validation set, so a challenger is always compared like for like.
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# Model names travel in URLs and in "name@version": letters, digits, - and _.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 EXPERIMENT = "sd-serving-tuning"
@@ -66,6 +69,7 @@ class Registry:
         """A new version of `name`: `record` is a tuning run's (`tune.json`), `directory` its
         adapter or model (None for the base). All or nothing: a failure removes the run and any
         version it made."""
+        _check(name)
         strategy = str(record.get("strategy", "base"))
         experiment = self._client.get_experiment_by_name(EXPERIMENT)
         experiment_id = (
@@ -111,6 +115,7 @@ class Registry:
         """A version by number or alias ("champion", "challenger")."""
         from mlflow.exceptions import MlflowException
 
+        _check(name)
         try:
             if reference.isdigit():
                 found = self._client.get_model_version(name, reference)
@@ -139,6 +144,7 @@ class Registry:
         )
 
     def versions(self, name: str) -> list[str]:
+        _check(name)
         found = self._client.search_model_versions(f"name = '{name}'")
         return sorted((str(version.version) for version in found), key=int)
 
@@ -150,6 +156,14 @@ class Registry:
         """The version's files (its adapter, or `base.json`) under `destination`."""
         version = self.get(name, reference)
         return Path(self._client.download_artifacts(version.run_id, "model", str(destination)))
+
+
+def _check(name: str) -> None:
+    if not NAME.fullmatch(name):
+        raise RegistryError(
+            f"model name {name!r}: use 1 to 64 letters, digits, '-' or '_', starting with a "
+            "letter or digit"
+        )
 
 
 def _params(record: Mapping[str, Any]) -> dict[str, str]:

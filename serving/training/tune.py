@@ -166,23 +166,7 @@ def tune(
     torch.manual_seed(config.seed)
     pipeline = load_base(base)
     unet, text_encoder = pipeline.unet, pipeline.text_encoder
-    pipeline.vae.requires_grad_(False)
-    if config.full:
-        parameters = list(unet.parameters()) + list(text_encoder.parameters())
-    else:
-        unet.requires_grad_(False)
-        text_encoder.requires_grad_(False)
-        unet.add_adapter(
-            LoraConfig(r=config.rank, lora_alpha=config.rank, target_modules=list(UNET_TARGETS))
-        )
-        # PEFT directly: transformers' own add_adapter wants a newer PEFT than PyPI has.
-        inject_adapter_in_model(
-            LoraConfig(r=config.rank, lora_alpha=config.rank, target_modules=list(TEXT_TARGETS)),
-            text_encoder,
-        )
-        parameters = [
-            p for p in (*unet.parameters(), *text_encoder.parameters()) if p.requires_grad
-        ]
+    parameters = _trainable(pipeline, config)
     learning_rate = config.learning_rate or (1e-4 if config.full else 5e-3)
     optimiser = torch.optim.AdamW(parameters, lr=learning_rate)
     stream = mixing.order(config.strategy, data.training, data.new_sources, weights, config.seed)
@@ -216,16 +200,7 @@ def tune(
     unet.eval()
     text_encoder.eval()
     evaluation = evaluate(pipeline, data.validation, evaluator, config)
-    output.mkdir(parents=True, exist_ok=True)
-    if config.full:
-        pipeline.save_pretrained(output)
-    else:
-        StableDiffusionPipeline.save_lora_weights(
-            str(output),
-            unet_lora_layers=get_peft_model_state_dict(unet),
-            text_encoder_lora_layers=get_peft_model_state_dict(text_encoder),
-            safe_serialization=True,
-        )
+    _save(pipeline, output, config)
     record = {
         "base": base,
         "strategy": config.strategy,
@@ -240,6 +215,40 @@ def tune(
     }
     (output / "tune.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+def _trainable(pipeline: StableDiffusionPipeline, config: TuneConfig) -> list[torch.nn.Parameter]:
+    """What the run trains: every UNet and text-encoder weight (`full`), or LoRA adapters added
+    to both, everything else frozen."""
+    unet, text_encoder = pipeline.unet, pipeline.text_encoder
+    pipeline.vae.requires_grad_(False)
+    if config.full:
+        return [*unet.parameters(), *text_encoder.parameters()]
+    unet.requires_grad_(False)
+    text_encoder.requires_grad_(False)
+    unet.add_adapter(
+        LoraConfig(r=config.rank, lora_alpha=config.rank, target_modules=list(UNET_TARGETS))
+    )
+    # PEFT directly: transformers' own add_adapter wants a newer PEFT than PyPI has.
+    inject_adapter_in_model(
+        LoraConfig(r=config.rank, lora_alpha=config.rank, target_modules=list(TEXT_TARGETS)),
+        text_encoder,
+    )
+    return [p for p in (*unet.parameters(), *text_encoder.parameters()) if p.requires_grad]
+
+
+def _save(pipeline: StableDiffusionPipeline, output: Path, config: TuneConfig) -> None:
+    """The whole model (`full`), or the adapters in diffusers' layout, served like any other."""
+    output.mkdir(parents=True, exist_ok=True)
+    if config.full:
+        pipeline.save_pretrained(output)
+        return
+    StableDiffusionPipeline.save_lora_weights(
+        str(output),
+        unet_lora_layers=get_peft_model_state_dict(pipeline.unet),
+        text_encoder_lora_layers=get_peft_model_state_dict(pipeline.text_encoder),
+        safe_serialization=True,
+    )
 
 
 def compare(

@@ -71,6 +71,8 @@ def test_an_unknown_version_or_alias_is_named(registry: Registry) -> None:
         registry.get("demo", CHALLENGER)
     with pytest.raises(RegistryError, match="has no version '9'"):
         registry.alias("demo", CHAMPION, "9")
+    with pytest.raises(RegistryError, match='model name "it\'s": use 1 to 64 letters'):
+        registry.versions("it's")
 
 
 def test_a_failed_registration_leaves_nothing_half_written(registry: Registry) -> None:

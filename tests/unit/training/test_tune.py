@@ -125,6 +125,10 @@ def test_bad_data_and_weights_are_refused_before_training(
         ([str(tmp_path / "missing")], r"metadata\.jsonl: missing"),
         ([str(new), "--steps", "0"], "must be ≥ 1"),
         ([str(new), "--learning-rate=-1e-3"], "--learning-rate must be > 0"),
+        (
+            [str(new), "--register", "no/such", "--registry-uri", registry_uri(tmp_path)],
+            "model name 'no/such': use 1 to 64 letters",
+        ),
     ]
     for extra, message in cases:
         assert main([*argv, *extra]) == 2, extra
