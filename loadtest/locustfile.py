@@ -229,6 +229,28 @@ class AdapterUser(HttpUser):
         post_expecting(self, "/v1/generate", body, name, "b64_data")
 
 
+class VersionUser(HttpUser):
+    """A client pinned to one version of a model (`name@version`), as a tester comparing a
+    challenger with its champion: each answer must name the version asked for. The other users'
+    requests name no version, so a rollout's canary splits them. Idle against a service without
+    versioned models (tests/unit/http/test_versions.py covers the canary split)."""
+
+    wait_time = between(0.5, 2.0)
+    weight = 1
+
+    @task
+    def generate_a_version(self) -> None:
+        model, prompt, params = pick()
+        versions = list(MODELS[model].get("versions") or {})
+        if not versions:
+            return
+        version = random.choice(versions)
+        body = {"model": f"{model}@{version}", "prompt": prompt, "output_format": "png"}
+        body |= {key: params[key] for key in ("steps", "width", "height") if key in params}
+        name = f"/v1/generate version ({model})"
+        post_expecting(self, "/v1/generate", body, name, f'"model_version":"{version}"')
+
+
 class OpenAIUser(HttpUser):
     """A client using an OpenAI SDK against the compatible endpoint."""
 

@@ -368,6 +368,32 @@ def scaling() -> dict[str, Any]:
                 "adapters in use (alert SdServingLoraThrashing).",
             ),
             panel(
+                "Model versions: generations by outcome",
+                [
+                    (
+                        "sum by (model, version, outcome) "
+                        f"(rate(ray_sd_model_requests_total{RATE}))",
+                        "{{model}}@{{version}} {{outcome}}/s",
+                    ),
+                ],
+                description="Each model version's generations by outcome (ok, or the error's "
+                "reason): a challenger on canary beside its champion. `sd-serving promote` reads "
+                "the same series (alert SdServingModelVersionFailing).",
+            ),
+            panel(
+                "Model versions: p95 generation time",
+                [
+                    (
+                        "histogram_quantile(0.95, sum by (le, model, version) "
+                        f"(rate(ray_sd_model_request_seconds_bucket{RATE})))",
+                        "{{model}}@{{version}} p95",
+                    ),
+                ],
+                unit="s",
+                description="p95 time to answer a generation per model version: the challenger's "
+                "against the champion's, as `sd-serving promote` compares them.",
+            ),
+            panel(
                 "GPU utilisation (DCGM)",
                 [("avg by (Hostname, gpu) (DCGM_FI_DEV_GPU_UTIL)", "{{Hostname}} GPU {{gpu}}")],
                 unit="percent",

@@ -57,6 +57,10 @@ EXPORTED: dict[str, str] = {
     "ray_sd_lora_resident": "LoRA adapters loaded in a replica, by stage",
     "ray_sd_lora_resident_bytes": "bytes of LoRA files loaded in a replica, by stage",
     "ray_sd_lora_requests_total": "requests applying a LoRA adapter, by adapter",
+    "ray_sd_model_requests_total": "generations by model, version (`none`: unversioned) and "
+    "outcome: ok, or the error's reason (e.g. deadline_exceeded, internal); what a promotion "
+    "compares",
+    "ray_sd_model_request_seconds": "time to answer a generation, by model and version",
     "ray_sd_rejected_requests_total": "requests refused, by reason (e.g. invalid_argument)",
     "ray_sd_max_replicas": "configured max_replicas per stage (tag stage_deployment), for alerts",
     "ray_sd_jobs_queued": "with Redis: jobs in the durable queue, waiting or running (each "
@@ -171,6 +175,8 @@ class IngressMetrics:
     store_up: Gauge
     client_request_seconds: Histogram
     lora_requests: Counter
+    model_requests: Counter
+    model_request_seconds: Histogram
 
     def record_request(self, route: str, protocol: str, status: int, seconds: float) -> None:
         self.requests.inc(tags={"route": route, "protocol": protocol, "status": str(status)})
@@ -183,6 +189,15 @@ class IngressMetrics:
                 self.stage_seconds.observe(timings_ms[stage] / 1000, tags=tags)
         if images:  # Ray's counters refuse an increment of 0 (a result-cache hit)
             self.images.inc(images, tags={"model": model})
+
+    def record_generation(
+        self, model: str, version: str | None, outcome: str, seconds: float | None = None
+    ) -> None:
+        """One generation's outcome (`ok` or an error's reason), and its time when it ended well."""
+        tags = {"model": model, "version": version or "none"}
+        self.model_requests.inc(tags={**tags, "outcome": outcome})
+        if seconds is not None:
+            self.model_request_seconds.observe(seconds, tags=tags)
 
     def record_adapters(self, names: list[str]) -> None:
         for name in names:
@@ -248,6 +263,17 @@ class IngressMetrics:
             ),
             lora_requests=meter.counter(
                 "sd_lora_requests", EXPORTED["ray_sd_lora_requests_total"], ("lora",)
+            ),
+            model_requests=meter.counter(
+                "sd_model_requests",
+                EXPORTED["ray_sd_model_requests_total"],
+                ("model", "version", "outcome"),
+            ),
+            model_request_seconds=meter.histogram(
+                "sd_model_request_seconds",
+                EXPORTED["ray_sd_model_request_seconds"],
+                LATENCY_BUCKETS_S,
+                ("model", "version"),
             ),
         )
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -193,6 +194,59 @@ class ModelDefaults(BaseModel):
     max_steps: int | None = Field(None, ge=1, description="tighter than limits.max_steps")
 
 
+VERSION_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"  # travels in URLs and `name@version`
+
+
+class ModelVersion(BaseModel):
+    """One version of a model: its base weights, or a LoRA adapter over them (a tuned model
+    from `sd-serving tune`, found in SD_LORA_DIR by name)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    adapter: str | None = Field(
+        None, description="an adapter in SD_LORA_DIR applied over the base weights (None: none)"
+    )
+    scale: float = Field(1.0, description="how strongly the adapter applies")
+
+
+class Rollout(BaseModel):
+    """A model's versions and which of them requests get: a request naming no version gets the
+    champion, or the challenger for `canary_percent` of such requests."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    versions: dict[str, ModelVersion] = Field(
+        default_factory=dict,
+        description="versions by name (e.g. registry version numbers); empty: the model is "
+        "unversioned",
+    )
+    champion: str | None = Field(None, description="the version requests get (default: first)")
+    challenger: str | None = Field(None, description="the version on canary")
+    canary_percent: float = Field(
+        0.0, ge=0, le=100, description="share of unversioned requests the challenger gets"
+    )
+
+    @model_validator(mode="after")
+    def _names_are_versions(self) -> Rollout:
+        for name in self.versions:
+            if not re.match(VERSION_NAME, name):
+                raise ValueError(
+                    f"version name {name!r} must be 1 to 63 letters, digits, '.', '_' or '-'"
+                )
+        for role in ("champion", "challenger"):
+            chosen = getattr(self, role)
+            if chosen is not None and chosen not in self.versions:
+                known = ", ".join(self.versions) or "none"
+                raise ValueError(f"{role} {chosen!r} is not a version (versions: {known})")
+        if self.canary_percent > 0 and self.challenger is None:
+            raise ValueError("canary_percent needs a challenger version")
+        return self
+
+    @property
+    def champion_version(self) -> str | None:
+        return self.champion or next(iter(self.versions), None)
+
+
 class ModelSpec(BaseModel):
     """One served model: where it comes from, its defaults, and its stages' placement and
     scaling over the service-wide stage settings (e.g. {"unet": {"num_gpus": 1}})."""
@@ -206,6 +260,7 @@ class ModelSpec(BaseModel):
         "directory, or a Hugging Face Hub id",
     )
     defaults: ModelDefaults = ModelDefaults()
+    rollout: Rollout = Rollout()
     text_encoder: dict[str, Any] = Field(default_factory=dict)
     unet: dict[str, Any] = Field(default_factory=dict)
     vae: dict[str, Any] = Field(default_factory=dict)
@@ -230,6 +285,12 @@ class Settings(BaseSettings):
     )
     default_model: str | None = Field(
         None, description="the model of requests that name none (default: the first)"
+    )
+    rollout: Rollout = Field(
+        Rollout(),
+        description="that one model's versions, champion, challenger and canary_percent "
+        '(SD_ROLLOUT as JSON, e.g. {"versions": {"1": {}, "2": {"adapter": "demo-v2"}}, '
+        '"challenger": "2", "canary_percent": 10}); in `models`, each model\'s own',
     )
     kserve_model_dir: Path = Path("/mnt/models")
     lora_dir: Path | None = Field(
@@ -423,6 +484,8 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"default_model {self.default_model!r} is not a served model ({', '.join(names)})"
             )
+        if self.models and self.rollout != Rollout():
+            raise ValueError("rollout is the one model's; with `models`, give each its own rollout")
         for name in names:
             for stage in ("text_encoder", "unet", "vae"):
                 self.stage(stage, name)  # a bad per-model override fails the start
@@ -430,7 +493,9 @@ class Settings(BaseSettings):
 
     def served_models(self) -> dict[str, ModelSpec]:
         """The models by name: `models`, or the one that `model` and `model_name` describe."""
-        return dict(self.models) or {self.model_name: ModelSpec(source=self.model)}
+        return dict(self.models) or {
+            self.model_name: ModelSpec(source=self.model, rollout=self.rollout)
+        }
 
     def default_model_name(self) -> str:
         return self.default_model or next(iter(self.served_models()))

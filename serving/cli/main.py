@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from serving.cli import tune
+from serving.cli import promote, tune
 
 # The embedded families, named here so that `--help` needs no torch import.
 FAMILY_NAMES = ("sd", "sd-v", "sd-turbo", "lcm", "sdxl", "sdxl-turbo")
@@ -128,6 +128,7 @@ def _parser() -> argparse.ArgumentParser:
         help="score the world's captions every N denoiser steps (0: never; the world only)",
     )
     tune.add_parser(commands)
+    promote.add_parser(commands)
     images = commands.add_parser(
         "purge-images",
         help="delete stored images (SD_IMAGE_STORE_URL, or the files Redis's index points to) "
@@ -156,8 +157,9 @@ def _generation_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--model",
-        help="served model to use (GET /v1/models lists them); default: the service's default "
-        "over HTTP, sd-embedded over gRPC (KServe v2 names the model in every request)",
+        help="served model to use (GET /v1/models lists them), or name@version for one of its "
+        "versions; default: the service's default over HTTP, sd-embedded over gRPC (KServe v2 "
+        "names the model in every request)",
     )
     parser.add_argument("--api-key-file", type=Path)
     parser.add_argument("--negative-prompt")
@@ -238,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         return _train(args)
     if args.command == "tune":
         return tune.run(args)
+    if args.command == "promote":
+        return promote.run(args)
     if args.command == "purge-images":
         return _purge_images(args)
     return 2
@@ -445,7 +449,8 @@ def _generate(args: argparse.Namespace) -> int:
         image.save(path)
         total = result.timings_ms.get("total")  # gRPC answers carry no timings
         took = "" if total is None else f"  {total / 1000:.2f} s"
-        print(f"{path}  seed {image.seed}{took}{'  (cached)' if result.cached else ''}")
+        version = "" if result.model_version is None else f"  version {result.model_version}"
+        print(f"{path}  seed {image.seed}{version}{took}{'  (cached)' if result.cached else ''}")
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return 0

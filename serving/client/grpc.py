@@ -51,7 +51,8 @@ def _tensor(name: str, value: Any) -> Tensor:
 
 
 def infer_request(model: str, prompt: str, fields: dict[str, Any]) -> pb.ModelInferRequest:
-    """A ModelInfer request asking for the encoded images (`image_bytes`) and their seeds."""
+    """A ModelInfer request asking for the encoded images (`image_bytes`) and their seeds;
+    `model` may name a version (`name@version`: `model_version`)."""
     values = {"prompt": prompt, **{k: v for k, v in fields.items() if v is not None}}
     for name in ("image", "mask"):  # an edit's picture and mask: the files' raw bytes
         if name in values:
@@ -60,8 +61,10 @@ def infer_request(model: str, prompt: str, fields: dict[str, Any]) -> pb.ModelIn
     output_format = str(values.pop("output_format", "png"))
     priority = values.pop("priority", None)
     loras = values.pop("loras", None)
+    name, _, version = model.partition("@")
     request = pb.ModelInferRequest(
-        model_name=model,
+        model_name=name,
+        model_version=version,
         inputs=[_tensor(name, value) for name, value in values.items()],
         outputs=[
             pb.ModelInferRequest.InferRequestedOutputTensor(name=name)
@@ -112,7 +115,8 @@ def generation(response: pb.ModelInferResponse) -> Generation:
         Image(bytes(data), int(seed), media_type, "")
         for data, seed in zip(datas, seeds, strict=True)
     ]
-    return Generation(images, bool(_parameter(response.parameters, "cached")), {}, [], {})
+    cached = bool(_parameter(response.parameters, "cached"))
+    return Generation(images, cached, {}, [], {}, response.model_version or None)
 
 
 def model_infer(channel: Any) -> Any:

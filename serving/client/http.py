@@ -89,6 +89,7 @@ def _job_generation(job: dict[str, Any], images: list[bytes]) -> Generation:
         timings_ms=result["timings_ms"],
         warnings=result["warnings"],
         parameters=job["parameters"],
+        model_version=job["parameters"].get("model_version"),
     )
 
 
@@ -104,6 +105,7 @@ def _parse(answer: httpx.Response) -> Generation:
         timings_ms=body["timings_ms"],
         warnings=body["warnings"],
         parameters=body["parameters"],
+        model_version=body.get("model_version"),
     )
 
 

@@ -39,6 +39,7 @@ class Generation:
     timings_ms: dict[str, float]
     warnings: list[str]
     parameters: dict[str, Any]
+    model_version: str | None = None  # the model version that made the images (None: unversioned)
 
 
 # A request's adapters as callers write them: [("style-a", 0.8)], [{"name": …, "scale": …}] or

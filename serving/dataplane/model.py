@@ -14,7 +14,7 @@ from serving.engine.schedulers import SchedulerFactory, image_start_index
 from serving.models import loader
 from serving.models.loader import ModelInfo
 from serving.models.loras import unet_layer_inputs
-from serving.settings import ModelSpec, Settings
+from serving.settings import ModelSpec, Rollout, Settings
 
 # Family defaults where the service-wide and the model's own settings leave them open.
 STEPS = 20
@@ -37,6 +37,8 @@ class ServedModel:
     schedulers: SchedulerFactory  # the model's samplers, for the length of a schedule
     # The UNet's layers and their input widths, to check LoRA adapters against (from its config).
     unet_layers: dict[str, int] = field(default_factory=dict)
+    # Its versions (adapters over these weights), champion and canary.
+    rollout: Rollout = field(default_factory=Rollout)
 
     @classmethod
     def load(cls, settings: Settings, name: str, spec: ModelSpec) -> ServedModel:
@@ -51,6 +53,7 @@ class ServedModel:
             guard=PromptGuard(loader.load_tokenizers(source)[0]),
             schedulers=SchedulerFactory(loader.load_scheduler_config(source)),
             unet_layers=unet_layer_inputs(source),
+            rollout=spec.rollout,
         )
 
     def denoising_steps(self, request: GenerationRequest) -> int:
@@ -81,6 +84,13 @@ class ServedModel:
             "max_steps": profile.max_steps,
             "samplers": list(profile.samplers),
             "size_conditioning": profile.size_conditioning,
+            "versions": {
+                name: {"adapter": version.adapter, "scale": version.scale}
+                for name, version in self.rollout.versions.items()
+            },
+            "champion": self.rollout.champion_version,
+            "challenger": self.rollout.challenger,
+            "canary_percent": self.rollout.canary_percent,
         }
 
 

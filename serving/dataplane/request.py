@@ -23,6 +23,8 @@ TIMEOUT_HEADER = "x-timeout-s"
 # When the request reached the service (wall clock), stamped by the HTTP proxy
 # (serving/http/proxy.py): the deadline counts from there.
 RECEIVED_AT_HEADER = "x-sd-received-at"
+# The model version that made an image, on HTTP answers that carry no JSON body.
+VERSION_HEADER = "X-Model-Version"
 
 
 Pair = tuple[int, int]
@@ -67,7 +69,11 @@ class GenerateParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str | None = Field(None, description="a served model's name (default: the default)")
+    model: str | None = Field(
+        None,
+        description="a served model's name (default: the default), or `name@version` for one "
+        "of its versions (default: its champion, or its challenger on canary)",
+    )
     prompt: str = Field(description="what to draw (at most 77 CLIP tokens)")
     negative_prompt: str = Field("", description="what to steer away from")
     num_images: int = Field(1, description="images to make; image i uses seed + i")
@@ -152,6 +158,9 @@ class GenerationRequest(BaseModel):
     mask: bytes | None = Field(None, exclude=True)
     mask_digest: str | None = None
     loras: Loras = ()
+    # The model version that serves it (None: an unversioned model) and that version's adapter.
+    model_version: str | None = None
+    version_loras: Loras = ()
 
     def seeds(self) -> list[int]:
         return [(self.seed + i) % (MAX_SEED + 1) for i in range(self.num_images)]
@@ -159,6 +168,11 @@ class GenerationRequest(BaseModel):
     @property
     def guided(self) -> bool:
         return self.guidance_scale > 1.0
+
+    @property
+    def adapters(self) -> Loras:
+        """Every adapter the stages apply: the version's, then the request's own."""
+        return self.version_loras + self.loras
 
 
 @dataclass(frozen=True)

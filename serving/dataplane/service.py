@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import random
 import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -43,7 +44,7 @@ from serving.dataplane.stages import (
     TextEmbedding,
 )
 from serving.dataplane.store import Store
-from serving.errors import DeadlineExceeded, InvalidArgument, NotFound
+from serving.errors import DeadlineExceeded, InvalidArgument, NotFound, Reason, ServingError
 from serving.metrics import IngressMetrics
 from serving.models.loras import LoraError, LoraLibrary, describe_all
 from serving.settings import Settings
@@ -146,6 +147,7 @@ class DataPlane:
         )
         self._routes = routes
         self._default = settings.default_model_name()
+        self._canary = random.Random()  # which unversioned requests go to a challenger
         self.in_flight = 0  # generations under way (a stopping service waits for them)
         # Seconds from the last denoising step to the stored image (decode, encode, store),
         # averaged: the UNet must finish this much before a request's deadline.
@@ -183,9 +185,16 @@ class DataPlane:
         """Defaults applied and every limit and the prompt's token count checked; raises
         InvalidArgument naming the field (NotFound for a model not served). The caller's fair
         share comes from its API key or address (`context`)."""
-        model = self.model(params.model)
+        name, version = self.resolve_model(params.model)
+        model = self.model(name)
         request = resolve(params, self.settings.limits, model.profile)
-        self._check_loras(request, model)
+        request = self._with_version(request, model, version)
+        try:
+            self._check_loras(request, model)
+        except InvalidArgument as error:
+            if error.field == "model":  # the version's own adapter: the version fails, not the ask
+                self.metrics.record_generation(model.name, request.model_version, error.reason)
+            raise
         warnings = model.guard.check(request, self.settings.limits)
         context = context or RequestContext()
         share, warning = self._clients.share(
@@ -223,10 +232,47 @@ class DataPlane:
             updates[field] = base64.b64encode(stored.data).decode("ascii")
         return params.model_copy(update=updates) if updates else params
 
-    def _check_loras(self, request: GenerationRequest, model: ServedModel) -> None:
-        """Each adapter is in the library, readable, and made for this model's family."""
+    def resolve_model(self, model: str | None) -> tuple[str | None, str | None]:
+        """`name@version` split (either part may be absent); an unknown model or version is
+        NotFound naming what is served."""
+        name, at, version = (model or "").partition("@")
+        served = self.model(name or None)
+        if at and not version:
+            raise InvalidArgument("model", f"{model!r} names no version after '@'")
+        if at and version not in served.rollout.versions:
+            known = ", ".join(served.rollout.versions) or "none: it is unversioned"
+            raise NotFound(f"model {served.name!r} has no version {version!r}; it serves {known}")
+        return served.name, version or None
+
+    def _with_version(
+        self, request: GenerationRequest, model: ServedModel, version: str | None
+    ) -> GenerationRequest:
+        """The request bound to the version that serves it: the one it named, else the
+        champion, or the challenger for the rollout's canary share; with its adapter."""
+        rollout = model.rollout
+        if version is None:
+            version = rollout.champion_version
+            if rollout.challenger is not None and self._canary.random() * 100 < (
+                rollout.canary_percent
+            ):
+                version = rollout.challenger
+        if version is None:
+            return request
+        adapter = rollout.versions[version].adapter
         for index, (name, _) in enumerate(request.loras):
-            field = f"loras[{index}].name"
+            if name == adapter:
+                raise InvalidArgument(
+                    f"loras[{index}].name", f"{name!r} is model version {version}'s own adapter"
+                )
+        loras = () if adapter is None else ((adapter, rollout.versions[version].scale),)
+        return request.model_copy(update={"model_version": version, "version_loras": loras})
+
+    def _check_loras(self, request: GenerationRequest, model: ServedModel) -> None:
+        """Each adapter is in the library, readable, and made for this model's family (a
+        version's own adapter is named by `model`)."""
+        fields = ["model"] * len(request.version_loras)
+        fields += [f"loras[{index}].name" for index in range(len(request.loras))]
+        for field, (name, _) in zip(fields, request.adapters, strict=True):
             try:
                 info = self.loras.get(name)
             except KeyError:
@@ -261,7 +307,7 @@ class DataPlane:
     def _text_encoder_loras(self, request: GenerationRequest) -> tuple[tuple[str, float], ...]:
         """The request's adapters that have text-encoder weights (checked at prepare)."""
         found = []
-        for name, scale in request.loras:
+        for name, scale in request.adapters:
             try:
                 if self.loras.get(name).text_encoder:
                     found.append((name, scale))
@@ -272,7 +318,7 @@ class DataPlane:
     def _adapters_stamp(self, request: GenerationRequest) -> str:
         """The request's adapter files as they are now: a replaced file is another result."""
         stamps = []
-        for name, _ in request.loras:
+        for name, _ in request.adapters:
             path = self.loras.path(name)
             stat = path.stat() if path is not None else None
             stamps.append(f"{name}:{stat.st_size}:{stat.st_mtime_ns}" if stat else name)
@@ -318,6 +364,7 @@ class DataPlane:
         deadline = limit if context.timeout_s is None else min(limit, context.timeout_s)
         # From when the request reached the service: its wait in the proxy's queue counts too.
         deadline_at = (context.received_at or time.time()) + deadline
+        request = prepared.request
         self.in_flight += 1
         try:
             result = await asyncio.wait_for(
@@ -325,14 +372,26 @@ class DataPlane:
                 max(deadline_at - time.time(), 0.0),
             )
         except TimeoutError:
+            self.metrics.record_generation(
+                request.model, request.model_version, Reason.DEADLINE_EXCEEDED
+            )
             raise DeadlineExceeded(
                 f"the request took longer than its {deadline:g} s deadline and was cancelled"
             ) from None
+        except ServingError as error:
+            self.metrics.record_generation(request.model, request.model_version, error.reason)
+            raise
+        except Exception:
+            self.metrics.record_generation(request.model, request.model_version, Reason.INTERNAL)
+            raise
         finally:
             self.in_flight -= 1
+        self.metrics.record_generation(
+            request.model, request.model_version, "ok", result.timings_ms["total"] / 1000
+        )
         images = 0 if result.cached else len(result.images)
         self.metrics.record_result(prepared.request.model, result.timings_ms, images)
-        self.metrics.record_adapters([name for name, _ in prepared.request.loras])
+        self.metrics.record_adapters([name for name, _ in prepared.request.adapters])
         share = prepared.share
         self.metrics.client_request_seconds.observe(
             result.timings_ms["total"] / 1000,
@@ -355,7 +414,7 @@ class DataPlane:
         route = self._route(request.model)
         key = None
         if prepared.determined:
-            adapters = f"+{self._adapters_stamp(request)}" if request.loras else ""
+            adapters = f"+{self._adapters_stamp(request)}" if request.adapters else ""
             key = request_key(route.model.id + adapters, request)
         if key is not None:
             hit = await self.store.lookup_result(key)
@@ -466,7 +525,7 @@ class DataPlane:
                 finish_by=finish_by,
                 init_image=init_image,
                 strength=1.0 if request.strength is None else request.strength,
-                loras=request.loras,
+                loras=request.adapters,
                 mask=latent_mask,
                 masked_image=masked_image,
             )

@@ -13,6 +13,7 @@ import base64
 import io
 import uuid
 from collections.abc import Mapping
+from contextvars import ContextVar
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,11 @@ from serving.errors import (
     ServingError,
     fields_renamed,
 )
+
+# The version a REST call named in its path (/v2/models/{name}/versions/{version}/infer): kserve's
+# endpoint decodes the body without it, so the route hands it to `predict` here. gRPC requests
+# carry theirs in `model_version`.
+REST_MODEL_VERSION: ContextVar[str | None] = ContextVar("rest_model_version", default=None)
 
 
 def _tensor(name: str, datatype: str, shape: list[int]) -> dict[str, Any]:
@@ -92,7 +98,9 @@ class StableDiffusionModel(Model):
             raise MalformedRequest("expected a v2 inference request with `inputs`")
         context = RequestContext.from_headers(headers or {}, address=None)
         with fields_renamed(v2_field_name):
-            params = params_from_infer_request(payload).model_copy(update={"model": self.name})
+            version = payload.model_version or REST_MODEL_VERSION.get()
+            model = self.name if not version else f"{self.name}@{version}"
+            params = params_from_infer_request(payload).model_copy(update={"model": model})
             wanted = requested_outputs(payload, params.output_format)
             if "image" in wanted:
                 params = params.model_copy(update={"output_format": "png"})
@@ -292,6 +300,7 @@ def infer_response(
         model_name=payload.model_name,
         infer_outputs=outputs,
         parameters={"cached": result.cached},
+        model_version=result.request.model_version,
         # gRPC answers in raw_output_contents; REST in JSON unless the client asked for binary.
         use_binary_outputs=payload.from_grpc or payload.use_binary_outputs,
         requested_outputs=payload.request_outputs or None,
@@ -339,15 +348,22 @@ class ServingKServeDataPlane(KServeDataPlane):
         self._serving.model(model_name)
         return await super().model_ready(model_name, disable_predictor_health_check)
 
+    def check_version(self, model_name: str, version: str) -> None:
+        """NotFound unless the model is served and has that version."""
+        self._serving.resolve_model(f"{model_name}@{version}")
+
     def describe(self, model_name: str) -> dict[str, Any]:
         """The model's family, request defaults and limits, samplers, LoRA adapters."""
         return self._serving.describe_model(model_name)
 
     async def model_metadata(self, model_name: str) -> dict[str, Any]:
         """kserve's metadata, with the platform naming the family (gRPC has no other field for
-        it); REST adds the model's defaults and limits (serving/http/kserve_v2.py)."""
+        it) and the model's versions; REST adds the model's defaults and limits
+        (serving/http/kserve_v2.py)."""
         metadata: dict[str, Any] = await super().model_metadata(model_name)
-        metadata["platform"] = f"diffusers/{self._serving.model(model_name).profile.kind}"
+        model = self._serving.model(model_name)
+        metadata["platform"] = f"diffusers/{model.profile.kind}"
+        metadata["versions"] = list(model.rollout.versions)
         return metadata
 
 

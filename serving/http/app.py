@@ -80,7 +80,14 @@ def create_http_app(services: Services) -> FastAPI:
             allow_origins=settings.cors_allow_origins,
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "X-Timeout-S", "Last-Event-ID"],
-            expose_headers=["Retry-After", "X-Seed", "Server-Timing", "ETag", "Location"],
+            expose_headers=[
+                "Retry-After",
+                "X-Seed",
+                "X-Model-Version",
+                "Server-Timing",
+                "ETag",
+                "Location",
+            ],
         )
     routers = (health, generate.router, openai.router, kserve_v1.router, jobs.router, loras.router)
     for router in routers:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from serving.dataplane.codecs import FORMAT_BY_MEDIA_TYPE, MEDIA_TYPES
-from serving.dataplane.request import GenerateParams
+from serving.dataplane.request import VERSION_HEADER, GenerateParams
 from serving.dataplane.service import DataPlane, GenerationResult
 from serving.errors import InvalidArgument, NotFound
 from serving.http.dependencies import ContextDep, DataPlaneDep
@@ -92,6 +92,8 @@ def raw_image_response(data_plane: DataPlane, result: GenerationResult) -> Respo
         "ETag": f'"{image.digest}"',
         "Content-Location": data_plane.image_url(image.digest, result.request.output_format),
     }
+    if result.request.model_version is not None:
+        headers[VERSION_HEADER] = result.request.model_version
     if result.warnings:
         headers["Warning"] = '199 sd-serving "' + "; ".join(result.warnings) + '"'
     return Response(image.data, media_type=result.media_type, headers=headers)
@@ -101,6 +103,7 @@ def generate_response(data_plane: DataPlane, result: GenerationResult) -> Genera
     request = result.request
     return GenerateResponse(
         model=request.model,
+        model_version=request.model_version,
         created=int(time.time()),
         images=[
             ImageOut(

@@ -39,7 +39,7 @@ async def model_status(model: str, data_plane: DataPlaneDep) -> V1ModelStatus:
 async def predict(
     model: str, body: V1PredictRequest, data_plane: DataPlaneDep, context: ContextDep
 ) -> V1PredictResponse:
-    data_plane.model(model)  # NotFound unless served
+    data_plane.resolve_model(model)  # NotFound unless served (a version too: name@version)
     prepared = []
     for index, instance in enumerate(body.instances):  # every instance checked before any runs
         with fields_renamed(functools.partial("instances[{}].{}".format, index)):
@@ -53,6 +53,7 @@ async def predict(
                 images=[base64.b64encode(image.data).decode("ascii") for image in result.images],
                 seeds=[image.seed for image in result.images],
                 format=result.request.output_format,
+                model_version=result.request.model_version,
             )
             for result in results
         ]

@@ -8,9 +8,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from kserve.protocol.rest.v2_datamodels import (
+    InferenceRequest,
     ListModelsResponse,
     ModelMetadataResponse,
     ModelReadyResponse,
@@ -19,7 +20,12 @@ from kserve.protocol.rest.v2_datamodels import (
 from kserve.protocol.rest.v2_endpoints import V2Endpoints
 from pydantic import BaseModel
 
-from serving.dataplane.v2 import KSERVE_ERRORS, ServingKServeDataPlane, kserve_error
+from serving.dataplane.v2 import (
+    KSERVE_ERRORS,
+    REST_MODEL_VERSION,
+    ServingKServeDataPlane,
+    kserve_error,
+)
 from serving.http.errors import ErrorResponder
 from serving.http.models import V2_ERRORS
 
@@ -51,12 +57,44 @@ def v2_router(data_plane: ServingKServeDataPlane) -> APIRouter:
         metadata = await endpoints.model_metadata(model_name)
         return ModelMetadata(**metadata.model_dump(), parameters=data_plane.describe(model_name))
 
+    # kserve's endpoints refuse a version (NotImplementedError); ours check it names one of the
+    # model's versions, then serve it as the model, the version going on to `predict`.
+    async def version_metadata(model_name: str, model_version: str) -> ModelMetadata:
+        data_plane.check_version(model_name, model_version)
+        return await model_metadata(model_name)
+
+    async def version_ready(model_name: str, model_version: str) -> ModelReadyResponse:
+        data_plane.check_version(model_name, model_version)
+        return await endpoints.model_ready(model_name)
+
+    async def version_infer(
+        raw_request: Request,
+        raw_response: Response,
+        model_name: str,
+        model_version: str,
+        request_body: InferenceRequest | bytes,
+    ) -> Any:
+        data_plane.check_version(model_name, model_version)
+        token = REST_MODEL_VERSION.set(model_version)
+        try:
+            return await endpoints.infer(raw_request, raw_response, model_name, request_body)
+        finally:
+            REST_MODEL_VERSION.reset(token)
+
     routes: list[tuple[str, str, Callable[..., Any], type[BaseModel] | None]] = [
         ("GET", "", endpoints.metadata, ServerMetadataResponse),
         ("GET", "/models", endpoints.models, ListModelsResponse),
         ("GET", "/models/{model_name}", model_metadata, ModelMetadata),
         ("GET", "/models/{model_name}/ready", endpoints.model_ready, ModelReadyResponse),
         ("POST", "/models/{model_name}/infer", endpoints.infer, None),
+        ("GET", "/models/{model_name}/versions/{model_version}", version_metadata, ModelMetadata),
+        (
+            "GET",
+            "/models/{model_name}/versions/{model_version}/ready",
+            version_ready,
+            ModelReadyResponse,
+        ),
+        ("POST", "/models/{model_name}/versions/{model_version}/infer", version_infer, None),
     ]
     router = APIRouter(prefix="/v2", tags=["KServe v2"])
     for method, path, handler, response_model in routes:

@@ -26,6 +26,9 @@ class ImageOut(BaseModel):
 
 class GenerateResponse(BaseModel):
     model: str
+    model_version: str | None = Field(
+        None, description="the model version that made the images (None: unversioned model)"
+    )
     created: int
     images: list[ImageOut]
     seeds: list[int]
@@ -89,6 +92,7 @@ class OpenAIImage(BaseModel):
 class OpenAIImagesResponse(BaseModel):
     created: int
     data: list[OpenAIImage]
+    model_version: str | None = None  # ours: the model version that made them
 
 
 # -- KServe v1
@@ -104,6 +108,7 @@ class V1Prediction(BaseModel):
     images: list[str]
     seeds: list[int]
     format: str
+    model_version: str | None = None
 
 
 class V1PredictResponse(BaseModel):

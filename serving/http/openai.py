@@ -185,4 +185,6 @@ async def answer(
                     revised_prompt=result.request.prompt,
                 )
             )
-    return OpenAIImagesResponse(created=int(time.time()), data=data)
+    return OpenAIImagesResponse(
+        created=int(time.time()), data=data, model_version=result.request.model_version
+    )

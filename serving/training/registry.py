@@ -10,6 +10,7 @@ validation set, so a challenger is always compared like for like.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import tempfile
@@ -151,6 +152,14 @@ class Registry:
     def alias(self, name: str, alias: str, version: str) -> None:
         self.get(name, version)  # an unknown version is refused before anything moves
         self._client.set_registered_model_alias(name, alias, version)
+
+    def remove_alias(self, name: str, alias: str) -> None:
+        """The alias gone, if it was set."""
+        from mlflow.exceptions import MlflowException
+
+        _check(name)
+        with contextlib.suppress(MlflowException):  # no such alias: nothing to remove
+            self._client.delete_registered_model_alias(name, alias)
 
     def download(self, name: str, reference: str, destination: Path) -> Path:
         """The version's files (its adapter, or `base.json`) under `destination`."""

@@ -659,6 +659,43 @@ def test_inconsistent_model_values_are_refused(
     assert message in _refusal(profile, *extra)
 
 
+ROLLOUT_VALUES = (
+    '{"versions": {"1": {}, "2": {"adapter": "tuned-2", "scale": 0.8}}, "champion": "1", '
+    '"challenger": "2", "canaryPercent": 10}'
+)
+
+
+def test_model_versions_reach_the_app_in_both_modes() -> None:
+    """A model's rollout (its versions, champion and canary) becomes the setting the app reads:
+    SD_ROLLOUT for the one model in embedded mode, build_app's `rollout` arg in kuberay mode, and
+    each model's own `rollout` in SD_MODELS."""
+    extra = ["--set", "loras.claimName=adapters", "--set-json", f"model.rollout={ROLLOUT_VALUES}"]
+    docs = render("default", *extra)
+    (service,) = [doc for doc in docs if doc["kind"] == "InferenceService"]
+    env = env_of(service["spec"]["predictor"]["containers"][0])
+    embedded = Settings(rollout=json.loads(env["SD_ROLLOUT"])).served_models()["sd-embedded"]
+    assert embedded.rollout.versions["2"].adapter == "tuned-2"
+    assert embedded.rollout.versions["2"].scale == 0.8
+    assert (embedded.rollout.challenger, embedded.rollout.canary_percent) == ("2", 10)
+    (ray_service,) = [
+        doc for doc in render("gpu-kuberay-karpenter", *extra) if doc["kind"] == "RayService"
+    ][:1]
+    (app,) = yaml.safe_load(ray_service["spec"]["serveConfigV2"])["applications"]
+    assert Settings(**app["args"]).rollout.champion_version == "1"
+    predictor = find("two-models-embedded", "InferenceService")["spec"]["predictor"]
+    models = json.loads(env_of(predictor["containers"][0])["SD_MODELS"])
+    settings = Settings(models=models)
+    assert settings.models["sd15"].rollout.canary_percent == 10
+    assert settings.models["sdxl"].rollout.versions == {}
+
+
+def test_a_versioned_adapter_needs_the_lora_claim_and_a_known_challenger() -> None:
+    bare = ["--set-json", f"model.rollout={ROLLOUT_VALUES}"]
+    assert "set loras.claimName to the claim holding it" in _refusal("default", *bare)
+    bad = ["--set-json", 'model.rollout={"versions": {"a/b": {}}}']
+    assert "values don't meet the specifications of the schema" in _refusal("default", *bad)
+
+
 def test_model_names_and_fields_are_checked_by_the_values_schema() -> None:
     for bad in (
         ["--set", "models.SDXL.source=embedded"],

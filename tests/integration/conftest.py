@@ -26,6 +26,15 @@ from tests.helpers.loras import write_adapters
 SMALL = {"text_encoder": {"num_cpus": 0.1}, "unet": {"num_cpus": 0.5}, "vae": {"num_cpus": 0.1}}
 
 
+# The default model's versions: 1 its weights (the champion, what requests naming none get), 2
+# and 3 adapters over them (`name@2`); test_prometheus.py's promotion test gives 3 a file the
+# UNet refuses.
+ROLLOUT = {
+    "versions": {"1": {}, "2": {"adapter": "style-a"}, "3": {"adapter": "failing-v3"}},
+    "champion": "1",
+}
+
+
 @pytest.fixture(scope="session")
 def lora_library(tmp_path_factory: pytest.TempPathFactory, embedded_model_dir: Path) -> LoraLibrary:
     """LoRA adapters for the default model (tests/helpers/loras.py), the service's SD_LORA_DIR."""
@@ -43,7 +52,7 @@ def service(
     SDXL models as the session exported them, plus a webhook secret (receivers on loopback
     allowed), and without a result cache: every request here renders through the stages."""
     models = {
-        DEFAULT_MODEL: {"source": str(embedded_model_dir), **SMALL},
+        DEFAULT_MODEL: {"source": str(embedded_model_dir), "rollout": ROLLOUT, **SMALL},
         SDXL_MODEL: {"source": str(family_dirs["sdxl"]), **SMALL},
     }
     settings = {

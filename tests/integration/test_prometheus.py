@@ -13,10 +13,16 @@ from typing import Any
 
 import httpx
 import pytest
+import torch
 import yaml
+from safetensors.torch import save_file
 
-from tests.helpers.live_service import RunningService
+from serving.cli.main import main
+from serving.models.loras import LoraLibrary
+from serving.training.registry import CHALLENGER, CHAMPION
+from tests.helpers.live_service import DEFAULT_MODEL, RunningService
 from tests.helpers.net import free_port, wait_until
+from tests.helpers.registry import figures, registry_with
 
 pytestmark = pytest.mark.integration
 
@@ -181,3 +187,74 @@ def test_alert_rules_load_and_evaluate(prometheus: str, traffic: None) -> None:
     rules = [rule for group in groups for rule in group["rules"]]
     assert len(rules) == len(alert_expressions())
     assert all(rule["health"] in {"ok", "unknown"} for rule in rules), rules
+
+
+# -- the promotion gate reads each version's live signals from this Prometheus
+
+
+def version_traffic(service: RunningService, prometheus: str, version: str, status: int) -> None:
+    """Six generations of a version of the default model (each answered `status`), all of them
+    scraped: one first, so the series exists before the window's increase counts the rest."""
+    body = {"model": f"{DEFAULT_MODEL}@{version}", "prompt": "promotion", "steps": 2}
+    selector = f'model="{DEFAULT_MODEL}",version="{version}"'
+    with service.client() as client:
+        sent = 0
+        for count in (1, 5):
+            for _ in range(count):
+                answer = client.post("/v1/generate", json=body)
+                assert answer.status_code == status, answer.text
+            sent += count
+
+            def scraped(expected: int = sent) -> bool:
+                result = query(prometheus, f"sum(ray_sd_model_requests_total{{{selector}}})")
+                return bool(result["result"]) and float(result["result"][0]["value"][1]) >= expected
+
+            assert wait_until(scraped, timeout_s=60, interval_s=0.5), f"version {version} unseen"
+
+
+def test_promotion_moves_the_champion_only_when_the_challenger_serves_well_live(
+    service: RunningService,
+    prometheus: str,
+    lora_library: LoraLibrary,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Versions 2 and 3 of the default model serve beside 1 (tests/integration/conftest.py);
+    the registry's figures pass for both, so Prometheus decides: 2 answers well and is
+    promoted; 3's adapter is refused by the UNet replica on every request, and its promotion is
+    refused naming the error ratio, the champion left at 2."""
+    registry = registry_with(
+        tmp_path, "demo", figures(world=0.99), figures(world=0.99), figures(world=0.99)
+    )
+    gate = [
+        "--registry-uri", registry.uri, "--prometheus-url", prometheus,
+        "--served-model", DEFAULT_MODEL, "--window", "10m", "--min-requests", "3",
+        "--max-latency-ratio", "50",  # a few requests on coarse buckets: latency is unit-tested
+    ]  # fmt: skip
+    version_traffic(service, prometheus, "1", 200)
+    version_traffic(service, prometheus, "2", 200)
+    assert main(["promote", "demo", "--challenger", "2", *gate]) == 0, capsys.readouterr().err
+    assert "promoted: demo version 2 is the champion (was 1)" in capsys.readouterr().out
+    assert registry.get("demo", CHAMPION).version == "2"
+    assert registry.get("demo", CHALLENGER).version == "3"  # another version's canary stays
+
+    assert lora_library.directory is not None
+    refused_by_the_unet = lora_library.directory / "failing-v3.safetensors"
+    prefix = "lora_unet_input_blocks_1_1_proj_in"  # checked by the replica's loader
+    save_file(
+        {
+            f"{prefix}.lora_down.weight": torch.zeros(4, 999),
+            f"{prefix}.lora_up.weight": torch.zeros(32, 4),
+            f"{prefix}.alpha": torch.tensor(4.0),
+        },
+        str(refused_by_the_unet),
+    )
+    try:
+        version_traffic(service, prometheus, "3", 422)
+    finally:
+        refused_by_the_unet.unlink()  # the other tests list only adapters that work
+    assert main(["promote", "demo", *gate]) == 1
+    err = capsys.readouterr().err
+    assert "refused: error ratio regressed: 100.0 % of the challenger's generations failed" in err
+    assert "champion stays version 2" in err
+    assert registry.get("demo", CHAMPION).version == "2"

@@ -209,6 +209,38 @@ def test_pick_an_adapter_and_get_the_image_the_api_gives(
     assert max_pixel_difference(pixels(shown), pixels(plain.content)) > 10
 
 
+def test_pick_a_model_version_and_get_the_image_that_version_gives(
+    browser: webdriver.Chrome, service: RunningService
+) -> None:
+    """The default model has versions (tests/integration/conftest.py): the page offers them,
+    sends `name@version`, and the caption names the version that answered."""
+    open_page(browser, service)
+    Select(browser.find_element(By.ID, "model")).select_by_value(DEFAULT_MODEL)
+    picker = Select(browser.find_element(By.ID, "version"))
+    WebDriverWait(browser, 30).until(lambda _: len(picker.options) > 1)
+    assert [option.get_attribute("value") for option in picker.options] == ["", "1", "2", "3"]
+    assert picker.options[0].text == "champion 1"
+    picker.select_by_value("2")
+    fill(browser, "prompt", EXAMPLE)
+    fill(browser, "steps", "4")
+    fill(browser, "seed", "9")
+    browser.find_element(By.ID, "generate").click()
+    image = WebDriverWait(browser, 120).until(
+        expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "#gallery img"))
+    )
+    caption = browser.find_element(By.CSS_SELECTOR, "#gallery figcaption")
+    assert caption.text.startswith(f"{DEFAULT_MODEL}@2 · seed 9")
+    shown = httpx.get(image.get_attribute("src"), timeout=30).content
+    version_2 = httpx.post(
+        service.url + "/v1/generate",
+        json={"model": f"{DEFAULT_MODEL}@2", "prompt": EXAMPLE, "steps": 4, "seed": 9},
+        headers={"Accept": "image/png"},
+        timeout=120,
+    )
+    assert version_2.headers["x-model-version"] == "2"
+    assert max_pixel_difference(pixels(shown), pixels(version_2.content)) <= 1
+
+
 def test_draw_a_mask_over_the_picture_and_get_the_inpainting_the_api_gives(
     browser: webdriver.Chrome, service: RunningService, tmp_path: Path
 ) -> None:

@@ -96,12 +96,34 @@ kuberay mode): per model its source as the pod sees it, its defaults, and each s
 {{- $stage := merge (deepCopy (dig "stages" $key dict $model)) (deepCopy (index $root.Values.stages $key)) -}}
 {{- $_ := set $spec $field (include "sd-serving.stageSettings" (dict "stage" $stage "pinToPool" $.pinToPool) | fromJson) -}}
 {{- end -}}
+{{- with $model.rollout -}}
+{{- $_ := set $spec "rollout" (include "sd-serving.rolloutSettings" (dict "rollout" . "root" $root) | fromJson) -}}
+{{- end -}}
 {{- $_ := set $models $name $spec -}}
 {{- end -}}
 {{- if gt (len $fetched) 1 -}}
 {{- fail (printf "models %s: KServe's storage initializer fetches one storageUri per pod; give the others a pvc or an hf:// storageUri" (join ", " $fetched)) -}}
 {{- end -}}
 {{- toJson $models -}}
+{{- end -}}
+
+{{/*
+A model's `rollout` as Settings' Rollout takes it (JSON): versions by name (each {adapter, scale}),
+champion, challenger, canary_percent. Call with (dict "rollout" $rollout "root" $). A version's
+adapter comes from the `loras` claim, so one is needed.
+*/}}
+{{- define "sd-serving.rolloutSettings" -}}
+{{- $given := .rollout -}}
+{{- $rollout := dict "versions" (default dict $given.versions) -}}
+{{- range $name, $version := $rollout.versions -}}
+{{- if and $version.adapter (not $.root.Values.loras.claimName) -}}
+{{- fail (printf "rollout version %s is adapter %s: set loras.claimName to the claim holding it" $name $version.adapter) -}}
+{{- end -}}
+{{- end -}}
+{{- with $given.champion }}{{ $_ := set $rollout "champion" (toString .) }}{{ end -}}
+{{- with $given.challenger }}{{ $_ := set $rollout "challenger" (toString .) }}{{ end -}}
+{{- if hasKey $given "canaryPercent" }}{{ $_ := set $rollout "canary_percent" $given.canaryPercent }}{{ end -}}
+{{- toJson $rollout -}}
 {{- end -}}
 
 {{/* The model requests without a model name get: defaultModel, or the first of `models`. */}}
