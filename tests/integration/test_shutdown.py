@@ -12,10 +12,20 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers.live_service import start_service
+from tests.helpers.live_service import RunningService, start_service
 from tests.helpers.net import wait_until
 
 pytestmark = pytest.mark.integration
+
+
+def unet_busy(running: RunningService) -> float:
+    """Requests in the UNet's running batch or waiting for a slot, from the service's metrics."""
+    text = httpx.get(running.metrics_url, timeout=10).text
+    prefixes = ("ray_sd_unet_active_requests{", "ray_sd_unet_queue_depth{")
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefixes)
+    )
+
 
 # A few seconds of denoising each on this machine, batched together.
 IN_FLIGHT = {"prompt": "a green triangle on a black background", "steps": 60}
@@ -25,7 +35,9 @@ def test_sigterm_under_load_flips_readiness_drains_and_exits_within_the_grace_pe
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     base = tmp_path_factory.mktemp("shutdown")
-    with start_service(base / "cache", {"SD_DRAIN_TIMEOUT_S": "20"}) as running:
+    # Ray's metrics every second (not every 10 s): the test sees the requests reach the UNet.
+    settings = {"SD_DRAIN_TIMEOUT_S": "20", "RAY_metrics_report_interval_ms": "1000"}
+    with start_service(base / "cache", settings) as running:
         answers: list[Any] = []
 
         def request(seed: int) -> None:
@@ -42,7 +54,9 @@ def test_sigterm_under_load_flips_readiness_drains_and_exits_within_the_grace_pe
         callers = [threading.Thread(target=request, args=(seed,)) for seed in range(3)]
         for caller in callers:
             caller.start()
-        time.sleep(1.5)  # under way
+        # Under way: all three in the UNet's batch or queue (not still on their way in, which a
+        # slow machine can take seconds over: those would be refused as the service drains).
+        assert wait_until(lambda: unet_busy(running) >= 3, timeout_s=60, interval_s=0.2), answers
         assert httpx.get(running.url + "/v2/health/ready", timeout=10).status_code == 200
         stopped_at = time.monotonic()
         running.process.send_signal(signal.SIGTERM)
