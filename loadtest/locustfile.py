@@ -251,6 +251,36 @@ class VersionUser(HttpUser):
         post_expecting(self, "/v1/generate", body, name, f'"model_version":"{version}"')
 
 
+class FeedbackUser(HttpUser):
+    """An app that asks users to rate what they were shown: one image, then its rating (and now
+    and then a corrected caption) on /v1/feedback, which must keep it (201)."""
+
+    wait_time = between(1.0, 3.0)
+    weight = 1
+
+    @task
+    def generate_and_rate(self) -> None:
+        model, prompt, params = pick()
+        body = {"model": model, "prompt": prompt, "num_images": 1}
+        body |= {key: params[key] for key in ("steps", "width", "height") if key in params}
+        with self.client.post(
+            "/v1/generate", json=body, name=f"/v1/generate to rate ({model})", catch_response=True
+        ) as response:
+            if response.status_code != 200:
+                response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
+                return
+            digest = response.json()["images"][0]["digest"]
+        rating = random.randint(1, 5)
+        feedback: dict[str, Any] = {"image": digest, "rating": rating}
+        if rating <= 2 and random.random() < 0.5:
+            feedback["caption"] = pick_prompt()
+        with self.client.post(
+            "/v1/feedback", json=feedback, name="/v1/feedback", catch_response=True
+        ) as response:
+            if response.status_code != 201:
+                response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
+
+
 class OpenAIUser(HttpUser):
     """A client using an OpenAI SDK against the compatible endpoint."""
 

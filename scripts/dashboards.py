@@ -394,6 +394,24 @@ def scaling() -> dict[str, Any]:
                 "against the champion's, as `sd-serving promote` compares them.",
             ),
             panel(
+                "Feedback: ratings per model version",
+                [
+                    (
+                        "sum by (model, version, rating) (increase(ray_sd_feedback_total[1h]))",
+                        "{{model}}@{{version}} rated {{rating}}",
+                    ),
+                    (
+                        "sum by (model, version) "
+                        '(increase(ray_sd_feedback_total{corrected="true"}[1h]))',
+                        "{{model}}@{{version}} corrected captions",
+                    ),
+                ],
+                description="Ratings clients sent in the last hour (POST /v1/feedback) on each "
+                "version's images, 1 (wrong) to 5, and corrected captions: a challenger's against "
+                "its champion's. `sd-serving export-feedback` turns them into a tuning batch "
+                "(alert SdServingModelVersionRatedLow).",
+            ),
+            panel(
                 "GPU utilisation (DCGM)",
                 [("avg by (Hostname, gpu) (DCGM_FI_DEV_GPU_UTIL)", "{{Hostname}} GPU {{gpu}}")],
                 unit="percent",

@@ -61,6 +61,8 @@ EXPORTED: dict[str, str] = {
     "outcome: ok, or the error's reason (e.g. deadline_exceeded, internal); what a promotion "
     "compares",
     "ray_sd_model_request_seconds": "time to answer a generation, by model and version",
+    "ray_sd_feedback_total": "ratings clients sent on images (POST /v1/feedback), by the model "
+    "and version that made the image, rating (1-5) and whether a corrected caption came with it",
     "ray_sd_rejected_requests_total": "requests refused, by reason (e.g. invalid_argument)",
     "ray_sd_max_replicas": "configured max_replicas per stage (tag stage_deployment), for alerts",
     "ray_sd_jobs_queued": "with Redis: jobs in the durable queue, waiting or running (each "
@@ -177,6 +179,7 @@ class IngressMetrics:
     lora_requests: Counter
     model_requests: Counter
     model_request_seconds: Histogram
+    feedback: Counter
 
     def record_request(self, route: str, protocol: str, status: int, seconds: float) -> None:
         self.requests.inc(tags={"route": route, "protocol": protocol, "status": str(status)})
@@ -198,6 +201,12 @@ class IngressMetrics:
         self.model_requests.inc(tags={**tags, "outcome": outcome})
         if seconds is not None:
             self.model_request_seconds.observe(seconds, tags=tags)
+
+    def record_feedback(
+        self, model: str, version: str | None, rating: int, corrected: bool
+    ) -> None:
+        tags = {"model": model, "version": version or "none", "rating": str(rating)}
+        self.feedback.inc(tags={**tags, "corrected": str(corrected).lower()})
 
     def record_adapters(self, names: list[str]) -> None:
         for name in names:
@@ -274,6 +283,11 @@ class IngressMetrics:
                 EXPORTED["ray_sd_model_request_seconds"],
                 LATENCY_BUCKETS_S,
                 ("model", "version"),
+            ),
+            feedback=meter.counter(
+                "sd_feedback",
+                EXPORTED["ray_sd_feedback_total"],
+                ("model", "version", "rating", "corrected"),
             ),
         )
 

@@ -390,6 +390,12 @@ class Settings(BaseSettings):
 
     # -- async jobs
     max_jobs: int = Field(10_000, ge=1, description="jobs remembered; the oldest finished go first")
+    max_feedback: int = Field(
+        100_000,
+        ge=1,
+        description="feedback rows kept (`POST /v1/feedback`) for `sd-serving export-feedback`; "
+        "the oldest go first",
+    )
     job_ttl_s: float = Field(3600.0, gt=0, description="how long a finished job stays readable")
     job_workers: int = Field(
         8, ge=1, description="with Redis: jobs one ingress replica's worker runs at once"

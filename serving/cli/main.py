@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from serving.cli import promote, tune
+from serving.cli import feedback, promote, tune
 
 # The embedded families, named here so that `--help` needs no torch import.
 FAMILY_NAMES = ("sd", "sd-v", "sd-turbo", "lcm", "sdxl", "sdxl-turbo")
@@ -129,6 +129,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     tune.add_parser(commands)
     promote.add_parser(commands)
+    feedback.add_parsers(commands)
     images = commands.add_parser(
         "purge-images",
         help="delete stored images (SD_IMAGE_STORE_URL, or the files Redis's index points to) "
@@ -242,6 +243,10 @@ def main(argv: list[str] | None = None) -> int:
         return tune.run(args)
     if args.command == "promote":
         return promote.run(args)
+    if args.command == "feedback":
+        return feedback.run_feedback(args)
+    if args.command == "export-feedback":
+        return feedback.run_export(args)
     if args.command == "purge-images":
         return _purge_images(args)
     return 2
@@ -450,7 +455,9 @@ def _generate(args: argparse.Namespace) -> int:
         total = result.timings_ms.get("total")  # gRPC answers carry no timings
         took = "" if total is None else f"  {total / 1000:.2f} s"
         version = "" if result.model_version is None else f"  version {result.model_version}"
-        print(f"{path}  seed {image.seed}{version}{took}{'  (cached)' if result.cached else ''}")
+        cached = "  (cached)" if result.cached else ""
+        # The digest names the image to `sd-serving feedback`.
+        print(f"{path}  seed {image.seed}{version}{took}{cached}  image {image.digest}")
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return 0

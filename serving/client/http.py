@@ -45,6 +45,20 @@ def _headers(api_key: str | None, timeout_s: float | None) -> dict[str, str]:
     return headers
 
 
+def _feedback_body(
+    image: Image | str | None, job_id: str | None, rating: int, caption: str | None, index: int
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"rating": rating}
+    if image is not None:
+        body["image"] = image.digest if isinstance(image, Image) else image
+    if job_id is not None:
+        body["job_id"] = job_id
+        body["image_index"] = index
+    if caption is not None:
+        body["caption"] = caption
+    return body
+
+
 # Called after every denoising step of a job: (steps done, steps in all images).
 ProgressCallback = Callable[[int, int], None]
 
@@ -159,6 +173,38 @@ class Client:
                     return _job_generation(job, images)
         raise ClientError(200, "stream_ended", "the job's event stream ended early", None)
 
+    def feedback(
+        self,
+        image: Image | str | None = None,
+        *,
+        rating: int,
+        caption: str | None = None,
+        job_id: str | None = None,
+        image_index: int = 0,
+    ) -> dict[str, Any]:
+        """Rate an image this service made (an `Image`, its digest, or a job's image): 1 (wrong)
+        to 5 (exactly right); `caption`: what it really shows. Returns the row kept."""
+        body = _feedback_body(image, job_id, rating, caption, image_index)
+        answer = self._http.post("/v1/feedback", json=body, headers=_headers(self._api_key, None))
+        _raise_for_error(answer)
+        return dict(answer.json())
+
+    def feedback_rows(self, offset: int = 0, limit: int = 1000) -> dict[str, Any]:
+        """A page of the feedback kept: {"feedback": [rows], "next_offset": int or None}."""
+        answer = self._http.get(
+            "/v1/feedback",
+            params={"offset": offset, "limit": limit},
+            headers=_headers(self._api_key, None),
+        )
+        _raise_for_error(answer)
+        return dict(answer.json())
+
+    def image(self, url: str) -> bytes:
+        """A stored image's bytes, by its URL (relative to the service, or absolute)."""
+        answer = self._http.get(url, headers=_headers(self._api_key, None))
+        _raise_for_error(answer)
+        return answer.content
+
     def ready(self) -> bool:
         return self._http.get("/v2/health/ready").status_code == 200
 
@@ -217,6 +263,22 @@ class AsyncClient:
             _raise_for_error(image)
             images.append(image.content)
         return _job_generation(job, images)
+
+    async def feedback(
+        self,
+        image: Image | str | None = None,
+        *,
+        rating: int,
+        caption: str | None = None,
+        job_id: str | None = None,
+        image_index: int = 0,
+    ) -> dict[str, Any]:
+        body = _feedback_body(image, job_id, rating, caption, image_index)
+        answer = await self._http.post(
+            "/v1/feedback", json=body, headers=_headers(self._api_key, None)
+        )
+        _raise_for_error(answer)
+        return dict(answer.json())
 
     async def ready(self) -> bool:
         return (await self._http.get("/v2/health/ready")).status_code == 200

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,11 @@ class Image:
     seed: int
     media_type: str
     url: str
+
+    @property
+    def digest(self) -> str:
+        """The server's name for the image (content-addressed): what feedback on it names."""
+        return hashlib.sha256(self.data).hexdigest()[:40]
 
     def save(self, path: str | Path) -> Path:
         target = Path(path)

@@ -1,8 +1,9 @@
 """Where finished images live, by digest: in this process's memory (the local default), or at an
 fsspec URL (`file://`, `s3://`, `gs://`) that every replica shares and a restart keeps.
 
-Beside each image, `<digest>.json` records its format and when it was stored, so the image is
-served with the right media type and `purge` can delete what is older than the retention period.
+Beside each image, `<digest>.json` records its format, when it was stored and what made it (the
+request's parameters: feedback on the image carries them), so the image is served with the right
+media type and `purge` can delete what is older than the retention period.
 """
 
 from __future__ import annotations
@@ -78,7 +79,11 @@ class FsspecImages:
         path = f"{self._root}/{digest}"
         # The image first: a reader that finds the description finds the image.
         self._fs.pipe_file(path, image.data)
-        description = {"format": image.output_format, "stored_at": self._clock()}
+        description = {
+            "format": image.output_format,
+            "stored_at": self._clock(),
+            "provenance": image.provenance,
+        }
         self._fs.pipe_file(f"{path}.json", json.dumps(description).encode())
 
     def _read(self, digest: str) -> StoredImage | None:
@@ -87,7 +92,8 @@ class FsspecImages:
         path = f"{self._root}/{digest}"
         try:
             description = json.loads(self._fs.cat_file(f"{path}.json"))
-            return StoredImage(self._fs.cat_file(path), description["format"])
+            data = self._fs.cat_file(path)
+            return StoredImage(data, description["format"], description.get("provenance"))
         except FileNotFoundError:
             return None
 

@@ -12,6 +12,7 @@ Keys start with `sd:v1:`, the schema version, so an upgrade can tell old records
   jobs:active        sorted set of queued and running jobs by creation time (SD_MAX_JOBS)
   result:<key>       a fully determined request's digests and seeds (SD_IMAGE_RETENTION_S)
   bucket:<client>    a rate-limit token bucket, on Redis's clock
+  feedback           list of feedback rows (JSON), the newest SD_MAX_FEEDBACK
 Finished jobs expire after SD_JOB_TTL_S.
 """
 
@@ -185,9 +186,7 @@ class RedisStore:
         cached = json.loads(found)
         return await images_of(self._images, CachedResult(cached["digests"], cached["seeds"]))
 
-    async def keep(
-        self, images: list[tuple[bytes, str]], key: str | None, seeds: list[int]
-    ) -> list[str]:
+    async def keep(self, images: list[StoredImage], key: str | None, seeds: list[int]) -> list[str]:
         digests = await keep_images(self._images, images)
         if key is not None:
             entry = _json({"digests": digests, "seeds": seeds})
@@ -196,6 +195,20 @@ class RedisStore:
             except RedisError:  # the images are stored; only the cache entry is lost
                 logger.warning("the result cache is unreachable; not remembered", exc_info=True)
         return digests
+
+    # -- feedback from production
+    @_reachable
+    async def add_feedback(self, row: dict[str, Any]) -> None:
+        key = f"{SCHEMA}:feedback"
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(key, _json(row))
+            pipe.ltrim(key, -self._settings.max_feedback, -1)
+            await pipe.execute()
+
+    @_reachable
+    async def feedback(self, offset: int, limit: int) -> list[dict[str, Any]]:
+        rows = await self._redis.lrange(f"{SCHEMA}:feedback", offset, offset + limit - 1)
+        return [json.loads(row) for row in rows]
 
     # -- async jobs
     @_reachable

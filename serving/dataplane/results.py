@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
 from serving.dataplane.codecs import MEDIA_TYPES
 from serving.dataplane.request import GenerationRequest
@@ -13,6 +14,8 @@ from serving.dataplane.request import GenerationRequest
 class StoredImage:
     data: bytes
     output_format: str
+    # What made it: the request's parameters with this image's seed (feedback rows carry them).
+    provenance: dict[str, Any] | None = None
 
     @property
     def media_type(self) -> str:
@@ -25,6 +28,12 @@ class CachedResult:
 
     digests: list[str]
     seeds: list[int]
+
+
+def provenance(request: GenerationRequest, seed: int) -> dict[str, Any]:
+    """The parameters that made one of a request's images: the request's, with its own seed."""
+    made = request.model_dump(mode="json", exclude={"num_images", "output_format"})
+    return {**made, "seed": seed}
 
 
 def image_digest(data: bytes) -> str:

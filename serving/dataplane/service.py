@@ -33,9 +33,10 @@ from serving.dataplane.codecs import (
     mask_input,
     vae_input,
 )
+from serving.dataplane.feedback import FeedbackPage, FeedbackParams, feedback_page, record_feedback
 from serving.dataplane.model import ServedModel
 from serving.dataplane.request import GenerateParams, GenerationRequest, RequestContext, resolve
-from serving.dataplane.results import StoredImage, request_key
+from serving.dataplane.results import StoredImage, provenance, request_key
 from serving.dataplane.stages import (
     DenoiseJob,
     DenoiseResult,
@@ -441,9 +442,11 @@ class DataPlane:
         encoded = [encode_image(image, request.output_format) for image in rendered]
         timings["encode"] = (time.perf_counter() - before) * 1000
         seeds = request.seeds()
-        digests = await self.store.keep(
-            [(data, request.output_format) for data in encoded], key, seeds
-        )
+        made = [
+            StoredImage(data, request.output_format, provenance(request, seed))
+            for data, seed in zip(encoded, seeds, strict=True)
+        ]
+        digests = await self.store.keep(made, key, seeds)
         after_unet_s = (time.perf_counter() - before) + timings["vae"] / 1000
         self._after_unet_s = 0.8 * self._after_unet_s + 0.2 * after_unet_s
         timings["total"] = (time.perf_counter() - started) * 1000
@@ -590,6 +593,24 @@ class DataPlane:
 
     async def image(self, digest: str) -> StoredImage | None:
         return await self.store.get_image(digest)
+
+    async def feedback(self, params: FeedbackParams, context: RequestContext) -> dict[str, Any]:
+        """Keep a client's rating of an image, with what made the image."""
+        share, _ = self._clients.share(
+            context.authorization, context.address, None, Priority.INTERACTIVE
+        )
+        row = await record_feedback(self.store, params, share.name)
+        made = row["provenance"]
+        self.metrics.record_feedback(
+            made.get("model", "unknown"),
+            made.get("model_version"),
+            params.rating,
+            params.caption is not None,
+        )
+        return row
+
+    async def feedback_page(self, offset: int, limit: int) -> FeedbackPage:
+        return await feedback_page(self.store, offset, limit)
 
     def image_url(self, digest: str, output_format: str) -> str:
         """Where a stored image is served: relative, or under the CDN's SD_PUBLIC_BASE_URL."""

@@ -10,8 +10,10 @@ restarts. Images go to the configured `ImageStore` (serving/dataplane/images.py)
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
+from collections import deque
 from collections.abc import AsyncGenerator, Callable
 from typing import Any, Protocol
 
@@ -34,11 +36,18 @@ class Store(Protocol):
         """A cached result with all its images still stored, or None."""
         ...
 
-    async def keep(
-        self, images: list[tuple[bytes, str]], key: str | None, seeds: list[int]
-    ) -> list[str]:
-        """Store (data, format) images; with a key, remember them as that request's result.
-        Returns their digests."""
+    async def keep(self, images: list[StoredImage], key: str | None, seeds: list[int]) -> list[str]:
+        """Store images (with what made them); with a key, remember them as that request's
+        result. Returns their digests."""
+        ...
+
+    # -- feedback from production
+    async def add_feedback(self, row: dict[str, Any]) -> None:
+        """Keep a feedback row (the newest `SD_MAX_FEEDBACK`)."""
+        ...
+
+    async def feedback(self, offset: int, limit: int) -> list[dict[str, Any]]:
+        """Up to `limit` feedback rows from `offset`, oldest kept first."""
         ...
 
     # -- async jobs
@@ -107,11 +116,11 @@ async def images_of(images: ImageStore, cached: CachedResult) -> ResultHit | Non
     return (cached, kept) if len(kept) == len(found) else None
 
 
-async def keep_images(images: ImageStore, finished: list[tuple[bytes, str]]) -> list[str]:
+async def keep_images(images: ImageStore, finished: list[StoredImage]) -> list[str]:
     digests = []
-    for data, output_format in finished:
-        digest = image_digest(data)
-        await images.put(digest, StoredImage(data, output_format))
+    for image in finished:
+        digest = image_digest(image.data)
+        await images.put(digest, image)
         digests.append(digest)
     return digests
 
@@ -132,6 +141,7 @@ class InMemoryStore:
         self._results: LruCache[str, CachedResult] = LruCache(settings.result_cache_size)
         self._jobs = JobBoard(settings.max_jobs, settings.job_ttl_s)
         self._buckets = TokenBuckets()
+        self._feedback: deque[dict[str, Any]] = deque(maxlen=settings.max_feedback)
 
     async def get_image(self, digest: str) -> StoredImage | None:
         return await self._images.get(digest)
@@ -140,13 +150,17 @@ class InMemoryStore:
         cached = self._results.get(key)
         return None if cached is None else await images_of(self._images, cached)
 
-    async def keep(
-        self, images: list[tuple[bytes, str]], key: str | None, seeds: list[int]
-    ) -> list[str]:
+    async def keep(self, images: list[StoredImage], key: str | None, seeds: list[int]) -> list[str]:
         digests = await keep_images(self._images, images)
         if key is not None:
             self._results.put(key, CachedResult(digests, seeds))
         return digests
+
+    async def add_feedback(self, row: dict[str, Any]) -> None:
+        self._feedback.append(row)
+
+    async def feedback(self, offset: int, limit: int) -> list[dict[str, Any]]:
+        return list(itertools.islice(self._feedback, offset, offset + limit))
 
     async def create_job(
         self, job_id: str, parameters: dict[str, Any], steps_total: int, webhook_url: str | None

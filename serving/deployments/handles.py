@@ -151,10 +151,14 @@ class RayStore:
     async def lookup_result(self, key: str) -> ResultHit | None:
         return await answer(self._handle.lookup_result.remote(key))
 
-    async def keep(
-        self, images: list[tuple[bytes, str]], key: str | None, seeds: list[int]
-    ) -> list[str]:
+    async def keep(self, images: list[StoredImage], key: str | None, seeds: list[int]) -> list[str]:
         return await answer(self._handle.keep.remote(images, key, seeds))
+
+    async def add_feedback(self, row: dict[str, Any]) -> None:
+        await answer(self._handle.add_feedback.remote(row))
+
+    async def feedback(self, offset: int, limit: int) -> list[dict[str, Any]]:
+        return await answer(self._handle.feedback.remote(offset, limit))
 
     async def create_job(
         self, job_id: str, parameters: dict[str, Any], steps_total: int, webhook_url: str | None

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 
 from serving import __version__
 from serving.dataplane.services import Services
-from serving.http import generate, jobs, kserve_v1, loras, openai
+from serving.http import feedback, generate, jobs, kserve_v1, loras, openai
 from serving.http.dependencies import DataPlaneDep
 from serving.http.errors import ErrorResponder, install_error_handlers
 from serving.http.kserve_v2 import install_v2
@@ -89,7 +89,15 @@ def create_http_app(services: Services) -> FastAPI:
                 "Location",
             ],
         )
-    routers = (health, generate.router, openai.router, kserve_v1.router, jobs.router, loras.router)
+    routers = (
+        health,
+        generate.router,
+        openai.router,
+        kserve_v1.router,
+        jobs.router,
+        loras.router,
+        feedback.router,
+    )
     for router in routers:
         app.include_router(router)
     install_v2(app, services.v2, respond)

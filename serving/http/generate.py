@@ -109,6 +109,7 @@ def generate_response(data_plane: DataPlane, result: GenerationResult) -> Genera
             ImageOut(
                 b64_data=base64.b64encode(image.data).decode("ascii"),
                 url=data_plane.image_url(image.digest, request.output_format),
+                digest=image.digest,
                 seed=image.seed,
                 format=request.output_format,
                 media_type=result.media_type,

@@ -17,6 +17,9 @@ from serving.errors import ErrorDetail
 class ImageOut(BaseModel):
     b64_data: str
     url: str
+    digest: str = Field(
+        description="the image's name (sha256, content-addressed): feedback names it"
+    )
     seed: int
     format: str
     media_type: str

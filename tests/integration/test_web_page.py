@@ -213,7 +213,8 @@ def test_pick_a_model_version_and_get_the_image_that_version_gives(
     browser: webdriver.Chrome, service: RunningService
 ) -> None:
     """The default model has versions (tests/integration/conftest.py): the page offers them,
-    sends `name@version`, and the caption names the version that answered."""
+    sends `name@version`, and the caption names the version that answered; the image is rated
+    with a corrected caption from under it."""
     open_page(browser, service)
     Select(browser.find_element(By.ID, "model")).select_by_value(DEFAULT_MODEL)
     picker = Select(browser.find_element(By.ID, "version"))
@@ -239,6 +240,20 @@ def test_pick_a_model_version_and_get_the_image_that_version_gives(
     )
     assert version_2.headers["x-model-version"] == "2"
     assert max_pixel_difference(pixels(shown), pixels(version_2.content)) <= 1
+
+    # Rate it: a corrected caption and 👎; the service keeps it with what made the image.
+    figure = browser.find_element(By.CSS_SELECTOR, "#gallery figure")
+    figure.find_element(By.CSS_SELECTOR, ".rate input").send_keys("a red square")
+    figure.find_element(By.CSS_SELECTOR, ".rate button[data-rating='1']").click()
+    said = figure.find_element(By.CSS_SELECTOR, ".rate .rated")
+    WebDriverWait(browser, 30).until(lambda _: said.text != "")
+    assert said.text == "thanks: rated 1"
+    rows = httpx.get(service.url + "/v1/feedback", timeout=30).json()["feedback"]
+    digest = image.get_attribute("src").rsplit("/", 1)[1].split(".")[0]
+    [row] = [row for row in rows if row["image"] == digest]
+    assert (row["rating"], row["caption"]) == (1, "a red square")
+    made = row["provenance"]
+    assert (made["model_version"], made["prompt"], made["seed"]) == ("2", EXAMPLE, 9)
 
 
 def test_draw_a_mask_over_the_picture_and_get_the_inpainting_the_api_gives(

@@ -171,8 +171,10 @@ def test_queued_and_running_jobs_are_bounded(run: Callable[..., Any]) -> None:
 
 def test_results_are_found_by_key_with_their_images(run: Callable[..., Any]) -> None:
     async def scenario(store: Store) -> tuple[Any, ...]:
-        digests = await store.keep([(b"png-1", "png"), (b"jpeg-2", "jpeg")], "key", [7, 8])
-        uncached = await store.keep([(b"webp-3", "webp")], None, [9])
+        digests = await store.keep(
+            [StoredImage(b"png-1", "png"), StoredImage(b"jpeg-2", "jpeg")], "key", [7, 8]
+        )
+        uncached = await store.keep([StoredImage(b"webp-3", "webp")], None, [9])
         return (
             digests,
             await store.lookup_result("key"),
@@ -189,6 +191,24 @@ def test_results_are_found_by_key_with_their_images(run: Callable[..., Any]) -> 
     ]
     assert missing is None and unknown is None
     assert uncached.data == b"webp-3" and uncached.media_type == "image/webp"
+
+
+def test_an_image_keeps_what_made_it_and_feedback_rows_page_oldest_first(
+    run: Callable[..., Any],
+) -> None:
+    made = {"prompt": "a red circle", "seed": 3, "model": "demo"}
+
+    async def scenario(store: Store) -> tuple[Any, ...]:
+        [digest] = await store.keep([StoredImage(b"png", "png", made)], None, [3])
+        for number in range(5):
+            await store.add_feedback({"number": number})
+        pages = [await store.feedback(offset, 2) for offset in (0, 2, 4, 6)]
+        return await store.get_image(digest), pages
+
+    image, pages = run(scenario, max_feedback=4)
+    assert image.provenance == made
+    # The oldest row went to make room for the fifth (SD_MAX_FEEDBACK=4).
+    assert pages == [[{"number": 1}, {"number": 2}], [{"number": 3}, {"number": 4}], [], []]
 
 
 def test_a_client_gets_its_burst_then_waits(run: Callable[..., Any]) -> None:
@@ -217,7 +237,7 @@ def test_everything_outlives_the_replica_that_stored_it(tmp_path: Path, redis_ur
         await store.create_job("a", {"prompt": "kept"}, 1, None)
         await store.report_job("a", PROGRESS, {"step": 1, "preview": "p"})
         await store.finish_job("a", JobStatus.SUCCEEDED, result=NO_IMAGES)
-        digests = await store.keep([(b"image", "png")], "key", [1])
+        digests = await store.keep([StoredImage(b"image", "png")], "key", [1])
         await store.close()
         return digests
 
@@ -269,7 +289,7 @@ def test_keys_carry_the_schema_version_and_finished_jobs_expire(
         await store.create_job("a", {}, 1, None)
         await store.report_job("a", PROGRESS, {"step": 1, "preview": "p"})
         await store.finish_job("a", JobStatus.SUCCEEDED, result=NO_IMAGES)
-        await store.keep([(b"i", "png")], "key", [1])
+        await store.keep([StoredImage(b"i", "png")], "key", [1])
         await store.take_token("c", 60.0, 1)
         await store.close()
 
@@ -395,7 +415,7 @@ def test_images_in_an_s3_bucket_outlive_the_replica_and_are_purged(
 
         async def first_replica() -> list[str]:
             store = RedisStore.from_settings(config)
-            digests = await store.keep([(b"\x89PNG-bytes", "png")], "key", [5])
+            digests = await store.keep([StoredImage(b"\x89PNG-bytes", "png")], "key", [5])
             await store.close()
             return digests
 
