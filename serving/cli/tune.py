@@ -62,6 +62,12 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--full", action="store_true", help="tune every UNet and text-encoder weight, not a LoRA"
     )
     tune.add_argument("--validation-fraction", type=float)
+    tune.add_argument(
+        "--eval-seeds",
+        type=int,
+        help="seeds each validation caption is drawn with (default 2; fewer is faster, noisier)",
+    )
+    tune.add_argument("--eval-steps", type=int, help="denoising steps per validation image (20)")
     tune.add_argument("--seed", type=int)
     tune.add_argument(
         "--register",
@@ -93,13 +99,25 @@ def run(args: argparse.Namespace) -> int:
             weights[source] = float(value)
         except ValueError:
             return refuse(f"--weight {given!r}: expected SOURCE=NUMBER")
-    changes = {
+    changes: dict[str, Any] = {
         key: value
-        for key in ("steps", "batch_size", "learning_rate", "rank", "validation_fraction", "seed")
+        for key in (
+            "steps",
+            "batch_size",
+            "learning_rate",
+            "rank",
+            "validation_fraction",
+            "seed",
+            "eval_steps",
+        )
         if (value := getattr(args, key)) is not None
     }
-    if any(changes.get(key, 1) < 1 for key in ("steps", "batch_size", "rank")):
-        return refuse("--steps, --batch-size and --rank must be ≥ 1")
+    if args.eval_seeds is not None:
+        if args.eval_seeds < 1:
+            return refuse("--eval-seeds must be ≥ 1")
+        changes["eval_seeds"] = tuple(range(args.eval_seeds))
+    if any(changes.get(key, 1) < 1 for key in ("steps", "batch_size", "rank", "eval_steps")):
+        return refuse("--steps, --batch-size, --rank and --eval-steps must be ≥ 1")
     if not changes.get("learning_rate", 1) > 0:
         return refuse("--learning-rate must be > 0")
     if not 0 < changes.get("validation_fraction", 0.1) < 1:

@@ -20,8 +20,10 @@ from serving.training.registry import CHALLENGER, CHAMPION, Registry
 from serving.training.world import NEW_SHAPES, NEW_SOURCE, SOURCE, combinations, write_dataset
 
 # `make tune-report` runs the same command at full size: 240 examples a source, a skewed batch,
-# 600 steps of 16. Here the new batch is crosses only, which new-only forgets by quickly.
-TUNING = ["--steps", "240", "--batch-size", "8", "--validation-fraction", "0.25"]
+# 600 steps of 16, validation drawn with two seeds at 20 steps. Here the new batch is crosses
+# only, which new-only forgets by quickly, and validation is drawn once at 10 steps.
+EVALUATION = ["--validation-fraction", "0.25", "--eval-seeds", "1", "--eval-steps", "10"]
+TUNING = ["--steps", "100", "--batch-size", "8", *EVALUATION]
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +126,8 @@ def test_bad_data_and_weights_are_refused_before_training(
         ([str(new), "--weight", "nobody"], "expected SOURCE=NUMBER"),
         ([str(tmp_path / "missing")], r"metadata\.jsonl: missing"),
         ([str(new), "--steps", "0"], "must be ≥ 1"),
+        ([str(new), "--eval-seeds", "0"], "--eval-seeds must be ≥ 1"),
+        ([str(new), "--eval-steps", "0"], "--eval-steps must be ≥ 1"),
         ([str(new), "--learning-rate=-1e-3"], "--learning-rate must be > 0"),
         (
             [str(new), "--register", "no/such", "--registry-uri", registry_uri(tmp_path)],
@@ -148,7 +152,7 @@ def test_a_tuned_champion_is_what_the_next_version_is_compared_with(
     registry.alias("demo", CHAMPION, "2")
     original, new = scenario
     argv = ["tune", str(tmp_path / "next"), "--original", str(original), "--new", str(new)]
-    argv += ["--steps", "2", "--validation-fraction", "0.25", "--register", "demo"]
+    argv += ["--steps", "2", *EVALUATION, "--register", "demo"]
     assert main([*argv, "--registry-uri", registry_uri(tmp_path)]) == 0
     third, second = registry.get("demo", CHALLENGER), registry.get("demo", "2")
     assert (third.version, third.parent) == ("3", "2")
@@ -160,9 +164,6 @@ def test_a_tuned_champion_is_what_the_next_version_is_compared_with(
 def test_a_full_tune_writes_a_whole_model(scenario: tuple[Path, Path], tmp_path: Path) -> None:
     original, new = scenario
     argv = ["tune", str(tmp_path), "--original", str(original), "--new", str(new), "--full"]
-    assert (
-        main([*argv, "--steps", "2", "--learning-rate", "1e-5", "--validation-fraction", "0.1"])
-        == 0
-    )
+    assert main([*argv, "--steps", "2", "--learning-rate", "1e-5", *EVALUATION[2:]]) == 0
     pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "stratified")
     assert pipe.unet.dtype == torch.float32 and (tmp_path / "stratified" / "tune.json").is_file()
