@@ -36,7 +36,7 @@ UV_COMPILE = SSL_CERT_FILE=$(CA_BUNDLE) $(UV) pip compile pyproject.toml --quiet
   --custom-compile-command "make lock" \
   $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX) --index-strategy unsafe-best-match,$(foreach d,$(PIP_LOCAL_WHEELS),--find-links $(d)))
 
-.PHONY: help install lock tools debian-tools serve test test-fast test-unit test-integration test-image image test-chart lint format export-model demo-model render-k8s loadtest bench bench-adherence bench-families bench-gpu bench-adapters bench-protocols tune-report fuzz reliability protos dashboards crds crds-info clean
+.PHONY: help install lock tools debian-tools serve test test-fast test-unit test-integration test-image image test-chart lint format export-model demo-model render-k8s loadtest bench bench-adherence bench-families bench-gpu bench-adapters bench-protocols tune-report tuning-loop fuzz reliability protos dashboards crds crds-info clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -173,6 +173,9 @@ demo-model: install ## retrain the demo model (the default) from scratch on the 
 # The tuning scenario: the demo model tuned on new concepts (purple, cross) by every strategy.
 TUNE_DIR := out/tune-scenario
 TUNE_STEPS ?= 600  # sd-serving tune's default
+tuning-loop: install tools ## the README's loop at a reduced size: serve, rate images, export the feedback, tune, canary, promote (about 5 min; ports 8000, 8080, 9090)
+	scripts/tuning_loop.sh
+
 tune-report: install ## the demo model tuned on new concepts by every strategy, compared: about 15 min on 2 cores (writes loadtest/results/cpu/tuning.*)
 	rm -rf $(TUNE_DIR)
 	$(BIN)/sd-serving world $(TUNE_DIR)/original --count 240 --seed 0
