@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 from serving.training.promotion import GateLimits
 
@@ -97,10 +98,11 @@ def run(args: argparse.Namespace) -> int:
         return fail(f"version {challenger.version} of {args.name} is already the champion")
     verdict = compare_sources(champion, challenger, limits)
     served = args.served_model or args.name
+    now = time.time()  # both versions over the same window
     try:
         compare_live(
-            live(args.prometheus_url, served, champion.version, limits.window),
-            live(args.prometheus_url, served, challenger.version, limits.window),
+            live(args.prometheus_url, served, champion.version, limits.window, now),
+            live(args.prometheus_url, served, challenger.version, limits.window, now),
             limits,
             verdict,
         )

@@ -77,20 +77,24 @@ def compare_sources(champion: Version, challenger: Version, limits: GateLimits) 
     return verdict
 
 
-def live(prometheus: str, model: str, version: str, window: str) -> Live:
-    """A served version's generations, failures and p95 over the window."""
+def live(prometheus: str, model: str, version: str, window: str, at: float) -> Live:
+    """A served version's generations, failures and p95 over the window ending at `at` (unix
+    seconds). Every query is evaluated at that one instant: queries a moment apart extrapolate
+    their windows differently, and the failures could come out above the generations."""
     selector = f'model="{model}",version="{version}"'
     requests = _scalar(
-        prometheus, f"sum(increase(ray_sd_model_requests_total{{{selector}}}[{window}]))"
+        prometheus, f"sum(increase(ray_sd_model_requests_total{{{selector}}}[{window}]))", at
     )
     failures = _scalar(
         prometheus,
         f'sum(increase(ray_sd_model_requests_total{{{selector},outcome!="ok"}}[{window}]))',
+        at,
     )
     p95 = _scalar(
         prometheus,
         "histogram_quantile(0.95, sum by (le) "
         f"(increase(ray_sd_model_request_seconds_bucket{{{selector}}}[{window}])))",
+        at,
     )
     return Live(requests or 0.0, failures or 0.0, math.nan if p95 is None else p95)
 
@@ -133,11 +137,13 @@ def _percent(ratio: float) -> str:
     return f"{ratio * 100:.1f} %"
 
 
-def _scalar(prometheus: str, query: str) -> float | None:
-    """An instant query's one value; None when it matched no series."""
+def _scalar(prometheus: str, query: str, at: float) -> float | None:
+    """An instant query's one value at `at`; None when it matched no series."""
     try:
         answer = httpx.get(
-            prometheus.rstrip("/") + "/api/v1/query", params={"query": query}, timeout=30
+            prometheus.rstrip("/") + "/api/v1/query",
+            params={"query": query, "time": f"{at:.3f}"},
+            timeout=30,
         )
         body = answer.json()
     except (httpx.HTTPError, ValueError) as error:

@@ -41,7 +41,9 @@ def lora_library(tmp_path_factory: pytest.TempPathFactory, embedded_model_dir: P
     return write_adapters(str(embedded_model_dir), tmp_path_factory.mktemp("loras"))
 
 
-@pytest.fixture(scope="session")
+# Package scope: the service stops after the last integration test, so its Ray processes do not
+# share the CPU with the unit tests that run after them.
+@pytest.fixture(scope="package")
 def service(
     tmp_path_factory: pytest.TempPathFactory,
     embedded_model_dir: Path,

@@ -128,12 +128,12 @@ def query(prometheus: str, expr: str) -> dict[str, Any]:
 def traffic(service: RunningService, prometheus: str) -> None:
     with service.client() as client:
         for seed in (1, 2):  # the same prompt twice: an embedding-cache hit
-            assert (
-                client.post(
-                    "/v1/generate", json={"prompt": "metrics", "seed": seed, "steps": 3}
-                ).status_code
-                == 200
+            answer = client.post(
+                "/v1/generate", json={"prompt": "metrics", "seed": seed, "steps": 3}
             )
+            assert answer.status_code == 200
+        rating = {"image": answer.json()["images"][0]["digest"], "rating": 2}
+        assert client.post("/v1/feedback", json=rating).status_code == 201
         assert client.post("/v1/generate", json={"prompt": "x", "steps": 0}).status_code == 422
         for name in ("style-a", "style-b", "style.c"):  # three adapters, two resident: evictions
             body = {"prompt": "metrics", "steps": 2, "loras": [{"name": name}]}
@@ -144,6 +144,7 @@ def traffic(service: RunningService, prometheus: str) -> None:
             query(prometheus, "ray_sd_rejected_requests_total")["result"]
             and query(prometheus, 'ray_sd_cache_lookups_total{result="hit"}')["result"]
             and query(prometheus, "ray_sd_lora_evictions_total")["result"]
+            and query(prometheus, "ray_sd_feedback_total")["result"]
         ),
         timeout_s=120,
         interval_s=0.5,
