@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import threading
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from serving.grpc.protos import pb_grpc
 from serving.http.app import create_http_app
 from serving.metrics import MemoryMeter
 from serving.settings import Settings
-from tests.helpers.net import free_port, wait_until
+from tests.helpers.net import wait_until
 
 T = TypeVar("T")
 # What the fast tier's default service is configured with (tests/unit/conftest.py).
@@ -74,17 +75,20 @@ def local_service(model_dir: Path | None, **settings: Any) -> Iterator[LocalServ
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="local-service", daemon=True)
     thread.start()
-    http_port = free_port()
+    # Bound here and handed to uvicorn: a port picked free and bound later can be taken in
+    # between (by the gRPC server's own port 0 below, or any outgoing connection).
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    http_port = listener.getsockname()[1]
     server = uvicorn.Server(
         uvicorn.Config(
             create_http_app(services),
-            host="127.0.0.1",
-            port=http_port,
             log_level="warning",
             lifespan="on",  # the job worker starts and stops with the app, as under Ray
         )
     )
-    serving = asyncio.run_coroutine_threadsafe(server.serve(), loop)
+    serving = asyncio.run_coroutine_threadsafe(server.serve(sockets=[listener]), loop)
 
     async def start_grpc() -> tuple[grpc.aio.Server, int]:
         grpc_server = grpc.aio.server()
@@ -95,8 +99,10 @@ def local_service(model_dir: Path | None, **settings: Any) -> Iterator[LocalServ
 
     grpc_server, grpc_port = asyncio.run_coroutine_threadsafe(start_grpc(), loop).result(30)
     try:
-        if not wait_until(lambda: server.started, timeout_s=30):
-            raise RuntimeError("uvicorn did not start")
+        if not wait_until(lambda: server.started or serving.done(), timeout_s=60):
+            raise RuntimeError("uvicorn did not start within 60 s")
+        if serving.done():
+            raise RuntimeError(f"uvicorn stopped as it started: {serving.exception()!r}")
         yield LocalService(
             f"http://127.0.0.1:{http_port}",
             f"127.0.0.1:{grpc_port}",
