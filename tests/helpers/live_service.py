@@ -166,3 +166,23 @@ def start_service(cache_dir: Path, settings: dict[str, str]) -> Iterator[Running
         if not running.crashed:
             assert code == 0, f"service exited with {code}:\n" + "".join(output[-40:])
             assert "sd-serving shutting down" in "".join(output)
+
+
+@dataclass(frozen=True)
+class UNetReading:
+    steps: float  # ray_sd_denoising_steps_total
+    busy: float  # active + queued requests
+
+
+def unet_reading(service: RunningService) -> UNetReading:
+    """The UNet's step count and its running plus waiting requests, from one scrape of the
+    service's metrics."""
+    text = httpx.get(service.metrics_url, timeout=10).text
+
+    def total(prefix: str) -> float:
+        return sum(
+            float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix)
+        )
+
+    busy = total("ray_sd_unet_active_requests{") + total("ray_sd_unet_queue_depth{")
+    return UNetReading(total("ray_sd_denoising_steps_total"), busy)

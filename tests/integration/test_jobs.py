@@ -10,7 +10,6 @@ import http.server
 import io
 import json
 import threading
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import httpx
@@ -18,29 +17,11 @@ import pytest
 from PIL import Image
 
 from tests.helpers.images import max_pixel_difference, pixels
-from tests.helpers.live_service import WEBHOOK_SECRET, RunningService
+from tests.helpers.live_service import WEBHOOK_SECRET, RunningService, UNetReading, unet_reading
 from tests.helpers.net import wait_until
 from tests.helpers.requests import job, job_events, submit
 
 pytestmark = pytest.mark.integration
-
-
-@dataclass(frozen=True)
-class UNetReading:
-    steps: float  # ray_sd_denoising_steps_total
-    busy: float  # active + queued requests
-
-
-def unet_reading(service: RunningService) -> UNetReading:
-    text = httpx.get(service.metrics_url, timeout=10).text
-
-    def total(prefix: str) -> float:
-        return sum(
-            float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix)
-        )
-
-    busy = total("ray_sd_unet_active_requests{") + total("ray_sd_unet_queue_depth{")
-    return UNetReading(total("ray_sd_denoising_steps_total"), busy)
 
 
 def unet_steps_when_idle(service: RunningService) -> float:

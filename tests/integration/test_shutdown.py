@@ -12,19 +12,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers.live_service import RunningService, start_service
+from tests.helpers.live_service import start_service, unet_reading
 from tests.helpers.net import wait_until
 
 pytestmark = pytest.mark.integration
-
-
-def unet_busy(running: RunningService) -> float:
-    """Requests in the UNet's running batch or waiting for a slot, from the service's metrics."""
-    text = httpx.get(running.metrics_url, timeout=10).text
-    prefixes = ("ray_sd_unet_active_requests{", "ray_sd_unet_queue_depth{")
-    return sum(
-        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefixes)
-    )
 
 
 # A few seconds of denoising each on this machine, batched together.
@@ -56,7 +47,9 @@ def test_sigterm_under_load_flips_readiness_drains_and_exits_within_the_grace_pe
             caller.start()
         # Under way: all three in the UNet's batch or queue (not still on their way in, which a
         # slow machine can take seconds over: those would be refused as the service drains).
-        assert wait_until(lambda: unet_busy(running) >= 3, timeout_s=60, interval_s=0.2), answers
+        assert wait_until(lambda: unet_reading(running).busy >= 3, timeout_s=60, interval_s=0.2), (
+            answers
+        )
         assert httpx.get(running.url + "/v2/health/ready", timeout=10).status_code == 200
         stopped_at = time.monotonic()
         running.process.send_signal(signal.SIGTERM)
