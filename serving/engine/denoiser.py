@@ -162,8 +162,9 @@ class _Active:
 # next (three times the others on a CPU) at what it costs whatever the cohort's phase; the
 # recent average alone, read just before that iteration, promised a quarter too little. The
 # recent one sees at once a pace that falls as load grows (0.27 s to 0.41 s an iteration on a
-# CPU shared with 3x overload's arrivals), where the window lags. make test's overload run: one
-# answered 504 for 3-8 % of the requests it took on; the slower of the two, none in 3 runs.
+# CPU shared with 3x overload's arrivals), where the window lags. make test's overload run: the
+# recent average answered 504 for 1.9-8.3 % of the requests it took on, the window alone for up
+# to 12.5 %; the slower of the two, none in four runs.
 PACE_WINDOW = 32
 
 
@@ -212,12 +213,13 @@ class PaceMeter:
     def __init__(self, window: int = PACE_WINDOW) -> None:
         self._iterations: deque[tuple[float, float]] = deque(maxlen=window)
         self._recent: Pace | None = None
+        self.pace: Pace | None = None  # None until an iteration is measured
 
-    def add(self, work: float, seconds: float) -> Pace:
-        """One saturated iteration's work and duration; the pace to promise by now."""
+    def add(self, work: float, seconds: float) -> None:
+        """One saturated iteration's work and duration."""
         self._iterations.append((work, seconds))
         self._recent = Pace(work / seconds, seconds).averaged_with(self._recent)
-        return Pace.over(self._iterations).slower(self._recent)
+        self.pace = Pace.over(self._iterations).slower(self._recent)
 
 
 @dataclass(frozen=True)
@@ -264,8 +266,7 @@ class ContinuousBatchingEngine:
         self._scale = vae_scale_factor
         self._max_batch = max_batch_size
         self._max_queue = max_queue
-        self._pace: Pace | None = None  # measured while saturated; None until then
-        self._pace_meter = PaceMeter()
+        self._pace_meter = PaceMeter()  # measured while saturated
         self._metrics = metrics
         self._ids = itertools.count()
         self._pending: FairQueue[tuple[DenoiseJob, Ticket]] = FairQueue()
@@ -341,7 +342,7 @@ class ContinuousBatchingEngine:
         Done = a slot frees (the running request closest to its end finishes; none to wait for
         when a slot is free and nobody waits ahead), the work the fair queue puts before it
         drains, then its own steps, one per iteration, beside the rest of the batch."""
-        pace = self._pace
+        pace = self._pace_meter.pace
         if job.finish_by is None or pace is None:
             return
         time_left_s = job.finish_by - time.time()
@@ -478,7 +479,7 @@ class ContinuousBatchingEngine:
                 _resolve(request.ticket, request.latents[0].float().cpu().numpy())
         if saturated:
             work = sum(_step_cost(request.job) for request in group)
-            self._pace = self._pace_meter.add(work, time.perf_counter() - started)
+            self._pace_meter.add(work, time.perf_counter() - started)
         if self._metrics is not None:
             self._metrics.batch_size.observe(len(group))
             self._metrics.steps.inc(len(group))
@@ -552,9 +553,10 @@ class ContinuousBatchingEngine:
 
     def _too_late(self, job: DenoiseJob) -> bool:
         """Whether `job`, started now, would end its steps after its deadline."""
-        if job.finish_by is None or self._pace is None:
+        pace = self._pace_meter.pace
+        if job.finish_by is None or pace is None:
             return False
-        return self._pace.own_seconds(job) > job.finish_by - time.time()
+        return pace.own_seconds(job) > job.finish_by - time.time()
 
     def _load_adapters(self, job: DenoiseJob) -> None:
         """The job's adapters resident, keeping those the running requests use; a 422 naming

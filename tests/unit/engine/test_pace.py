@@ -20,8 +20,10 @@ def cohorts(count: int, steps: int = 10) -> list[tuple[float, float]]:
 def promised(iterations: list[tuple[float, float]]) -> Pace:
     """What the engine's meter promises after these iterations."""
     meter = PaceMeter()
-    paces = [meter.add(work, seconds) for work, seconds in iterations]
-    return paces[-1]
+    for work, seconds in iterations:
+        meter.add(work, seconds)
+    assert meter.pace is not None
+    return meter.pace
 
 
 def recent_only(iterations: list[tuple[float, float]]) -> Pace:
